@@ -1,0 +1,126 @@
+"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync of the folder."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs(folder: Path) -> None:
+    """Create ``folder`` and make each new entry durable in its parent."""
+    missing = []
+    current = Path(folder)
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(path.parent)
+
+
+def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
+    """Atomically replace ``path`` with ``data``; return False (touching nothing) when it already holds them.
+
+    Leaving identical files alone keeps a rerun of finished work from changing any byte or mtime.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    makedirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+    return True
+
+
+def dumps_json(value: Any) -> bytes:
+    """The canonical JSON bytes written by the pipeline (stable key order, UTF-8, trailing newline)."""
+    return (json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_json(path: Path, value: Any, *, sync_dir: bool = True) -> bool:
+    return write_bytes(path, dumps_json(value), sync_dir=sync_dir)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (for staging across filesystems)."""
+    dst = Path(dst)
+    makedirs(dst.parent)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name[:50]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            while block := inp.read(1 << 20):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dst.parent)
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link ``src`` at ``dst`` (same filesystem) or copy it; never a symlink. Returns the method."""
+    makedirs(Path(dst).parent)
+    try:
+        os.link(src, dst)
+        method = "hardlink"
+    except FileExistsError:
+        if os.path.samefile(src, dst):
+            return "hardlink"
+        raise
+    except OSError:
+        copy_file(src, dst)
+        return "copy"
+    fsync_dir(Path(dst).parent)
+    return method
+
+
+def remove_files(paths: Iterable[Path]) -> list[Path]:
+    """Unlink each existing path and sync the folders touched; returns what was removed."""
+    removed = []
+    folders = set()
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed.append(Path(path))
+        folders.add(Path(path).parent)
+    for folder in folders:
+        fsync_dir(folder)
+    return removed
+

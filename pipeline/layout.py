@@ -1,0 +1,151 @@
+"""Stage folders, shard folders and identifier rules of the base_dir layout (DESIGN.md)."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DOWNLOADED = "01_downloaded"
+PENDING_LEGACY = "02_ocr_pending"
+PROCESSING = "03_ocr_processing"
+COMPLETED = "04_ocr_completed"
+PROCESSED = "05_processed"
+QUARANTINE = "_quarantine"
+MANIFESTS = "_manifests"
+
+_BATCH_DIR = re.compile(r"^batch_(\d+)$")
+
+
+class InvalidIdentifier(ValueError):
+    """An identifier or key that could escape its folder; never used as a path."""
+
+
+def validate_identifier(identifier: str) -> str:
+    """Return ``identifier`` if it is safe as one path component, else raise InvalidIdentifier."""
+    problem = None
+    if not identifier:
+        problem = "is empty"
+    elif "/" in identifier or "\\" in identifier:
+        problem = "contains a path separator"
+    elif "\x00" in identifier:
+        problem = "contains a NUL byte"
+    elif identifier.startswith("."):
+        problem = "starts with a dot (hidden file or '..')"
+    elif len(identifier.encode("utf-8", "surrogateescape")) > 200:
+        problem = "is longer than 200 bytes"
+    if problem:
+        raise InvalidIdentifier(f"identifier {identifier!r} {problem}; rename the file to a plain name")
+    return identifier
+
+
+def identifier_of(pdf_name: str) -> str:
+    """The identifier of a PDF file name: the name without its ``.pdf`` suffix (any case)."""
+    stem = pdf_name[:-4] if pdf_name.lower().endswith(".pdf") else pdf_name
+    return validate_identifier(stem)
+
+
+def shard_of(identifier: str, width: int) -> str:
+    """``<ab>``: the first ``width`` hex digits of sha1(identifier); '' when sharding is off."""
+    return hashlib.sha1(identifier.encode("utf-8", "surrogateescape")).hexdigest()[:width] if width else ""
+
+
+def normalize_batch(batch: str | int) -> str:
+    """'7', '0007' and 7 all name batch '0007'."""
+    text = str(batch).strip()
+    if text.startswith("batch_"):
+        text = text[len("batch_"):]
+    if not text.isdigit():
+        raise ValueError(f"batch {batch!r} is not a number; use e.g. --batch 7 or --batch 0007")
+    return f"{int(text):04d}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives under one base_dir."""
+
+    base: Path
+    shard_width: int = 2
+
+    def _sharded(self, stage: str, identifier: str) -> Path:
+        return self.base / stage / shard_of(validate_identifier(identifier), self.shard_width)
+
+    # 01 -----------------------------------------------------------------
+    def downloaded_pdf(self, identifier: str) -> Path:
+        return self._sharded(DOWNLOADED, identifier) / f"{identifier}.pdf"
+
+    def downloaded_meta(self, identifier: str) -> Path:
+        return self._sharded(DOWNLOADED, identifier) / f"{identifier}.meta.json"
+
+    # 03 -----------------------------------------------------------------
+    @property
+    def processing(self) -> Path:
+        return self.base / PROCESSING
+
+    def batch_dir(self, batch: str | int) -> Path:
+        return self.processing / f"batch_{normalize_batch(batch)}"
+
+    def batch_numbers(self) -> list[str]:
+        """Every batch folder present, as normalized numbers, in order."""
+        if not self.processing.is_dir():
+            return []
+        found = (_BATCH_DIR.match(p.name) for p in self.processing.iterdir() if p.is_dir())
+        return sorted({normalize_batch(m.group(1)) for m in found if m})
+
+    # 04 / 05 ------------------------------------------------------------
+    def completed_jsonl(self, identifier: str) -> Path:
+        return self._sharded(COMPLETED, identifier) / f"{identifier}.ocr.jsonl"
+
+    def processed_dir(self, identifier: str) -> Path:
+        return self._sharded(PROCESSED, identifier) / identifier
+
+    def processed_ocr(self, identifier: str) -> Path:
+        return self.processed_dir(identifier) / f"{identifier}.ocr.json"
+
+    def processed_metadata(self, identifier: str) -> Path:
+        return self.processed_dir(identifier) / f"{identifier}.metadata.json"
+
+    # quarantine / manifests ----------------------------------------------
+    def quarantine_pdf(self, identifier: str) -> Path:
+        return self._sharded(QUARANTINE, identifier) / f"{identifier}.pdf"
+
+    def quarantine_reason(self, identifier: str) -> Path:
+        return self._sharded(QUARANTINE, identifier) / f"{identifier}.reason.json"
+
+    @property
+    def manifests(self) -> Path:
+        return self.base / MANIFESTS
+
+    @property
+    def events(self) -> Path:
+        return self.manifests / "events.ndjson"
+
+    @property
+    def metrics(self) -> Path:
+        return self.manifests / "metrics.ndjson"
+
+    def iter_waiting_pdfs(self):
+        """PDFs in 01_downloaded (and a legacy 02_ocr_pending), as (identifier, path), sorted."""
+        found: list[tuple[str, Path]] = []
+        for stage in (DOWNLOADED, PENDING_LEGACY):
+            root = self.base / stage
+            if root.is_dir():
+                for path in root.rglob("*"):
+                    if path.suffix.lower() == ".pdf" and path.is_file() and not path.is_symlink():
+                        try:
+                            found.append((identifier_of(path.name), path))
+                        except InvalidIdentifier:
+                            continue
+        return sorted(found)
+
+    def is_known(self, identifier: str) -> bool:
+        """True when the document was already downloaded, finalized or quarantined."""
+        return any(
+            p.exists()
+            for p in (
+                self.downloaded_meta(identifier),
+                self.downloaded_pdf(identifier),
+                self.processed_metadata(identifier),
+                self.quarantine_reason(identifier),
+            )
+        )

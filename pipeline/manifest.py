@@ -1,0 +1,64 @@
+"""Append-only NDJSON logs (_manifests/events.ndjson, metrics.ndjson) and their compaction."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import atomic
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def append(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> None:
+    """Append records as lines in one O_APPEND write, so concurrent writers never interleave lines."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+    atomic.makedirs(Path(path).parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def event(kind: str, **fields: Any) -> dict[str, Any]:
+    """Build one event record (``event`` is the kind, ``time`` an ISO timestamp)."""
+    return {"event": kind, "time": now_iso(), **fields}
+
+
+def log_event(path: Path, kind: str, **fields: Any) -> None:
+    append(path, [event(kind, **fields)])
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of an NDJSON file; a torn last line (killed writer) or a bad line is skipped."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def compact(path: Path, summary_path: Path, key: str) -> dict[str, dict[str, Any]]:
+    """Fold records by ``key`` (later fields win) and write the result atomically as a summary."""
+    folded: dict[str, dict[str, Any]] = {}
+    for record in read(path):
+        if key in record:
+            folded.setdefault(str(record[key]), {}).update(record)
+    atomic.write_json(summary_path, folded)
+    return folded

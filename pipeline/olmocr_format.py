@@ -1,0 +1,132 @@
+"""olmOCR's Dolma JSONL records: building, parsing, and finding which PDF a record belongs to."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterator
+
+ENGINE_VERSION_KEY = "olmocr-version"
+# Where older olmOCR versions and the older scripts kept the source path.
+SOURCE_FILE_KEYS = ("Source-File", "source-file", "source_file", "SourceFile", "pdf_path")
+
+
+def build_record(
+    source_file: str,
+    page_texts: list[str],
+    *,
+    version: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    fallback_pages: int = 0,
+) -> dict[str, Any]:
+    """A record with the fields olmOCR writes: pages joined by newlines, spans in characters."""
+    text_parts: list[str] = []
+    spans: list[list[int]] = []
+    position = 0
+    for number, page_text in enumerate(page_texts, start=1):
+        if text_parts:
+            text_parts.append("\n")
+            position += 1
+        text_parts.append(page_text)
+        spans.append([position, position + len(page_text), number])
+        position += len(page_text)
+    text = "".join(text_parts)
+    today = _dt.date.today().isoformat()
+    return {
+        "id": hashlib.sha1(text.encode("utf-8")).hexdigest(),
+        "text": text,
+        "source": "olmocr",
+        "added": today,
+        "created": today,
+        "metadata": {
+            "Source-File": source_file,
+            ENGINE_VERSION_KEY: version,
+            "pdf-total-pages": len(page_texts),
+            "total-input-tokens": input_tokens,
+            "total-output-tokens": output_tokens,
+            "total-fallback-pages": fallback_pages,
+        },
+        "attributes": {"pdf_page_numbers": spans},
+    }
+
+
+def source_file_of(record: dict[str, Any]) -> str | None:
+    """The record's source PDF path, wherever this olmOCR version put it."""
+    places = [record.get("metadata"), record]
+    for place in places:
+        if isinstance(place, dict):
+            for key in SOURCE_FILE_KEYS:
+                value = place.get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return None
+
+
+def identifier_from_source(source_file: str) -> str:
+    """The identifier a Source-File names: its last path component without '.pdf'.
+
+    Source-File may be absolute, relative, under a temp dir, an s3:// URI or a Windows path.
+    """
+    name = PurePosixPath(source_file).name
+    if "\\" in name:
+        name = PureWindowsPath(source_file).name
+    return name[:-4] if name.lower().endswith(".pdf") else name
+
+
+@dataclass
+class ResultLine:
+    file: Path
+    line_number: int
+    record: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass
+class ScanStats:
+    files: int = 0
+    records: int = 0
+    malformed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def iter_result_files(results_dir: Path) -> list[Path]:
+    """olmOCR output files in the deterministic order where a later file wins a duplicate."""
+    files = [p for p in Path(results_dir).glob("*.jsonl") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def iter_records(path: Path) -> Iterator[ResultLine]:
+    """Every line of one results file; malformed lines come back with an error, never raise."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                yield ResultLine(path, number, None, f"not JSON: {exc}")
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("text", ""), str):
+                yield ResultLine(path, number, None, "not an olmOCR record (no text)")
+            elif source_file_of(record) is None:
+                yield ResultLine(path, number, None, "no Source-File in the record")
+            else:
+                yield ResultLine(path, number, record)
+
+
+def record_stats(record: dict[str, Any]) -> dict[str, Any]:
+    """OCR statistics of one record for the metadata file."""
+    meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    text = record.get("text") or ""
+    spans = (record.get("attributes") or {}).get("pdf_page_numbers") or []
+    return {
+        "pages": meta.get("pdf-total-pages", len(spans)),
+        "characters": len(text),
+        "total_input_tokens": meta.get("total-input-tokens"),
+        "total_output_tokens": meta.get("total-output-tokens"),
+        "total_fallback_pages": meta.get("total-fallback-pages"),
+        "engine_version": meta.get(ENGINE_VERSION_KEY),
+        "source_file": source_file_of(record),
+    }
