@@ -149,3 +149,79 @@ class Layout:
                 self.quarantine_reason(identifier),
             )
         )
+
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """Files inside one 03_ocr_processing/batch_NNNN/ folder."""
+
+    dir: Path
+
+    @property
+    def number(self) -> str:
+        return normalize_batch(self.dir.name)
+
+    @property
+    def manifest(self) -> Path:
+        return self.dir / "batch.json"
+
+    @property
+    def chunk_plan(self) -> Path:
+        return self.dir / "chunks.json"
+
+    @property
+    def retry_plan(self) -> Path:
+        return self.dir / "chunks" / "retries.json"
+
+    def chunk_list(self, index: int) -> Path:
+        return self.dir / "chunks" / f"chunk_{index:03d}.txt"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    def chunk_log(self, index: int) -> Path:
+        return self.logs / f"chunk_{index:03d}.log"
+
+    @property
+    def workspace(self) -> Path:
+        """olmOCR's workspace; its output files land in workspace/results/."""
+        return self.dir / "results"
+
+    @property
+    def results(self) -> Path:
+        return self.workspace / "results"
+
+    def done_marker(self, index: int) -> Path:
+        return self.workspace / "done" / f"chunk_{index:03d}.done"
+
+    @property
+    def ocr_marker(self) -> Path:
+        """Written by OCRBatch once every chunk and the retry pass are done."""
+        return self.workspace / "done" / "ocr_batch.done"
+
+    @property
+    def split_report(self) -> Path:
+        return self.dir / "split_report.json"
+
+    @property
+    def finalize_report(self) -> Path:
+        return self.dir / "finalize_report.json"
+
+    @property
+    def finalized(self) -> Path:
+        return self.dir / "finalized.json"
+
+    def pdf(self, identifier: str) -> Path:
+        return self.dir / f"{validate_identifier(identifier)}.pdf"
+
+    def pdfs(self) -> list[tuple[str, Path]]:
+        """PDFs lying directly in the batch folder (new and old layouts alike)."""
+        found = []
+        for path in self.dir.iterdir() if self.dir.is_dir() else ():
+            if path.suffix.lower() == ".pdf" and path.is_file() and not path.is_symlink():
+                try:
+                    found.append((identifier_of(path.name), path))
+                except InvalidIdentifier:
+                    continue
+        return sorted(found)

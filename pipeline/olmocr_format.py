@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 ENGINE_VERSION_KEY = "olmocr-version"
 # Where older olmOCR versions and the older scripts kept the source path.
@@ -114,6 +114,16 @@ def iter_records(path: Path) -> Iterator[ResultLine]:
                 yield ResultLine(path, number, None, "no Source-File in the record")
             else:
                 yield ResultLine(path, number, record)
+
+
+def identifiers_in(files: Iterable[Path]) -> set[str]:
+    """Identifiers that have at least one well-formed record in ``files``."""
+    found = set()
+    for path in files:
+        for line in iter_records(path):
+            if line.record is not None:
+                found.add(identifier_from_source(source_file_of(line.record)))
+    return found
 
 
 def record_stats(record: dict[str, Any]) -> dict[str, Any]:

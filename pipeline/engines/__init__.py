@@ -7,7 +7,9 @@ simply has no record; the caller notices and reports it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +32,14 @@ class EngineSettings:
     olmocr_args: list[str] = field(default_factory=list)
     max_page_error_rate: float = 0.004
     command: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EngineSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 def output_name(pdfs: list[Path]) -> str:

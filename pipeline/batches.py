@@ -1,0 +1,125 @@
+"""Batches: new ones made from waiting PDFs, old ones (made by the older scripts) adopted as they are."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from . import atomic, manifest, olmocr_format, pdf
+from .layout import BatchPaths, Layout
+from .quarantine import quarantine
+
+
+@contextmanager
+def batch_lock(layout: Layout) -> Iterator[None]:
+    """One batch creator at a time per base_dir, so two batches never take the same document."""
+    atomic.makedirs(layout.processing)
+    with open(layout.processing / ".create.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def claimed_identifiers(layout: Layout) -> set[str]:
+    """Identifiers some batch already holds (listed in its batch.json, or lying in its folder)."""
+    claimed: set[str] = set()
+    for number in layout.batch_numbers():
+        paths = BatchPaths(layout.batch_dir(number))
+        if paths.manifest.exists():
+            claimed.update(atomic.read_json(paths.manifest)["documents"])
+        claimed.update(i for i, _ in paths.pdfs())
+    return claimed
+
+
+def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
+    """Downloaded PDFs (with their .meta.json, or from a legacy 02_ocr_pending) not yet in a batch."""
+    claimed = claimed_identifiers(layout)
+    waiting = []
+    for identifier, path in layout.iter_waiting_pdfs():
+        if identifier in claimed:
+            continue
+        in_01 = path == layout.downloaded_pdf(identifier)
+        if in_01 and not layout.downloaded_meta(identifier).exists():
+            continue  # still being downloaded
+        waiting.append((identifier, path))
+    return waiting
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe(layout: Layout, identifier: str, path: Path, origin: str) -> dict:
+    """Document facts for batch.json: from the download's .meta.json, else measured now."""
+    meta_path = layout.downloaded_meta(identifier)
+    if meta_path.exists():
+        meta = atomic.read_json(meta_path)
+        if "pages" in meta:
+            return {"pages": meta["pages"], "size": meta["size"], "sha256": meta["sha256"], "source": meta["source"]}
+    count = pdf.count_pages(path)
+    return {"pages": count.pages, "size": path.stat().st_size, "sha256": _sha256(path), "source": origin}
+
+
+def _sources(layout: Layout, identifier: str, *paths: Path) -> list[Path]:
+    return [*paths, layout.downloaded_pdf(identifier)]
+
+
+def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: int) -> dict:
+    """Make batch ``batch`` from waiting documents, or adopt its folder when it already has PDFs."""
+    paths = BatchPaths(layout.batch_dir(batch))
+    with batch_lock(layout):
+        if paths.manifest.exists():
+            return atomic.read_json(paths.manifest)
+        adopted = bool(paths.pdfs()) or paths.results.is_dir()
+        candidates = paths.pdfs() if adopted else waiting_documents(layout)
+        documents: dict[str, dict] = {}
+        quarantined: dict[str, str] = {}
+        total_pages = 0
+        for identifier, path in candidates:
+            if len(documents) >= max_documents and not adopted:
+                break
+            origin = f"adopted from {paths.dir.name}" if adopted else str(path)
+            try:
+                info = describe(layout, identifier, path, origin)
+            except pdf.PdfError as exc:
+                meta_path = layout.downloaded_meta(identifier)
+                quarantine(layout, identifier, _sources(layout, identifier, path), exc.reason, str(exc),
+                           also_remove=(meta_path,), stage="create_batch", batch=batch)
+                quarantined[identifier] = exc.reason
+                continue
+            if not adopted and documents and total_pages + info["pages"] > max_pages:
+                break
+            if not adopted and atomic.link_or_copy(path, paths.pdf(identifier)) == "copy":
+                atomic.remove_files([path])  # another filesystem: a move, never two live copies
+            documents[identifier] = info
+            total_pages += info["pages"]
+        record = {
+            "batch": batch,
+            "created_at": manifest.now_iso(),
+            "adopted": adopted,
+            "documents": documents,
+            "quarantined": quarantined,
+            "pages": total_pages,
+        }
+        atomic.write_json(paths.manifest, record)
+    manifest.log_event(layout.events, "batch_created", batch=batch, documents=len(documents),
+                       pages=total_pages, adopted=adopted)
+    return record
+
+
+def next_batch_number(layout: Layout) -> str:
+    numbers = layout.batch_numbers()
+    return f"{int(numbers[-1]) + 1:04d}" if numbers else "0001"
+
+
+def existing_results(paths: BatchPaths) -> set[str]:
+    """Identifiers that already have a record in the batch's results (older scripts' output too)."""
+    if not paths.results.is_dir():
+        return set()
+    return olmocr_format.identifiers_in(olmocr_format.iter_result_files(paths.results))
+

@@ -1,0 +1,86 @@
+"""What one array element runs: OCR one chunk, put its results in place, then write the done marker.
+
+    python -m pipeline.chunk_job --batch-dir DIR --engine NAME --settings JSON --chunk N
+
+PDFs are staged to $SLURM_TMPDIR when the node has one; results are copied back atomically, and
+the done marker is written last, so a marker always means the chunk's results are complete.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import atomic, manifest, olmocr_format
+from .engines import EngineSettings, get_engine
+from .layout import BatchPaths, identifier_of
+
+
+def read_chunk_list(path: Path) -> list[Path]:
+    return [Path(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_chunk(paths: BatchPaths, index: int, engine_name: str, settings: EngineSettings) -> dict:
+    """OCR chunk ``index`` of the batch; returns the done-marker record (also written to disk)."""
+    marker = paths.done_marker(index)
+    if marker.exists():
+        print(f"chunk {index}: already done ({marker})", flush=True)
+        return atomic.read_json(marker)
+    pdfs = read_chunk_list(paths.chunk_list(index))
+    started = manifest.now_iso()
+    t0 = time.monotonic()
+    engine = get_engine(engine_name, settings)
+    node_tmp = os.environ.get("SLURM_TMPDIR") or os.environ.get("PIPELINE_STAGE_DIR")
+    if node_tmp:
+        with tempfile.TemporaryDirectory(prefix=f"chunk_{index:03d}_", dir=node_tmp) as stage:
+            staged = []
+            for pdf in pdfs:
+                target = Path(stage) / "pdfs" / pdf.name
+                atomic.copy_file(pdf, target)
+                staged.append(target)
+            outputs = engine.run(staged, Path(stage) / "workspace")
+            results = []
+            for out in outputs:
+                atomic.copy_file(out, paths.results / out.name)
+                results.append(paths.results / out.name)
+    else:
+        results = engine.run(pdfs, paths.workspace)
+    have = olmocr_format.identifiers_in(results)
+    missing = sorted(p.name for p in pdfs if identifier_of(p.name) not in have)
+    record = {
+        "chunk": index,
+        "documents": len(pdfs),
+        "records": len(pdfs) - len(missing),
+        "missing": missing,
+        "engine": engine_name,
+        "results": sorted(p.name for p in results),
+        "host": socket.gethostname(),
+        "job_id": os.environ.get("SLURM_JOB_ID", "local"),
+        "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", ""),
+        "started": started,
+        "finished": manifest.now_iso(),
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    atomic.write_json(marker, record)
+    print(f"chunk {index}: {record['records']}/{len(pdfs)} documents have results "
+          f"in {record['seconds']} s; missing: {', '.join(missing) or 'none'}", flush=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-dir", required=True, type=Path)
+    parser.add_argument("--engine", required=True)
+    parser.add_argument("--settings", default="{}", help="EngineSettings as JSON")
+    parser.add_argument("--chunk", required=True, type=int)
+    args = parser.parse_args(argv)
+    run_chunk(BatchPaths(args.batch_dir), args.chunk, args.engine, EngineSettings.from_json(args.settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Fetch PDFs into 01_downloaded/<ab>/<id>.pdf with a .meta.json, from a folder or a list of URLs.
+
+Each document is fetched into a temp file beside its destination, checked (a bad file goes to
+quarantine, never into 01), then renamed into place; the .meta.json is written last and marks the
+download complete. A document already downloaded, finalized or quarantined is not fetched again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from . import atomic, manifest, pdf
+from .layout import InvalidIdentifier, Layout, identifier_of
+from .quarantine import quarantine
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    identifier: str
+    uri: str  # what the metadata records (credentials and query strings removed)
+    fetch: Callable[[Path], None]  # writes the document's bytes to the given open path
+
+
+@dataclass
+class DownloadSummary:
+    fetched: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    rejected: int = 0
+    failed: int = 0
+    paused: str = ""
+
+
+def redact(uri: str) -> str:
+    """A URI safe for logs and manifests: no user:password, no query string (signed tokens)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme or parts.scheme == "file":
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _copy_from(path: Path) -> Callable[[Path], None]:
+    def fetch(target: Path) -> None:
+        shutil.copyfile(path, target)
+    return fetch
+
+
+def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
+    def fetch(target: Path) -> None:
+        request = urllib.request.Request(url, headers={"User-Agent": "ocr-pipeline"})
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    return fetch
+
+
+def iter_folder(folder: Path) -> Iterator[SourceItem | InvalidIdentifier]:
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() == ".pdf" and path.is_file():
+            try:
+                yield SourceItem(identifier_of(path.name), str(path.resolve()), _copy_from(path))
+            except InvalidIdentifier as exc:
+                yield exc
+
+
+def iter_url_list(listing: Path, timeout: float) -> Iterator[SourceItem | InvalidIdentifier]:
+    for line in Path(listing).read_text(encoding="utf-8").splitlines():
+        url = line.strip()
+        if not url or url.startswith("#"):
+            continue
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            yield InvalidIdentifier(f"{redact(url)!r} is not an http(s) URL")
+            continue
+        name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+        try:
+            yield SourceItem(identifier_of(name), redact(url), _http_get(url, timeout))
+        except InvalidIdentifier as exc:
+            yield exc
+
+
+def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | InvalidIdentifier]:
+    """Items of a source: a local folder, a text file of http(s) URLs, or an s3:// prefix."""
+    if source.startswith("s3://"):
+        from . import s3
+
+        yield from s3.iter_download_items(source)
+        return
+    path = Path(source)
+    if path.is_dir():
+        yield from iter_folder(path)
+    elif path.is_file():
+        yield from iter_url_list(path, timeout)
+    else:
+        raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_one(layout: Layout, item: SourceItem) -> str:
+    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
+    if layout.is_known(item.identifier):
+        return "skipped"
+    dest = layout.downloaded_pdf(item.identifier)
+    atomic.makedirs(dest.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{item.identifier[:40]}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        item.fetch(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        meta = {
+            "identifier": item.identifier,
+            "source": item.uri,
+            "size": tmp.stat().st_size,
+            "sha256": _sha256(tmp),
+            "downloaded_at": manifest.now_iso(),
+        }
+        try:
+            count = pdf.count_pages(tmp)
+        except pdf.PdfError as exc:
+            quarantine(layout, item.identifier, [tmp], exc.reason, str(exc), stage="download", download=meta)
+            return "quarantined"
+        meta.update(pages=count.pages, page_count_method=count.method, encrypted=count.encrypted)
+        os.replace(tmp, dest)
+        atomic.fsync_dir(dest.parent)
+        atomic.write_json(layout.downloaded_meta(item.identifier), meta)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return "fetched"
+
+
+def free_gb(path: Path) -> float:
+    return shutil.disk_usage(path).free / 1e9
+
+
+def download_all(
+    layout: Layout,
+    items: Iterable[SourceItem | InvalidIdentifier],
+    *,
+    workers: int,
+    max_waiting: int,
+    waiting_now: int,
+    min_free_gb: float,
+    progress: Callable[[DownloadSummary], None] = lambda s: None,
+) -> DownloadSummary:
+    """Fetch every new item, ``workers`` at a time, pausing when backpressure says so."""
+    summary = DownloadSummary()
+    atomic.makedirs(layout.base)
+    events: list[dict] = []
+
+    def settle(item: SourceItem, future) -> None:
+        try:
+            outcome = future.result()
+        except Exception as exc:  # one unreachable document must not stop the others
+            summary.failed += 1
+            events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
+                                         message=str(exc)[:500]))
+            print(f"download: {item.uri}: failed ({exc}); it is fetched again on the next run", flush=True)
+            progress(summary)
+            return
+        if outcome == "fetched":
+            summary.fetched += 1
+            events.append(manifest.event("downloaded", identifier=item.identifier, source=item.uri))
+        elif outcome == "quarantined":
+            summary.quarantined += 1
+        else:
+            summary.skipped += 1
+        progress(summary)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = []
+        for item in items:
+            if isinstance(item, InvalidIdentifier):
+                summary.rejected += 1
+                events.append(manifest.event("rejected", message=str(item)))
+                print(f"download: skipped: {item}", flush=True)
+                continue
+            if waiting_now + summary.fetched + len(pending) >= max_waiting:
+                summary.paused = f"{max_waiting} documents are waiting for OCR ([backpressure] max_waiting_documents)"
+                break
+            if free_gb(layout.base) < min_free_gb:
+                summary.paused = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
+                break
+            pending.append((item, pool.submit(download_one, layout, item)))
+            if len(pending) >= workers * 4:
+                item0, future = pending.pop(0)
+                settle(item0, future)
+        for item, future in pending:
+            settle(item, future)
+    if summary.paused:
+        events.append(manifest.event("backpressure", message=summary.paused))
+    manifest.append(layout.events, events)
+    return summary

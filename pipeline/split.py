@@ -1,0 +1,72 @@
+"""Split a batch's olmOCR results into one 04_ocr_completed/<ab>/<id>.ocr.jsonl per identifier."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import atomic, olmocr_format
+
+
+@dataclass
+class SplitPlan:
+    winners: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)  # id -> (record, "file:line")
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # id -> every place seen, winner last
+    unmatched: list[dict[str, Any]] = field(default_factory=list)
+    malformed: list[dict[str, Any]] = field(default_factory=list)
+    files: int = 0
+
+
+def plan_split(results_dir: Path, identifiers: set[str]) -> SplitPlan:
+    """Pick one record per identifier of the batch: the later file wins, and within it the later line.
+
+    Files are ordered by (mtime, name), so the choice is the same on every run over the same tree.
+    """
+    plan = SplitPlan()
+    if not results_dir.is_dir():
+        return plan
+    for path in olmocr_format.iter_result_files(results_dir):
+        plan.files += 1
+        for line in olmocr_format.iter_records(path):
+            where = f"{path.name}:{line.line_number}"
+            if line.record is None:
+                plan.malformed.append({"at": where, "error": line.error})
+                continue
+            source = olmocr_format.source_file_of(line.record)
+            identifier = olmocr_format.identifier_from_source(source)
+            if identifier not in identifiers:
+                plan.unmatched.append({"at": where, "source_file": source})
+                continue
+            if identifier in plan.winners:
+                seen = plan.duplicates.setdefault(identifier, [plan.winners[identifier][1]])
+                seen.append(where)
+            plan.winners[identifier] = (line.record, where)
+    return plan
+
+
+def record_bytes(record: dict[str, Any]) -> bytes:
+    """The one-line JSONL form of a record, text kept exactly."""
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def report(plan: SplitPlan, identifiers: set[str], written: int) -> dict[str, Any]:
+    return {
+        "result_files": plan.files,
+        "documents": len(identifiers),
+        "split": len(plan.winners),
+        "written": written,
+        "without_result": sorted(identifiers - set(plan.winners)),
+        "duplicates": {k: {"kept": v[-1], "dropped": v[:-1]} for k, v in sorted(plan.duplicates.items())},
+        "unmatched_records": plan.unmatched,
+        "malformed_lines": plan.malformed,
+    }
+
+
+def write_split(plan: SplitPlan, destination) -> int:
+    """Write each winner to ``destination(identifier)``; files already holding it are left untouched."""
+    written = 0
+    for identifier, (record, _) in sorted(plan.winners.items()):
+        if atomic.write_bytes(destination(identifier), record_bytes(record)):
+            written += 1
+    return written

@@ -1,0 +1,51 @@
+"""What every task shares: the layout from luigi.cfg, the batch parameter, progress reporting."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import luigi
+
+from pipeline.config import PipelineConfig
+from pipeline.layout import BatchPaths, Layout, normalize_batch
+
+
+def layout() -> Layout:
+    config = PipelineConfig()
+    return Layout(Path(config.base_dir).expanduser().absolute(), config.shard_width)
+
+
+class BatchParameter(luigi.Parameter):
+    """A batch number: '7', '0007' and 'batch_0007' all name batch 0007 (one task id)."""
+
+    def normalize(self, x: object) -> str:
+        return normalize_batch(x)
+
+
+class ProgressMixin:
+    """Progress for the luigid visualizer and a throttled progress line on the terminal."""
+
+    _last_line = 0.0
+
+    def report(self, done: int, total: int, message: str) -> None:
+        percent = 100 if total == 0 else int(100 * done / total)
+        text = f"{done}/{total} ({percent}%) {message}"
+        self.set_progress_percentage(percent)  # type: ignore[attr-defined]
+        self.set_status_message(text)  # type: ignore[attr-defined]
+        now = time.monotonic()
+        if done >= total or now - self._last_line >= 1.0:
+            self._last_line = now
+            print(f"[{self}] {text}", file=sys.stderr, flush=True)
+
+
+class BatchTask(ProgressMixin, luigi.Task):
+    batch = BatchParameter(description="batch number, e.g. 7 or 0007")
+
+    @property
+    def layout(self) -> Layout:
+        return layout()
+
+    @property
+    def paths(self) -> BatchPaths:
+        return BatchPaths(self.layout.batch_dir(self.batch))

@@ -1,0 +1,268 @@
+"""The per-batch task chain: CreateBatch -> PlanChunks -> OCRBatch -> SplitResults -> Finalize."""
+from __future__ import annotations
+
+import shlex
+
+import luigi
+
+from pipeline import atomic, batches, manifest, planning, split
+from pipeline.config import OCRConfig, PipelineConfig
+from pipeline.engines import EngineSettings
+from pipeline.executor import ChunkRun, Executor, LocalExecutor
+from pipeline.finalize import Provenance, finalize_many
+from pipeline.jobscript import job_command, render
+from pipeline.layout import BatchPaths, identifier_of
+from pipeline.quarantine import quarantine, read_reasons
+
+from .base import BatchTask
+
+
+class CreateBatch(BatchTask):
+    """Take waiting PDFs into a new batch folder, or adopt a batch folder made by the older scripts."""
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.paths.manifest))
+
+    def run(self) -> None:
+        config = PipelineConfig()
+        self.set_status_message(f"creating batch {self.batch}")
+        record = batches.create_batch(self.layout, self.batch, max_documents=config.batch_size,
+                                      max_pages=config.batch_pages)
+        self.report(1, 1, f"batch {self.batch}: {len(record['documents'])} documents, {record['pages']} pages"
+                          f"{' (adopted)' if record['adopted'] else ''}")
+
+
+class PlanChunks(BatchTask):
+    """Pack the batch's documents that have no OCR result yet into chunks of at most pages_per_chunk."""
+
+    def requires(self) -> CreateBatch:
+        return CreateBatch(batch=self.batch)
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.paths.chunk_plan))
+
+    def run(self) -> None:
+        ocr = OCRConfig()
+        paths = self.paths
+        documents = atomic.read_json(paths.manifest)["documents"]
+        have = batches.existing_results(paths)
+        todo = {i: d["pages"] for i, d in documents.items() if i not in have}
+        chunks = planning.pack_chunks(todo, ocr.pages_per_chunk)
+        model = walltime_model()
+        plan = []
+        for chunk in chunks:
+            lines = "".join(f"{paths.pdf(i)}\n" for i in sorted(chunk.identifiers))
+            atomic.write_bytes(paths.chunk_list(chunk.index), lines.encode("utf-8"))
+            plan.append({
+                "index": chunk.index,
+                "pages": chunk.pages,
+                "documents": sorted(chunk.identifiers),
+                "walltime_seconds": model.seconds(chunk.pages),
+                "file": str(paths.chunk_list(chunk.index).relative_to(paths.dir)),
+            })
+        manifest.append(self.layout.events, [
+            manifest.event("chunk_planned", batch=self.batch, chunk=c["index"], pages=c["pages"],
+                           documents=len(c["documents"])) for c in plan
+        ])
+        atomic.write_json(paths.chunk_plan, {
+            "batch": self.batch,
+            "pages_per_chunk": ocr.pages_per_chunk,
+            "chunks": plan,
+            "already_have_results": sorted(have & set(documents)),
+        })
+        self.report(1, 1, f"{len(plan)} chunks, {sum(todo.values())} pages to OCR; "
+                          f"{len(have & set(documents))} documents already have results")
+
+
+def walltime_model() -> planning.WalltimeModel:
+    return planning.WalltimeModel()
+
+
+def engine_settings(ocr: OCRConfig) -> EngineSettings:
+    return EngineSettings(
+        workers=ocr.engine_workers,
+        tesseract_lang=ocr.tesseract_lang,
+        tesseract_dpi=ocr.tesseract_dpi,
+        olmocr_python=ocr.olmocr_python,
+        olmocr_args=shlex.split(ocr.olmocr_args),
+        max_page_error_rate=ocr.max_page_error_rate,
+        command=shlex.split(ocr.command),
+    )
+
+
+def make_executor(task: BatchTask) -> Executor:
+    ocr = OCRConfig()
+    command = job_command(task.paths.dir, ocr.engine, engine_settings(ocr))
+    if ocr.executor == "slurm":
+        from pipeline.slurm_executor import SlurmExecutor
+
+        return SlurmExecutor.from_config(task.layout, command)
+    return LocalExecutor(task.layout, render(batch=task.batch, command=command), ocr.parallel_chunks)
+
+
+class OCRBatch(BatchTask):
+    """Run the OCR engine for every chunk without a done marker, then retry missing PDFs once."""
+
+    def requires(self) -> PlanChunks:
+        return PlanChunks(batch=self.batch)
+
+    def output(self) -> list[luigi.LocalTarget]:
+        paths = self.paths
+        targets = [luigi.LocalTarget(str(paths.ocr_marker))]
+        if paths.chunk_plan.exists():
+            plan = atomic.read_json(paths.chunk_plan)["chunks"]
+            targets += [luigi.LocalTarget(str(paths.done_marker(c["index"]))) for c in plan]
+        return targets
+
+    def _run_chunks(self, executor: Executor, chunks: list[dict], label: str) -> None:
+        paths = self.paths
+        todo = [ChunkRun(c["index"], c["pages"], len(c["documents"]))
+                for c in chunks if not paths.done_marker(c["index"]).exists()]
+        if not todo:
+            return
+        executor.run(paths, todo, lambda done, total, msg: self.report(done, total, f"{label}: {msg}"))
+        manifest.append(self.layout.events, [
+            manifest.event("chunk_done", batch=self.batch, chunk=c.index, pages=c.pages,
+                           missing=atomic.read_json(paths.done_marker(c.index))["missing"]) for c in todo
+        ])
+
+    def run(self) -> None:
+        paths = self.paths
+        plan = atomic.read_json(paths.chunk_plan)["chunks"]
+        executor = make_executor(self)
+        self._run_chunks(executor, plan, "chunks")
+        if not paths.retry_plan.exists():
+            atomic.write_json(paths.retry_plan, {"chunks": retry_chunks(paths, plan)})
+        retries = atomic.read_json(paths.retry_plan)["chunks"]
+        self._run_chunks(executor, retries, "retry of missing PDFs")
+        still_missing = sorted(m for c in retries for m in atomic.read_json(paths.done_marker(c["index"]))["missing"])
+        atomic.write_json(paths.ocr_marker, {
+            "batch": self.batch,
+            "chunks": len(plan),
+            "retry_chunks": [c["index"] for c in retries],
+            "missing_after_retry": still_missing,
+        })
+        self.report(1, 1, f"OCR done: {len(plan)} chunks; {len(still_missing)} PDFs without result after retry")
+
+
+def retry_chunks(paths: BatchPaths, plan: list[dict]) -> list[dict]:
+    """One retry chunk per chunk whose results miss PDFs, numbered after the planned chunks."""
+    next_index = max((c["index"] for c in plan), default=-1) + 1
+    retries = []
+    for chunk in plan:
+        missing = atomic.read_json(paths.done_marker(chunk["index"]))["missing"]
+        if not missing:
+            continue
+        identifiers = sorted(identifier_of(m) for m in missing)
+        lines = "".join(f"{paths.pdf(i)}\n" for i in identifiers)
+        atomic.write_bytes(paths.chunk_list(next_index), lines.encode("utf-8"))
+        retries.append({"index": next_index, "retry_of": chunk["index"], "documents": identifiers,
+                        "pages": 0})
+        next_index += 1
+    return retries
+
+
+class SplitResults(BatchTask):
+    """One 04_ocr_completed/<ab>/<id>.ocr.jsonl per document, and the batch's split report."""
+
+    def requires(self) -> OCRBatch:
+        return OCRBatch(batch=self.batch)
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.paths.split_report))
+
+    def run(self) -> None:
+        paths = self.paths
+        identifiers = set(atomic.read_json(paths.manifest)["documents"])
+        plan = split.plan_split(paths.results, identifiers)
+        written = split.write_split(plan, self.layout.completed_jsonl)
+        result = split.report(plan, identifiers, written)
+        manifest.log_event(self.layout.events, "split", batch=self.batch, documents=result["split"],
+                           unmatched=len(plan.unmatched), malformed=len(plan.malformed),
+                           duplicates=len(plan.duplicates))
+        atomic.write_json(paths.split_report, result)
+        self.report(1, 1, f"split {result['split']} documents; {len(plan.unmatched)} unmatched records, "
+                          f"{len(plan.malformed)} malformed lines, {len(plan.duplicates)} duplicates")
+
+
+def provenance_lookup(task: BatchTask):
+    """identifier -> Provenance, from the chunk plan, retries and done markers."""
+    paths = task.paths
+    chunk_of: dict[str, int] = {}
+    for plan_file in (paths.chunk_plan, paths.retry_plan):
+        if plan_file.exists():
+            for chunk in atomic.read_json(plan_file)["chunks"]:
+                for identifier in chunk["documents"]:
+                    chunk_of[identifier] = chunk["index"]
+    markers: dict[int, dict] = {}
+
+    def lookup(identifier: str) -> Provenance:
+        index = chunk_of.get(identifier)
+        if index is not None and index not in markers:
+            marker = paths.done_marker(index)
+            markers[index] = atomic.read_json(marker) if marker.exists() else {}
+        done = markers.get(index, {})
+        return Provenance(task.batch, index, done.get("engine", OCRConfig().engine if index is not None else None),
+                          done.get("finished"))
+
+    return lookup
+
+
+class Finalize(BatchTask):
+    """Consolidate into 05_processed and delete the PDFs; --partial frees space before OCR is over."""
+
+    partial = luigi.BoolParameter(default=False, description="finalize what has results now; OCR nothing")
+
+    def requires(self):
+        return CreateBatch(batch=self.batch) if self.partial else SplitResults(batch=self.batch)
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.paths.finalized))
+
+    def run(self) -> None:
+        layout, paths = self.layout, self.paths
+        batch_record = atomic.read_json(paths.manifest)
+        documents = batch_record["documents"]
+        split_summary = None
+        if self.partial:
+            plan = split.plan_split(paths.results, set(documents))
+            split_summary = split.report(plan, set(documents), split.write_split(plan, layout.completed_jsonl))
+        outcomes = finalize_many(
+            layout, paths, documents, provenance_lookup(self), workers=PipelineConfig().workers,
+            progress=lambda done, total: self.report(done, total, "documents finalized"),
+        )
+        reasons = read_reasons(layout, [i for i in documents if i not in outcomes])
+        remaining = sorted(i for i in documents if i not in outcomes and i not in reasons)
+        if remaining and not self.partial:
+            lookup = provenance_lookup(self)
+            for identifier in remaining:
+                index = lookup(identifier).chunk
+                where = f"chunk {index}, log {paths.chunk_log(index)}" if index is not None else "no chunk"
+                reasons[identifier] = {"reason": "no_ocr_result"}
+                quarantine(layout, identifier, [paths.pdf(identifier), layout.downloaded_pdf(identifier)],
+                           "no_ocr_result", f"the OCR engine produced no record, also on retry ({where})",
+                           also_remove=(layout.downloaded_meta(identifier),), batch=self.batch, chunk=index)
+            remaining = []
+        quarantined = {i: r["reason"] for i, r in sorted(reasons.items())}
+        quarantined.update(batch_record.get("quarantined", {}))
+        finalized = sorted(outcomes)
+        summary = {
+            "batch": self.batch,
+            "documents": len(documents),
+            "finalized": len(finalized),
+            "finalized_now": sum(1 for o in outcomes.values() if o == "finalized"),
+            "pages": sum(documents[i]["pages"] for i in finalized),
+            "quarantined": quarantined,
+            "remaining": remaining,
+            "partial": self.partial,
+            "split": split_summary,
+        }
+        atomic.write_json(paths.finalize_report, {**summary, "time": manifest.now_iso()})
+        if remaining:
+            self.report(len(finalized), len(documents),
+                        f"partial: {len(remaining)} documents have no result yet and stay in {paths.dir}")
+            return
+        atomic.write_json(paths.finalized, {**summary, "finished_at": manifest.now_iso()})
+        manifest.log_event(layout.events, "batch_finalized", batch=self.batch, finalized=len(finalized),
+                           quarantined=len(quarantined))
+        self.report(len(documents), len(documents), f"batch {self.batch} finalized")

@@ -1,0 +1,49 @@
+"""ProcessAll: what cron runs. Download, open new batches, finalize every open batch, summarize."""
+from __future__ import annotations
+
+import time
+
+import luigi
+
+from pipeline import atomic, batches, manifest, report
+from pipeline.config import BackpressureConfig, DownloadConfig
+from pipeline.layout import BatchPaths
+
+from .base import ProgressMixin, layout
+from .batch import CreateBatch, Finalize
+from .download import Download, this_minute
+
+
+class ProcessAll(ProgressMixin, luigi.Task):
+    """One pass of the whole pipeline; a new ``run_id`` (default: this minute) starts a new pass."""
+
+    run_id = luigi.Parameter(default="", description="names this pass; default: the current UTC minute")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.effective_run = self.run_id or this_minute()
+        # Set when the task is scheduled, so it survives run() being restarted after each yield.
+        self.started_at = manifest.now_iso()
+        self.started = time.time()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(layout().manifests / "runs" / f"process_all_{self.effective_run}.json"))
+
+    def run(self):
+        lay = layout()
+        if DownloadConfig().source:
+            yield Download(run_id=self.effective_run)
+        pressure = BackpressureConfig()
+        open_batches = [b for b in lay.batch_numbers() if not BatchPaths(lay.batch_dir(b)).finalized.exists()]
+        while batches.waiting_documents(lay) and len(open_batches) < pressure.max_open_batches:
+            number = batches.next_batch_number(lay)
+            self.set_status_message(f"creating batch {number}")
+            yield CreateBatch(batch=number)
+            open_batches.append(number)
+        self.report(0, len(open_batches), f"finalizing batches {', '.join(open_batches) or '(none)'}")
+        yield [Finalize(batch=b) for b in open_batches]
+        touched = report.batches_since(lay, self.started_at)
+        summary = report.collection_summary(lay, touched, time.time() - self.started, self.started_at)
+        atomic.write_json(self.output().path, {"run": self.effective_run, "batches": touched, **summary})
+        self.report(len(open_batches), len(open_batches), "done")
+        print("\n" + report.format_summary(summary), flush=True)
