@@ -8,7 +8,17 @@ from pathlib import Path
 
 from .engines import EngineSettings
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "slurm" / "job.sh.tmpl"
+_CANDIDATES = (
+    Path(__file__).resolve().parent.parent / "slurm" / "job.sh.tmpl",  # a source checkout
+    Path(sys.prefix) / "share" / "ocr-pipeline" / "slurm" / "job.sh.tmpl",  # pip install .
+)
+
+
+def template_path() -> Path:
+    for candidate in _CANDIDATES:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"job script template not found in {[str(c) for c in _CANDIDATES]}; reinstall")
 
 
 def job_command(batch_dir: Path, engine: str, settings: EngineSettings, python: str = sys.executable) -> list[str]:
@@ -29,7 +39,7 @@ def render(
     sbatch_directives: list[str] = (),
 ) -> str:
     """The job script text. Every datum is shell-quoted; ``env_setup`` lines come from luigi.cfg as written."""
-    template = string.Template(TEMPLATE.read_text())
+    template = string.Template(template_path().read_text())
     return template.substitute(
         batch=batch,
         sbatch_directives="\n".join(f"#SBATCH {d}" for d in sbatch_directives),

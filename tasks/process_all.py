@@ -40,7 +40,8 @@ class ProcessAll(ProgressMixin, luigi.Task):
             self.set_status_message(f"creating batch {number}")
             yield CreateBatch(batch=number)
             open_batches.append(number)
-        self.report(0, len(open_batches), f"finalizing batches {', '.join(open_batches) or '(none)'}")
+        if open_batches:
+            self.report(0, len(open_batches), f"finalizing batches {', '.join(open_batches)}")
         yield [Finalize(batch=b) for b in open_batches]
         touched = report.batches_since(lay, self.started_at)
         summary = report.collection_summary(lay, touched, time.time() - self.started, self.started_at)
