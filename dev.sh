@@ -26,7 +26,7 @@ install_system_packages() {
 install_python_packages() {
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    "$VENV/bin/python" -m pip install -q ".[test]"
 }
 
 setup() { install_system_packages; install_python_packages; }

@@ -17,6 +17,15 @@ from pathlib import Path
 from . import samples
 
 CONFIG = """\
+[retcode]
+task_failed = 30
+scheduling_error = 35
+unhandled_exception = 40
+missing_data = 20
+
+[core]
+autoload_range = false
+
 [pipeline]
 base_dir = {base}
 workers = 4
