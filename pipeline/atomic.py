@@ -109,6 +109,14 @@ def link_or_copy(src: Path, dst: Path) -> str:
     return method
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Remove temp files a killed writer left in ``folder`` (only this module's naming pattern)."""
+    if Path(folder).is_dir():
+        for leftover in Path(folder).glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
 def remove_files(paths: Iterable[Path]) -> list[Path]:
     """Unlink each existing path and sync the folders touched; returns what was removed."""
     removed = []

@@ -68,6 +68,7 @@ def finalize_document(
         ocr_bytes = atomic.dumps_json(record)
         meta_bytes = atomic.dumps_json(build_metadata(identifier, download, record, prov))
         folder = layout.processed_dir(identifier)
+        atomic.remove_stale_temps(folder)  # a kill during an earlier attempt
         atomic.makedirs(folder)
         atomic.write_bytes(layout.processed_ocr(identifier), ocr_bytes, sync_dir=False)
         atomic.write_bytes(layout.processed_metadata(identifier), meta_bytes, sync_dir=False)
