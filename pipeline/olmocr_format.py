@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator
@@ -11,6 +12,7 @@ from typing import Any, Iterable, Iterator
 ENGINE_VERSION_KEY = "olmocr-version"
 # Where older olmOCR versions and the older scripts kept the source path.
 SOURCE_FILE_KEYS = ("Source-File", "source-file", "source_file", "SourceFile", "pdf_path")
+_WINDOWS_PATH = re.compile(r"[A-Za-z]:[\\/]|\\\\")  # a drive letter or a UNC share
 
 
 def build_record(
@@ -22,17 +24,18 @@ def build_record(
     output_tokens: int = 0,
     fallback_pages: int = 0,
 ) -> dict[str, Any]:
-    """A record with the fields olmOCR writes: pages joined by newlines, spans in characters."""
+    """A record with the fields olmOCR writes: pages joined by newlines, spans in characters.
+
+    As in olmOCR's build_dolma_document, the newline after a page belongs to that page's span.
+    """
     text_parts: list[str] = []
     spans: list[list[int]] = []
     position = 0
     for number, page_text in enumerate(page_texts, start=1):
-        if text_parts:
-            text_parts.append("\n")
-            position += 1
-        text_parts.append(page_text)
-        spans.append([position, position + len(page_text), number])
-        position += len(page_text)
+        content = page_text + ("\n" if number < len(page_texts) else "")
+        text_parts.append(content)
+        spans.append([position, position + len(content), number])
+        position += len(content)
     text = "".join(text_parts)
     today = _dt.date.today().isoformat()
     return {
@@ -70,9 +73,9 @@ def identifier_from_source(source_file: str) -> str:
 
     Source-File may be absolute, relative, under a temp dir, an s3:// URI or a Windows path.
     """
-    name = PurePosixPath(source_file).name
-    if "\\" in name:
-        name = PureWindowsPath(source_file).name
+    # Backslashes separate folders only in a Windows path; a POSIX name may contain one.
+    windows = _WINDOWS_PATH.match(source_file) or ("\\" in source_file and "/" not in source_file)
+    name = (PureWindowsPath if windows else PurePosixPath)(source_file).name
     return name[:-4] if name.lower().endswith(".pdf") else name
 
 

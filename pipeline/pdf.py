@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 TAIL_BYTES = 2048
 HEAD_BYTES = 1024
-# A page object takes well over this many bytes, so a larger count is not believed.
+# An uncompressed page object takes well over this many bytes, so a larger count is not believed
+# in a file without object streams (where pages can compress to a few bytes each).
 MIN_BYTES_PER_PAGE = 20
 
 
@@ -108,6 +109,7 @@ _WS = b" \t\r\n\x0c\x00"
 _DELIM = b"()<>[]{}/%"
 _TOKEN = re.compile(rb"[^\s()<>\[\]{}/%]+")
 _REF_ARRAY = re.compile(rb"\[(?:\s*\d+\s+\d+\s+R)+\s*(\]?)")
+_PARTIAL_REF = re.compile(rb"[\s\d]*")  # what is left when the read stops inside a reference array
 
 
 class _Parser:
@@ -147,10 +149,12 @@ class _Parser:
         if c == 0x5B:  # [
             refs = _REF_ARRAY.match(data, self.pos)
             if refs:  # /Kids of a large page tree: skipped in one step, never needed here
-                if not refs.group(1):
+                if refs.group(1):
+                    self.pos = refs.end()
+                    return RefArray()
+                if _PARTIAL_REF.fullmatch(data, refs.end()):
                     raise _FastPathFailed("array cut short")
-                self.pos = refs.end()
-                return RefArray()
+                # References followed by other items: parsed one by one below.
             self.pos += 1
             items: list[Any] = []
             while True:
@@ -221,7 +225,8 @@ class _Resolver:
     def __init__(self, src: ByteSource) -> None:
         self.src = src
         self.trailer: dict[str, Any] = {}
-        self.sections: list[tuple[str, Any]] = []  # ("table", [(start, count, pos)]) or ("stream", {num: entry})
+        self.sections: list[tuple[str, Any]] = []  # ("table", [(start, count, pos)]) or ("stream", _XRefRows)
+        self.has_xref_stream = False
         self._objstm: dict[int, tuple[bytes, dict[int, int]]] = {}
         tail_start = max(0, src.size - TAIL_BYTES)
         tail = src.read_at(tail_start, src.size - tail_start)
@@ -269,10 +274,15 @@ class _Resolver:
             subsections.append((start, count, pos))
             pos += 20 * count
         trailer = self._dict_at(pos)
-        if "XRefStm" in trailer:
-            raise _FastPathFailed("hybrid xref file")
         self.sections.append(("table", subsections))
         self._merge_trailer(trailer)
+        if "XRefStm" in trailer:
+            # A hybrid file: objects the table lists as free live in this stream; it comes right
+            # after the table in the search order and its own /Prev is ignored.
+            _, stream, _ = self._object_at(trailer["XRefStm"])
+            if not isinstance(stream, _Stream) or stream.dict.get("Type") != "XRef":
+                raise _FastPathFailed("/XRefStm points at no xref stream")
+            self._load_xref_stream(stream, merge_trailer=False)
         return trailer.get("Prev")
 
     def _merge_trailer(self, trailer: dict[str, Any]) -> None:
@@ -293,48 +303,68 @@ class _Resolver:
                 raise _FastPathFailed("expected a dictionary")
             return value
 
-    def _load_xref_stream(self, stream: "_Stream") -> None:
+    def _load_xref_stream(self, stream: "_Stream", merge_trailer: bool = True) -> None:
         widths = stream.dict.get("W")
         if not (isinstance(widths, list) and len(widths) == 3 and all(isinstance(w, int) for w in widths)):
             raise _FastPathFailed("bad /W in xref stream")
-        data = self._decode(stream)
         index = stream.dict.get("Index") or [0, stream.dict.get("Size", 0)]
-        row = sum(widths)
-        entries: dict[int, tuple[int, int, int]] = {}
-        pos = 0
+        subsections, first_row = [], 0
         for start, count in zip(index[::2], index[1::2]):
-            for num in range(start, start + count):
-                fields, cursor = [], pos
-                for width in widths:
-                    fields.append(int.from_bytes(data[cursor:cursor + width], "big") if width else None)
-                    cursor += width
-                pos += row
-                kind = 1 if fields[0] is None else fields[0]
-                entries.setdefault(num, (kind, fields[1] or 0, fields[2] or 0))
-        self.sections.append(("stream", entries))
-        self._merge_trailer(stream.dict)
+            subsections.append((start, count, first_row))
+            first_row += count
+        data = self._inflate(stream)
+        predictor, row_bytes, bpp = self._predictor(stream)
+        up_only = False
+        if predictor >= 10:
+            if row_bytes != sum(widths):
+                raise _FastPathFailed("xref stream /Columns do not match /W")
+            rows = len(data) // (row_bytes + 1)
+            types = data[:rows * (row_bytes + 1):row_bytes + 1]
+            # Rows filtered with PNG "Up" only (what writers use) are summed on demand: decoding
+            # every row in Python would cost more than the rest of the fast path together.
+            up_only = types[:1] in (b"\x00", b"\x02") and types[1:].count(2) == rows - 1
+            if not up_only:
+                data = _png_unpredict(data, row_bytes, bpp)
+        self.sections.append(("stream", _XRefRows(data, widths, subsections, up_only)))
+        self.has_xref_stream = True
+        if merge_trailer:
+            self._merge_trailer(stream.dict)
 
-    def _decode(self, stream: "_Stream") -> bytes:
+    @staticmethod
+    def _inflate(stream: "_Stream") -> bytes:
         filters = stream.dict.get("Filter")
         filters = [filters] if isinstance(filters, str) else (filters or [])
         if any(f != "FlateDecode" for f in filters):
             raise _FastPathFailed(f"unsupported filter {filters}")
-        data = zlib.decompress(stream.raw) if filters else stream.raw
+        data = stream.raw
+        for _ in filters:
+            # Like other readers, accept trailing bytes after the end of the compressed data.
+            data = zlib.decompressobj().decompress(data)
+        return data
+
+    @staticmethod
+    def _predictor(stream: "_Stream") -> tuple[int, int, int]:
+        """(predictor, bytes per row, bytes per pixel) from /DecodeParms."""
         parms = stream.dict.get("DecodeParms") or {}
         if isinstance(parms, list):
             parms = parms[0] or {}
         predictor = parms.get("Predictor", 1)
-        if predictor >= 10:
-            data = _png_unpredict(data, parms.get("Columns", 1))
-        elif predictor != 1:
+        if predictor not in (1, 10, 11, 12, 13, 14, 15):
             raise _FastPathFailed(f"unsupported predictor {predictor}")
-        return data
+        bits = parms.get("Colors", 1) * parms.get("BitsPerComponent", 8)
+        return predictor, (parms.get("Columns", 1) * bits + 7) // 8, max(1, bits // 8)
+
+    def _decode(self, stream: "_Stream") -> bytes:
+        data = self._inflate(stream)
+        predictor, row_bytes, bpp = self._predictor(stream)
+        return _png_unpredict(data, row_bytes, bpp) if predictor >= 10 else data
 
     def _entry(self, num: int) -> tuple[int, int, int] | None:
         for kind, section in self.sections:
             if kind == "stream":
-                if num in section:
-                    return section[num]
+                found = section.entry(num)
+                if found is not None:
+                    return found
                 continue
             for start, count, pos in section:
                 if start <= num < start + count:
@@ -362,6 +392,9 @@ class _Resolver:
                 length *= 4
                 continue
             parser.skip()
+            if isinstance(value, dict) and len(data) == length and len(data) - parser.pos < 8:
+                length *= 4  # the "stream" keyword may lie just past what was read
+                continue
             if isinstance(value, dict) and data.startswith(b"stream", parser.pos):
                 start = parser.pos + len(b"stream")
                 start += 2 if data.startswith(b"\r\n", start) else 1
@@ -399,11 +432,8 @@ class _Resolver:
                 raise _FastPathFailed("object stream missing")
             data = self._decode(stream)
             first, count = stream.dict.get("First", 0), stream.dict.get("N", 0)
-            header = _Parser(data[:first])
-            offsets: dict[int, int] = {}
-            for i in range(count):
-                header.value()
-                offsets[i] = first + header.value()
+            pairs = re.findall(rb"(\d+)\s+(\d+)", data[:first])[:count]
+            offsets = {i: first + int(offset) for i, (_, offset) in enumerate(pairs)}
             self._objstm[stream_num] = (data, offsets)
         data, offsets = self._objstm[stream_num]
         if index not in offsets:
@@ -417,17 +447,64 @@ class _Stream:
     raw: bytes
 
 
-def _png_unpredict(data: bytes, columns: int) -> bytes:
-    row = columns + 1
+@dataclass
+class _XRefRows:
+    """The entries of one xref stream, decoded one row at a time when asked for."""
+
+    data: bytes
+    widths: list[int]
+    subsections: list[tuple[int, int, int]]  # (first object number, count, first row)
+    up_only: bool  # rows still carry their PNG "Up" filter byte
+
+    def entry(self, num: int) -> tuple[int, int, int] | None:
+        for start, count, first_row in self.subsections:
+            if start <= num < start + count:
+                return self._row(first_row + num - start)
+        return None
+
+    def _row(self, i: int) -> tuple[int, int, int] | None:
+        width = sum(self.widths)
+        if self.up_only:
+            # "Up" adds the row above, so row i is the column sums of rows 0..i, modulo 256.
+            stride = width + 1
+            if (i + 1) * stride > len(self.data):
+                return None
+            row = bytes(sum(self.data[1 + j:i * stride + 2 + j:stride]) & 0xFF for j in range(width))
+        else:
+            row = self.data[i * width:(i + 1) * width]
+            if len(row) < width:
+                return None
+        fields, cursor = [], 0
+        for w in self.widths:
+            fields.append(int.from_bytes(row[cursor:cursor + w], "big") if w else None)
+            cursor += w
+        kind = 1 if fields[0] is None else fields[0]  # a zero-width type field means "in use"
+        return kind, fields[1] or 0, fields[2] or 0
+
+
+def _png_unpredict(data: bytes, row_bytes: int, bpp: int = 1) -> bytes:
+    """Undo PNG row filters (predictors 10-15): each row starts with its filter type."""
+    row = row_bytes + 1
     out = bytearray()
-    prev = bytearray(columns)
-    for start in range(0, len(data) - columns, row):
+    prev = bytearray(row_bytes)
+    for start in range(0, len(data) - row_bytes, row):
         kind, line = data[start], bytearray(data[start + 1:start + row])
         if kind == 2:
             line = bytearray((a + b) & 0xFF for a, b in zip(line, prev))
         elif kind == 1:
-            for i in range(1, len(line)):
-                line[i] = (line[i] + line[i - 1]) & 0xFF
+            for i in range(bpp, len(line)):
+                line[i] = (line[i] + line[i - bpp]) & 0xFF
+        elif kind == 3:
+            for i in range(len(line)):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
+        elif kind == 4:
+            for i in range(len(line)):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
         elif kind != 0:
             raise _FastPathFailed(f"unsupported PNG predictor row type {kind}")
         out += line
@@ -447,6 +524,13 @@ def fast_page_count(src: ByteSource) -> tuple[int, bool]:
     count = resolver.resolve(pages.get("Count"))
     if not isinstance(count, int):
         raise _FastPathFailed("no page count")
+    # Every page is an object of its own, so the count is below /Size; without object streams
+    # each page also takes real bytes. A count failing either is garbage: the full parse decides.
+    size = resolver.trailer.get("Size")
+    if not (isinstance(size, int) and 0 < count < size):
+        raise _FastPathFailed(f"page count {count} not below /Size {size}")
+    if not resolver.has_xref_stream and count > src.size // MIN_BYTES_PER_PAGE:
+        raise _FastPathFailed(f"page count {count} too large for {src.size} bytes")
     return count, "Encrypt" in resolver.trailer
 
 
@@ -501,9 +585,10 @@ def count_source(src: ByteSource, local_path: Path | None = None) -> PageCount:
     check_header(src)
     try:
         count, encrypted = fast_page_count(src)
-        if 0 < count <= src.size // MIN_BYTES_PER_PAGE and not encrypted:
+        # Encrypted files need pypdf to tell whether the empty user password opens them.
+        if not encrypted:
             return PageCount(count, "count")
-    except (_FastPathFailed, ValueError, zlib.error, IndexError, KeyError, TypeError):
+    except Exception:  # damaged or unusual structure (any error type): the full parse decides
         pass
     try:
         pages, encrypted = _pypdf_count(src)

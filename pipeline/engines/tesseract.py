@@ -1,0 +1,154 @@
+"""The ``tesseract`` engine: CPU OCR, page by page, with poppler's ``pdftoppm`` and the ``tesseract`` CLI.
+
+Pages of all PDFs in the chunk run in parallel (one tesseract thread each, so the pool owns the
+cores). Like olmOCR, a document with more failed pages than ``max_page_error_rate`` allows is
+dropped; failed pages below that rate are kept empty and counted as fallback pages.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .. import atomic, olmocr_format, pdf
+from . import EngineSettings, output_name
+
+RASTER_TIMEOUT = 180.0
+OCR_TIMEOUT = 300.0
+REQUIRED_TOOLS = {"pdftoppm": "poppler-utils", "tesseract": "tesseract-ocr"}
+
+
+class PageFailed(Exception):
+    pass
+
+
+@functools.cache
+def tesseract_version() -> str:
+    result = subprocess.run(["tesseract", "--version"], capture_output=True, text=True, timeout=60)
+    words = (result.stdout or result.stderr).split()
+    return f"tesseract-{words[1]}" if len(words) > 1 else "tesseract"
+
+
+@functools.cache
+def installed_languages() -> frozenset[str]:
+    result = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60)
+    return frozenset(line.strip() for line in result.stdout.splitlines()[1:] if line.strip())
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: a SLURM job's allocation, not the whole node."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> bytes:
+    try:
+        result = subprocess.run(args, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise PageFailed(f"{args[0]} took over {timeout:.0f} s") from None
+    if result.returncode != 0:
+        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise PageFailed(f"{args[0]} exited with status {result.returncode}: {' | '.join(detail[-3:])}")
+    return result.stdout
+
+
+class TesseractEngine:
+    name = "tesseract"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        # One OCR thread per tesseract process: parallelism comes from running pages side by side.
+        self._ocr_env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+
+    def check_tools(self) -> None:
+        missing = [f"{tool} (Debian package {package})" for tool, package in REQUIRED_TOOLS.items()
+                   if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeError(f"tesseract engine needs {', '.join(missing)}")
+        languages = set(self.settings.tesseract_lang.split("+")) - installed_languages()
+        if languages:
+            raise RuntimeError(f"tesseract has no language data for {', '.join(sorted(languages))} "
+                               f"(Debian packages tesseract-ocr-<lang>)")
+
+    def rasterise(self, source: Path, page: int, prefix: Path) -> Path:
+        dpi = str(self.settings.tesseract_dpi)
+        _run(["pdftoppm", "-r", dpi, "-f", str(page), "-l", str(page), "-gray", "-png", "-singlefile",
+              "--", str(source), str(prefix)], RASTER_TIMEOUT)
+        image = prefix.with_name(prefix.name + ".png")
+        if not image.is_file():
+            raise PageFailed("pdftoppm wrote no image")
+        return image
+
+    def ocr_page(self, source: Path, page: int, scratch: Path) -> str:
+        image = self.rasterise(source, page, scratch / f"page_{page:05d}")
+        try:
+            text = _run(["tesseract", str(image), "stdout", "-l", self.settings.tesseract_lang,
+                         "--dpi", str(self.settings.tesseract_dpi)], OCR_TIMEOUT, self._ocr_env)
+        finally:
+            image.unlink(missing_ok=True)
+        # tesseract ends each page with a form feed.
+        return text.decode("utf-8", "replace").replace("\f", "").strip()
+
+    def run(self, pdfs: list[Path], workspace: Path) -> list[Path]:
+        self.check_tools()
+        workspace = Path(workspace)
+        version = tesseract_version()
+        scratch_root = workspace / "tmp"
+        atomic.makedirs(scratch_root)
+        lines = []
+        with tempfile.TemporaryDirectory(dir=scratch_root, prefix="tesseract_") as tmp:
+            pool = ThreadPoolExecutor(max_workers=self.settings.workers or available_cpus())
+            try:
+                # Every page of the chunk is queued at once, so one long PDF does not leave cores idle.
+                jobs: list[tuple[Path, list[Future[str]]]] = []
+                for number, source in enumerate(pdfs):
+                    try:
+                        pages = pdf.count_pages(source).pages
+                    except (pdf.PdfError, OSError) as exc:
+                        reason = getattr(exc, "reason", "unreadable")
+                        print(f"tesseract engine: {source}: no record: {reason}: {exc}", flush=True)
+                        continue
+                    if pages == 0:
+                        print(f"tesseract engine: {source}: no record: the PDF has no pages", flush=True)
+                        continue
+                    scratch = Path(tmp) / f"doc_{number:05d}"
+                    scratch.mkdir()
+                    absolute = Path(source).absolute()
+                    jobs.append((Path(source), [pool.submit(self.ocr_page, absolute, page, scratch)
+                                                for page in range(1, pages + 1)]))
+                for source, futures in jobs:
+                    record = self._record(source, futures, version)
+                    if record is not None:
+                        lines.append(json.dumps(record, ensure_ascii=False))
+            finally:
+                # On an interruption the pages still queued are dropped instead of waited for.
+                pool.shutdown(cancel_futures=True)
+        out = workspace / "results" / output_name(pdfs)
+        atomic.write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
+        return [out]
+
+    def _record(self, source: Path, futures: list[Future[str]], version: str) -> dict[str, Any] | None:
+        texts: list[str] = []
+        failures: list[str] = []
+        for page, future in enumerate(futures, start=1):
+            try:
+                texts.append(future.result())
+            except Exception as exc:  # whatever went wrong, it is this page's failure, not the chunk's
+                texts.append("")
+                failures.append(f"page {page}: {exc if isinstance(exc, PageFailed) else repr(exc)}")
+        if len(failures) / len(futures) > self.settings.max_page_error_rate:
+            print(f"tesseract engine: {source}: no record: {len(failures)} of {len(futures)} pages failed, "
+                  f"over max_page_error_rate {self.settings.max_page_error_rate}; first: {failures[0]}", flush=True)
+            return None
+        for failure in failures:
+            print(f"tesseract engine: {source}: kept with an empty {failure}", flush=True)
+        print(f"tesseract engine: {source}: {len(futures)} pages", flush=True)
+        return olmocr_format.build_record(str(source), texts, version=version, fallback_pages=len(failures))
