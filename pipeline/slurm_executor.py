@@ -1,0 +1,408 @@
+"""The SLURM executor: one array job per batch (array index = chunk index), watched until done.
+
+Same contract as pipeline.executor.LocalExecutor: ``run(paths, chunks, progress)`` returns when
+every chunk has its done marker, or raises ChunkFailed naming what failed and where its log is.
+
+- Every submission is written to the event log (``slurm_submitted``) before any waiting, so a
+  restarted task re-attaches to the batch's jobs that are still pending or running.
+- One status query per poll covers every job of the batch; the interval grows while nothing
+  changes. A failed query is retried with backoff and never taken for a job failure.
+- A chunk is done when its done marker exists. FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL,
+  CANCELLED, BOOT_FAIL, DEADLINE and COMPLETED-without-marker are failures: resubmitted up to
+  ``max_retries`` times, after a TIMEOUT with ``timeout_walltime_factor`` times the walltime.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import shlex
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import manifest, slurm
+from .config import SlurmConfig
+from .executor import ChunkFailed, ChunkRun, Progress, write_job_script
+from .jobscript import render
+from .layout import BatchPaths, Layout
+from .planning import WalltimeModel
+from .slurm import Backoff, JobState, PollInterval, SlurmError
+
+LOG_PATTERN = "chunk_%3a.log"  # SLURM's zero-padded array index: the same name as BatchPaths.chunk_log
+
+
+@dataclass
+class _Chunk:
+    """One chunk's life on the cluster during one run."""
+
+    run: ChunkRun
+    walltime: int               # seconds asked for (or to ask for) in its current submission
+    job_id: str | None = None
+    seen: float = 0.0           # clock of the submission or of the last time SLURM reported it
+    state: str | None = None
+    failures: int = 0
+
+    @property
+    def index(self) -> int:
+        return self.run.index
+
+    @property
+    def key(self) -> str:
+        return slurm.task_key(self.job_id or "", self.index)
+
+
+def latest_submissions(events: Path, batch: str) -> dict[int, dict[str, Any]]:
+    """The last ``slurm_submitted`` event of every chunk of ``batch``, from the event log."""
+    latest: dict[int, dict[str, Any]] = {}
+    for record in manifest.read(events):
+        if record.get("event") == "slurm_submitted" and record.get("batch") == batch:
+            for chunk in record.get("chunks", []):
+                latest[int(chunk)] = record
+    return latest
+
+
+def _epoch(iso: str | None) -> float:
+    try:
+        return _dt.datetime.fromisoformat(iso).timestamp() if iso else 0.0
+    except ValueError:
+        return 0.0
+
+
+@dataclass
+class SlurmExecutor:
+    """Runs a batch's chunks as one SLURM array job and waits for their done markers."""
+
+    layout: Layout
+    command: list[str]
+    partition: str = ""
+    account: str = ""
+    gres: str = ""
+    cpus_per_task: int = 0
+    mem: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    env_setup: list[str] = field(default_factory=list)
+    array_throttle: int = 0
+    walltime: WalltimeModel = field(default_factory=WalltimeModel)
+    max_retries: int = 2
+    timeout_walltime_factor: float = 1.5
+    poll_initial: float = 10.0
+    poll_max: float = 300.0
+    poll_growth: float = 1.5
+    max_query_failures: int = 10
+    lost_after: float = 900.0
+    cancel_on_exit: bool = False
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def from_config(cls, layout: Layout, command: list[str]) -> SlurmExecutor:
+        cfg = SlurmConfig()
+        slurm.COMMAND_TIMEOUT = cfg.command_timeout
+        return cls(
+            layout, command,
+            partition=cfg.partition, account=cfg.account, gres=cfg.gres, cpus_per_task=cfg.cpus_per_task,
+            mem=cfg.mem, extra_args=shlex.split(cfg.extra_args),
+            env_setup=[line for line in cfg.env_setup.splitlines() if line.strip()],
+            array_throttle=cfg.array_throttle,
+            walltime=WalltimeModel(cfg.walltime_base_seconds, cfg.walltime_seconds_per_page, cfg.walltime_buffer),
+            max_retries=cfg.max_retries, timeout_walltime_factor=cfg.timeout_walltime_factor,
+            poll_initial=cfg.poll_initial_seconds, poll_max=cfg.poll_max_seconds, poll_growth=cfg.poll_growth,
+            max_query_failures=cfg.max_query_failures, lost_after=cfg.lost_after_seconds,
+            cancel_on_exit=cfg.cancel_on_exit,
+        )
+
+    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> None:
+        _BatchRun(self, paths, chunks, progress).run()
+
+
+class _BatchRun:
+    """The state of one ``SlurmExecutor.run`` call."""
+
+    def __init__(self, executor: SlurmExecutor, paths: BatchPaths, chunks: list[ChunkRun],
+                 progress: Progress) -> None:
+        self.x = executor
+        self.paths = paths
+        self.batch = paths.number
+        self.progress = progress
+        self.total = len(chunks)
+        self.done = 0
+        self.active: dict[int, _Chunk] = {}
+        self.unmeasured: dict[int, _Chunk] = {}  # done chunks whose job SLURM still shows as running
+        self.failures: list[str] = []
+        self.cap = slurm.partition_max_time(executor.partition or None)
+        self.model = replace(executor.walltime, max_seconds=self.cap) if self.cap else executor.walltime
+        for chunk in chunks:
+            if paths.done_marker(chunk.index).exists():
+                self.done += 1
+            else:
+                self.active[chunk.index] = _Chunk(chunk, self.model.seconds(chunk.pages))
+        self.script = write_job_script(paths, render(batch=self.batch, command=executor.command,
+                                                     env_setup=executor.env_setup))
+
+    # --- the steps ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            with self._sigterm_raises() if self.x.cancel_on_exit else contextlib.nullcontext():
+                fresh = self._reattach()
+                if fresh:
+                    self._submit(fresh)
+                self._wait()
+        except (KeyboardInterrupt, SystemExit):
+            if self.x.cancel_on_exit:
+                self._cancel()
+            raise
+        self._measure_last()
+        if self.failures:
+            raise ChunkFailed(
+                "OCR failed on SLURM for " + "; ".join(self.failures)
+                + ". Read the log, fix the cause, and run the same command again: done chunks are kept."
+            )
+
+    def _reattach(self) -> list[_Chunk]:
+        """Adopt the chunks whose last logged job still pends or runs; return the ones to submit."""
+        logged = {i: r for i, r in latest_submissions(self.x.layout.events, self.batch).items() if i in self.active}
+        if not logged:
+            return list(self.active.values())
+        states = self._query_with_retries({str(r["job_id"]) for r in logged.values()})
+        fresh, adopted = [], []
+        now = self.x.clock()
+        for index, chunk in self.active.items():
+            record = logged.get(index)
+            if record is None:
+                fresh.append(chunk)
+                continue
+            job_id, submitted = str(record["job_id"]), _epoch(record.get("time"))
+            state = states.get(slurm.task_key(job_id, index))
+            recent = state is None and now - submitted < self.x.lost_after  # sacct may not know it yet
+            if recent or (state is not None and state.outcome == "waiting"):
+                chunk.job_id, chunk.walltime = job_id, int(record.get("walltime") or chunk.walltime)
+                chunk.seen = submitted if recent else now
+                chunk.state = state.state if state else None
+                adopted.append(chunk)
+                continue
+            if state is not None and state.state == "TIMEOUT":
+                chunk.walltime = self._longer(int(record.get("walltime") or chunk.walltime))
+            fresh.append(chunk)
+        if adopted:
+            jobs = sorted({c.job_id for c in adopted}, key=int)
+            manifest.log_event(self.x.layout.events, "slurm_reattached", batch=self.batch,
+                               chunks=[c.index for c in adopted], job_ids=jobs)
+            self.progress(self.done, self.total, f"re-attached to job {', '.join(jobs)} for "
+                                                 f"{len(adopted)} chunks still pending or running")
+        return fresh
+
+    def _submit(self, chunks: list[_Chunk]) -> None:
+        walltime = max(c.walltime for c in chunks)
+        indices = sorted(c.index for c in chunks)
+        x = self.x
+        job_id = slurm.submit(
+            self.script, job_name=slurm.job_name(self.batch), array_indices=indices,
+            throttle=x.array_throttle or None, comment=f"ocr batch {self.batch}",
+            partition=x.partition or None, account=x.account or None, gres=x.gres or None,
+            cpus=x.cpus_per_task or None, mem=x.mem or None, time=walltime,
+            output=str(self.paths.logs / LOG_PATTERN),
+            # Logs of earlier attempts of a chunk stay above the new attempt's output.
+            extra_args=["--open-mode=append", *x.extra_args],
+        )
+        manifest.log_event(x.layout.events, "slurm_submitted", batch=self.batch, chunks=indices,
+                           job_id=job_id, walltime=walltime)
+        submitted_at = manifest.now_iso()
+        manifest.append(x.layout.metrics, [{
+            "batch": self.batch, "chunk": c.index, "pages": c.run.pages, "executor": "slurm",
+            "walltime_requested": walltime, "job_id": job_id, "attempt": c.failures + 1,
+            "submitted_at": submitted_at,
+        } for c in chunks])
+        now = x.clock()
+        for chunk in chunks:
+            chunk.job_id, chunk.walltime, chunk.seen, chunk.state = job_id, walltime, now, None
+        self.progress(self.done, self.total, f"submitted job {job_id} for {len(indices)} chunks "
+                                             f"(walltime {walltime} s)")
+
+    def _wait(self) -> None:
+        interval = PollInterval(self.x.poll_initial, self.x.poll_max, self.x.poll_growth)
+        pause = interval.current
+        while self.active:
+            self.x.sleep(pause)
+            changed = self._poll()
+            pause = interval.next(changed)
+
+    def _poll(self) -> bool:
+        """One status query for every job; returns whether anything changed."""
+        states = self._query_with_retries(self._job_ids())
+        now = self.x.clock()
+        changed = False
+        retry: list[_Chunk] = []
+        lost: list[_Chunk] = []
+        for index, chunk in list(self.active.items()):
+            state = states.get(chunk.key)
+            if state is not None:
+                chunk.seen = now
+            # The query comes first: a job SLURM reports as ended wrote its marker before it ended.
+            if self.paths.done_marker(index).exists():
+                self._chunk_done(chunk, state)
+                changed = True
+            elif state is None:
+                if now - chunk.seen > self.x.lost_after:
+                    lost.append(chunk)
+            elif state.outcome == "waiting":
+                changed |= state.state != chunk.state
+                chunk.state = state.state
+            else:
+                changed = True
+                if self._chunk_failed(chunk, state):
+                    retry.append(chunk)
+        self._measure(states)
+        retry += self._lost(lost)
+        if retry:
+            self._submit(retry)
+            changed = True
+        if changed:
+            self._report()
+        return changed
+
+    def _lost(self, chunks: list[_Chunk]) -> list[_Chunk]:
+        """Chunks sacct has not reported for lost_after seconds: failed unless the controller knows them."""
+        if not chunks:
+            return []
+        try:
+            known = slurm.query_controller({c.job_id for c in chunks if c.job_id})
+        except SlurmError:
+            return []
+        retry = []
+        for chunk in chunks:
+            state = known.get(chunk.key)
+            if state is not None and state.outcome == "waiting":
+                chunk.seen, chunk.state = self.x.clock(), state.state
+            elif self._chunk_failed(chunk, state or JobState(
+                    chunk.job_id or "", chunk.index, "LOST",
+                    reason=f"neither sacct nor squeue reports it {self.x.lost_after:.0f} s after submission")):
+                retry.append(chunk)
+        return retry
+
+    def _chunk_done(self, chunk: _Chunk, state: JobState | None) -> None:
+        del self.active[chunk.index]
+        self.done += 1
+        if state is not None and state.outcome != "waiting":
+            self._metrics_end(chunk, state)
+        else:
+            self.unmeasured[chunk.index] = chunk
+
+    def _chunk_failed(self, chunk: _Chunk, state: JobState) -> bool:
+        """Record a failed attempt; True when the chunk gets another one."""
+        self._metrics_end(chunk, state)
+        chunk.failures += 1
+        what = "COMPLETED without writing its done marker" if state.state == slurm.COMPLETED else state.state
+        manifest.log_event(self.x.layout.events, "slurm_chunk_failed", batch=self.batch, chunk=chunk.index,
+                           job_id=chunk.job_id, state=state.state, exit_code=state.exit_code,
+                           reason=state.reason, attempt=chunk.failures)
+        if chunk.failures <= self.x.max_retries:
+            if state.state == "TIMEOUT":
+                chunk.walltime = self._longer(chunk.walltime)
+            self.progress(self.done, self.total, f"chunk {chunk.index} (job {chunk.key}) ended {what}; "
+                                                 f"resubmitting (attempt {chunk.failures + 1})")
+            return True
+        del self.active[chunk.index]
+        self.failures.append(
+            f"batch {self.batch} chunk {chunk.index}: job {chunk.key} ended {what}"
+            f" (exit code {state.exit_code or 'unknown'}"
+            + (f", reason {state.reason}" if state.reason else "")
+            + f") after {chunk.failures} attempt{'s' if chunk.failures > 1 else ''};"
+            f" log: {self.paths.chunk_log(chunk.index)}"
+        )
+        self.progress(self.done, self.total, f"chunk {chunk.index} FAILED: {what}")
+        return False
+
+    def _longer(self, walltime: int) -> int:
+        longer = math.ceil(walltime * self.x.timeout_walltime_factor)
+        return min(longer, self.cap) if self.cap else longer
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def _metrics_end(self, chunk: _Chunk, state: JobState) -> None:
+        manifest.append(self.x.layout.metrics, [{
+            "batch": self.batch, "chunk": chunk.index, "pages": chunk.run.pages, "executor": "slurm",
+            "job_id": chunk.job_id, "state": state.state, "exit_code": state.exit_code,
+            "elapsed": state.elapsed_seconds, "start": state.start, "end": state.end,
+        }])
+
+    def _measure(self, states: dict[str, JobState]) -> None:
+        for index, chunk in list(self.unmeasured.items()):
+            state = states.get(chunk.key)
+            if state is not None and state.outcome != "waiting":
+                self._metrics_end(chunk, state)
+                del self.unmeasured[index]
+
+    def _measure_last(self) -> None:
+        """The last chunks' jobs end moments after their markers appear: a few short polls catch that."""
+        for _ in range(3):
+            if not self.unmeasured:
+                return
+            self.x.sleep(self.x.poll_initial)
+            try:
+                self._measure(slurm.query(self._job_ids()))
+            except SlurmError:
+                return
+
+    # --- queries, signals, cancel -------------------------------------------------------------
+
+    def _job_ids(self) -> set[str]:
+        return {c.job_id for c in [*self.active.values(), *self.unmeasured.values()] if c.job_id}
+
+    def _query_with_retries(self, job_ids: set[str]) -> dict[str, JobState]:
+        backoff = Backoff(base=self.x.poll_initial, maximum=self.x.poll_max)
+        for failures in range(1, self.x.max_query_failures + 1):
+            try:
+                return slurm.query(job_ids)
+            except SlurmError as exc:
+                if failures == self.x.max_query_failures:
+                    raise SlurmError(
+                        f"batch {self.batch}: {failures} status queries in a row failed, the last with: {exc}. "
+                        f"The jobs ({', '.join(sorted(job_ids, key=int))}) keep running; run the same command "
+                        "again to re-attach to them."
+                    ) from exc
+                delay = backoff.delay(failures)
+                self.progress(self.done, self.total, f"status query failed ({exc}); retrying in {delay:.0f} s")
+                self.x.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _report(self) -> None:
+        counts: dict[str, int] = {}
+        for chunk in self.active.values():
+            counts[chunk.state or "SUBMITTED"] = counts.get(chunk.state or "SUBMITTED", 0) + 1
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        jobs = ", ".join(sorted({c.job_id for c in self.active.values() if c.job_id}, key=int))
+        self.progress(self.done, self.total, f"{self.done}/{self.total} chunks done"
+                                             + (f"; {states} (job {jobs})" if states else ""))
+
+    @contextlib.contextmanager
+    def _sigterm_raises(self) -> Iterator[None]:
+        """Turn SIGTERM into SystemExit so the jobs can be cancelled on the way out."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def terminate(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _cancel(self) -> None:
+        jobs = sorted({c.job_id for c in self.active.values() if c.job_id}, key=int)
+        if not jobs:
+            return
+        try:
+            slurm.cancel(jobs)
+            error = None
+        except SlurmError as exc:
+            error = str(exc)
+        manifest.log_event(self.x.layout.events, "slurm_cancelled", batch=self.batch, job_ids=jobs,
+                           chunks=sorted(self.active), error=error)
