@@ -6,6 +6,7 @@ download complete. A document already downloaded, finalized or quarantined is no
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -58,9 +59,22 @@ def _copy_from(path: Path) -> Callable[[Path], None]:
 
 def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
     def fetch(target: Path) -> None:
-        request = urllib.request.Request(url, headers={"User-Agent": "ocr-pipeline"})
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
+        headers = {"User-Agent": "ocr-pipeline"}
+        parts = urllib.parse.urlsplit(url)
+        plain = url
+        if parts.username is not None:  # urllib cannot fetch user:password@host: send them as Basic auth
+            credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+            plain = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        request = urllib.request.Request(plain, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except Exception as exc:  # some messages quote the URL (http.client.InvalidURL): no secret in them
+            message = str(exc)
+            for secret in (parts.query, parts.password, urllib.parse.unquote(parts.password or "")):
+                message = message.replace(secret, "***") if secret else message
+            raise OSError(f"{type(exc).__name__}: {message}") from None
     return fetch
 
 

@@ -30,6 +30,8 @@ def validate_identifier(identifier: str) -> str:
         problem = "contains a path separator"
     elif "\x00" in identifier:
         problem = "contains a NUL byte"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in identifier):
+        problem = "contains a control character (line break, tab, ...)"
     elif identifier.startswith("."):
         problem = "starts with a dot (hidden file or '..')"
     elif len(identifier.encode("utf-8", "surrogateescape")) > 200:

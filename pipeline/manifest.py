@@ -20,8 +20,11 @@ def append(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> N
         return
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
     atomic.makedirs(Path(path).parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a killed writer left a torn line: keep these records off it
         os.write(fd, data)
         if sync:
             os.fsync(fd)
@@ -41,7 +44,7 @@ def log_event(path: Path, kind: str, **fields: Any) -> None:
 def read(path: Path) -> Iterator[dict[str, Any]]:
     """Records of an NDJSON file; a torn last line (killed writer) or a bad line is skipped."""
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")  # bytes: a line torn inside a UTF-8 character is one bad line, no error
     except FileNotFoundError:
         return
     with handle:

@@ -16,9 +16,11 @@ class Chunk:
 def pack_chunks(documents: dict[str, int], pages_per_chunk: int) -> list[Chunk]:
     """Pack {identifier: pages} into balanced chunks of at most ``pages_per_chunk`` pages.
 
-    The chunk count is the least the limit allows; documents go largest first to the lightest
-    chunk that has room (a new chunk opens when none has). A document larger than the limit gets
-    a chunk of its own. Deterministic: ties break on identifier and chunk index.
+    The chunk count is the least the limit allows (never more than first-fit-decreasing needs);
+    documents go largest first to the lightest chunk that has room. When that leaves a document
+    with no room, first-fit-decreasing at the least capacity that keeps its chunk count (MULTIFIT)
+    is used instead. A document larger than the limit gets a chunk of its own. Deterministic: ties
+    break on identifier and chunk index.
     """
     if pages_per_chunk < 1:
         raise ValueError("pages_per_chunk must be at least 1")
@@ -26,30 +28,58 @@ def pack_chunks(documents: dict[str, int], pages_per_chunk: int) -> list[Chunk]:
     rest = sorted((i for i, p in documents.items() if p <= pages_per_chunk), key=lambda i: (-documents[i], i))
     chunks = [Chunk(n, documents[i], [i]) for n, i in enumerate(big)]
     total = sum(documents[i] for i in rest)
-    target = math.ceil(total / pages_per_chunk) if rest else 0
-    heap = []
-    for _ in range(target):
-        chunk = Chunk(len(chunks))
-        chunks.append(chunk)
-        heap.append((0, chunk.index))
-    heapq.heapify(heap)
-    for identifier in rest:
+    groups = _spread(rest, documents, pages_per_chunk, math.ceil(total / pages_per_chunk) if rest else 0)
+    if groups is None:
+        # Even spreading left gaps that no remaining document fits: take the chunk count of
+        # first-fit-decreasing and the least capacity at which it keeps that count (MULTIFIT).
+        count = len(_first_fit(rest, documents, pages_per_chunk))
+        low, high = math.ceil(total / count), pages_per_chunk
+        while low < high:
+            middle = (low + high) // 2
+            if len(_first_fit(rest, documents, middle)) <= count:
+                high = middle
+            else:
+                low = middle + 1
+        groups = _first_fit(rest, documents, high)
+    for group in groups:
+        chunks.append(Chunk(len(chunks), sum(documents[i] for i in group), group))
+    return chunks
+
+
+def _spread(order: list[str], documents: dict[str, int], limit: int, count: int) -> list[list[str]] | None:
+    """Each document (in order) to the lightest of ``count`` groups with room; None when one fits nowhere."""
+    groups: list[list[str]] = [[] for _ in range(count)]
+    heap = [(0, n) for n in range(count)]
+    for identifier in order:
         pages = documents[identifier]
         skipped = []
-        while heap and heap[0][0] + pages > pages_per_chunk:
+        while heap and heap[0][0] + pages > limit:
             skipped.append(heapq.heappop(heap))
-        if heap:
-            _, index = heapq.heappop(heap)
-        else:
-            chunks.append(Chunk(len(chunks)))
-            index = len(chunks) - 1
-        chunk = chunks[index]
-        chunk.identifiers.append(identifier)
-        chunk.pages += pages
-        heapq.heappush(heap, (chunk.pages, index))
+        if not heap:
+            return None
+        load, n = heapq.heappop(heap)
+        groups[n].append(identifier)
+        heapq.heappush(heap, (load + pages, n))
         for item in skipped:
             heapq.heappush(heap, item)
-    return [c for c in chunks if c.identifiers]
+    return groups
+
+
+def _first_fit(order: list[str], documents: dict[str, int], capacity: int) -> list[list[str]]:
+    """First fit in the given (decreasing) order: each document into the first group with room."""
+    groups: list[list[str]] = []
+    loads: list[int] = []
+    for identifier in order:
+        pages = documents[identifier]
+        for n, load in enumerate(loads):
+            if load + pages <= capacity:
+                groups[n].append(identifier)
+                loads[n] += pages
+                break
+        else:
+            groups.append([identifier])
+            loads.append(pages)
+    return groups
 
 
 @dataclass(frozen=True)
