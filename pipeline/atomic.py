@@ -117,18 +117,24 @@ def remove_stale_temps(folder: Path) -> None:
                 leftover.unlink()
 
 
-def remove_files(paths: Iterable[Path]) -> list[Path]:
-    """Unlink each existing path and sync the folders touched; returns what was removed."""
+def remove_files(paths: Iterable[Path], *, sync: bool = True) -> list[Path]:
+    """Unlink each existing path; returns what was removed.
+
+    With ``sync`` the folders touched are fsynced here; callers removing many files pass False and
+    sync the distinct folders once (``fsync_dirs``) before they record the work as done.
+    """
     removed = []
-    folders = set()
     for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
             continue
         removed.append(Path(path))
-        folders.add(Path(path).parent)
-    for folder in folders:
-        fsync_dir(folder)
+    if sync:
+        fsync_dirs(p.parent for p in removed)
     return removed
 
+
+def fsync_dirs(folders: Iterable[Path]) -> None:
+    for folder in set(folders):
+        fsync_dir(folder)

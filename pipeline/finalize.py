@@ -8,13 +8,14 @@ rerun deletes it), or finalized and deleted.
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from . import atomic, manifest, olmocr_format
-from .layout import BatchPaths, Layout
+from .layout import PENDING_LEGACY, BatchPaths, Layout, shard_of
 
 PIPELINE_NAME = "ocr-pipeline"
 
@@ -59,8 +60,9 @@ def is_finalized(layout: Layout, identifier: str) -> bool:
 
 def finalize_document(
     layout: Layout, paths: BatchPaths, identifier: str, download: dict[str, Any], prov: Provenance
-) -> str:
-    """Finalize one document whose record is in 04; returns 'finalized' or 'already'."""
+) -> tuple[str, list[Path]]:
+    """Finalize one document whose record is in 04; returns 'finalized' or 'already', and the
+    files deleted (their folders still to be fsynced by the caller)."""
     outcome = "already"
     if not is_finalized(layout, identifier):
         lines = layout.completed_jsonl(identifier).read_bytes().splitlines()
@@ -77,8 +79,24 @@ def finalize_document(
                 or layout.processed_metadata(identifier).read_bytes() != meta_bytes):
             raise VerificationError(f"{folder}: files read back differ from what was written; PDF kept")
         outcome = "finalized"
-    atomic.remove_files([paths.pdf(identifier), layout.downloaded_pdf(identifier), layout.downloaded_meta(identifier)])
-    return outcome
+    removed = atomic.remove_files([*legacy_links(layout, paths, identifier), paths.pdf(identifier),
+                                   layout.downloaded_pdf(identifier), layout.downloaded_meta(identifier)],
+                                  sync=False)
+    return outcome, removed
+
+
+def legacy_links(layout: Layout, paths: BatchPaths, identifier: str) -> list[Path]:
+    """The document's file in a legacy 02_ocr_pending (flat or sharded) when it is the batch's PDF itself."""
+    legacy = layout.base / PENDING_LEGACY
+    found = []
+    for folder in (legacy, legacy / shard_of(identifier, layout.shard_width)):
+        candidate = folder / f"{identifier}.pdf"
+        try:
+            if candidate not in found and os.path.samefile(candidate, paths.pdf(identifier)):
+                found.append(candidate)
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def download_info(layout: Layout, identifier: str, batch_doc: dict[str, Any]) -> dict[str, Any]:
@@ -103,18 +121,22 @@ def finalize_many(
     outcomes: dict[str, str] = {}
     events: list[dict] = []
 
-    def one(identifier: str) -> tuple[str, str]:
+    removed_from: set[Path] = set()
+
+    def one(identifier: str) -> tuple[str, str, list[Path]]:
         info = download_info(layout, identifier, documents[identifier])
-        return identifier, finalize_document(layout, paths, identifier, info, provenance(identifier))
+        return identifier, *finalize_document(layout, paths, identifier, info, provenance(identifier))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for identifier, outcome in pool.map(one, ready):
+        for identifier, outcome, removed in pool.map(one, ready):
             outcomes[identifier] = outcome
+            removed_from.update(p.parent for p in removed)
             if outcome == "finalized":
                 events.append(manifest.event("finalized", identifier=identifier, batch=paths.number))
             if len(events) >= 200:  # one fsynced append per group keeps the event log off the hot path
                 manifest.append(layout.events, events)
                 events = []
             progress(len(outcomes), len(ready))
+    atomic.fsync_dirs(removed_from)  # the deletions are durable before anyone records the batch done
     manifest.append(layout.events, events)
     return outcomes
