@@ -55,3 +55,60 @@ class BackpressureConfig(_Section):
     max_waiting_documents = luigi.IntParameter(default=20_000, description="Download pauses above this")
     min_free_gb = luigi.FloatParameter(default=5.0, description="Download pauses below this free space")
     max_open_batches = luigi.IntParameter(default=4, description="ProcessAll opens no batch above this")
+
+
+class S3Config(_Section):
+    section = "s3"
+    endpoint_url = luigi.Parameter(default="", description="S3-compatible endpoint (MinIO, moto); '' = AWS")
+    region = luigi.Parameter(default="", description="region name; '' = from the profile or environment")
+    profile = luigi.Parameter(default="", description="credentials profile; '' = boto3's standard chain")
+    max_pool_connections = luigi.IntParameter(default=64, description="HTTP connections; raised to --max-workers")
+    retry_mode = luigi.ChoiceParameter(choices=["standard", "adaptive"], default="standard",
+                                       description="botocore retries with backoff on throttling and 5xx")
+    max_attempts = luigi.IntParameter(default=8, description="attempts per request, first one included")
+    connect_timeout = luigi.FloatParameter(default=10.0, description="seconds to open a connection")
+    read_timeout = luigi.FloatParameter(default=60.0, description="seconds to wait for response bytes")
+    range_block_bytes = luigi.IntParameter(default=4096, description="ranged page counting: bytes per block")
+    shard_prefix = luigi.Parameter(default="", description="where shard_K.txt and shard_summary.json live")
+    status_prefix = luigi.Parameter(default="", description="per-document .done/.failed markers, shard markers")
+    output_prefix = luigi.Parameter(default="", description="per-document outputs go under <prefix>/<bucket>/<key>/")
+    work_dir = luigi.Parameter(default="work", description="node-local folder for downloads and engine work")
+    engine = luigi.Parameter(default="", description="per-document engine: olmocr, tesseract, text, or command "
+                             "(the template below); '' = [ocr] engine")
+    command = luigi.Parameter(default="", description="engine=command: argument template, placeholders "
+                              "{uri} {input} {workdir} {outdir} {output} {shard}; never run by a shell")
+    parallel_documents = luigi.IntParameter(default=2, description="documents processed at once on a node")
+    document_attempts = luigi.IntParameter(default=3, description="runs a failing document gets before it stays .failed")
+    document_timeout = luigi.FloatParameter(default=0.0, description="seconds per document command; 0 = no limit")
+    min_root_free_gb = luigi.FloatParameter(default=5.0, description="Preflight: free space needed on /")
+    min_work_free_gb = luigi.FloatParameter(default=50.0, description="Preflight: free space needed on work_dir")
+
+
+class SlurmConfig(_Section):
+    section = "slurm"
+    partition = luigi.Parameter(default="", description="sbatch --partition; '' = the cluster's default")
+    account = luigi.Parameter(default="", description="sbatch --account; '' = the user's default")
+    gres = luigi.Parameter(default="", description="sbatch --gres, e.g. gpu:1; '' = none")
+    cpus_per_task = luigi.IntParameter(default=0, description="sbatch --cpus-per-task; 0 = SLURM's default")
+    mem = luigi.Parameter(default="", description="sbatch --mem, e.g. 32G; '' = SLURM's default")
+    extra_args = luigi.Parameter(default="", description="more sbatch arguments, split like a shell would "
+                                 "(never run by one), e.g. --qos=high --constraint=a100")
+    env_setup = luigi.Parameter(default="", description="lines the job script runs before the chunk, "
+                                "e.g. module load cuda")
+    array_throttle = luigi.IntParameter(default=0, description="most array tasks running at once (%N); 0 = no limit")
+    # Walltime of a chunk = (base + per_page * pages) * (1 + buffer), capped by the partition's MaxTime.
+    walltime_base_seconds = luigi.FloatParameter(default=300.0, description="walltime: fixed part (start-up)")
+    walltime_seconds_per_page = luigi.FloatParameter(default=6.0, description="walltime: seconds per page")
+    walltime_buffer = luigi.FloatParameter(default=0.2, description="walltime: safety margin (0.2 = +20%)")
+    max_retries = luigi.IntParameter(default=2, description="resubmissions of a failed chunk before OCRBatch fails")
+    timeout_walltime_factor = luigi.FloatParameter(default=1.5, description="walltime multiplier after a TIMEOUT")
+    poll_initial_seconds = luigi.FloatParameter(default=10.0, description="first status query after a submission")
+    poll_max_seconds = luigi.FloatParameter(default=300.0, description="longest wait between status queries")
+    poll_growth = luigi.FloatParameter(default=1.5, description="interval multiplier while nothing changes")
+    max_query_failures = luigi.IntParameter(default=10, description="failed status queries in a row before "
+                                            "OCRBatch gives up (jobs keep running; a rerun re-attaches)")
+    lost_after_seconds = luigi.FloatParameter(default=900.0, description="a task neither sacct nor squeue "
+                                              "reports for this long after its submission counts as failed")
+    command_timeout = luigi.FloatParameter(default=120.0, description="seconds one sbatch/sacct/... call may take")
+    cancel_on_exit = luigi.BoolParameter(default=False, description="scancel the batch's jobs when OCRBatch "
+                                         "is stopped (SIGTERM, Ctrl-C); default: leave them, a rerun re-attaches")

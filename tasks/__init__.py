@@ -2,5 +2,9 @@
 from .batch import CreateBatch, Finalize, OCRBatch, PlanChunks, SplitResults
 from .download import Download
 from .process_all import ProcessAll
+from .shards import CountPages, Preflight, RunShard, ShardFile, ShardManifest, ShardStatus
 
-__all__ = ["CreateBatch", "Download", "Finalize", "OCRBatch", "PlanChunks", "ProcessAll", "SplitResults"]
+__all__ = [
+    "CountPages", "CreateBatch", "Download", "Finalize", "OCRBatch", "PlanChunks", "Preflight", "ProcessAll",
+    "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults",
+]

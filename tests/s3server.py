@@ -1,0 +1,235 @@
+"""A real S3-compatible server for tests: moto's server mode on a free port of 127.0.0.1.
+
+Fixtures (import them into a test module or register this module in conftest.py):
+    moto_endpoint  session-wide endpoint URL of a running ``moto.server``
+    s3_env         environment (fake credentials, no metadata lookups) for boto3 and subprocesses
+    s3_client      a boto3 client for the endpoint
+    bucket         a fresh, empty bucket name per test
+Also ``FlakyProxy``: an HTTP proxy in front of the server that records requests, slows them down
+or answers 5xx to chosen ones; and ``run_luigi``: the real ``luigi`` command line on a test config.
+"""
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+_BUCKETS = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m moto.server`` and wait until it answers; returns (process, endpoint URL)."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **FAKE_CREDENTIALS},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+            return process, endpoint
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("moto server did not start (is moto[server] installed?)")
+            time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    process, endpoint = start_moto_server()
+    try:
+        yield endpoint
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return dict(FAKE_CREDENTIALS)
+
+
+@pytest.fixture
+def s3_client(moto_endpoint: str, s3_env: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    name = f"test-bucket-{os.getpid()}-{next(_BUCKETS)}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+class FlakyProxy:
+    """Forwards HTTP to ``upstream``; answers ``status`` instead while ``should_fail(n)`` is true.
+
+    ``n`` counts requests from 0; ``requests``, ``failed`` and ``log`` ((method, path) of each
+    request) tell what happened; ``delay`` seconds are added to every forwarded request.
+    """
+
+    def __init__(self, upstream: str, should_fail=lambda n: False, status: int = 503, delay: float = 0.0) -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.should_fail = should_fail
+        self.status = status
+        self.delay = delay
+        self.requests = 0
+        self.failed = 0
+        self.log: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    number = proxy.requests
+                    proxy.requests += 1
+                    fail = proxy.should_fail(number)
+                    proxy.failed += fail
+                    proxy.log.append((self.command, self.path))
+                if fail:
+                    payload = (
+                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                        b"<Message>Injected failure</Message></Error>"
+                    )
+                    self.send_response(proxy.status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                time.sleep(proxy.delay)
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FlakyProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def noise_pdf(pages: int, side: int = 1200, seed: int = 0) -> bytes:
+    """A large image-only PDF (JPEG noise compresses badly): about 0.8 * side**2 bytes a page."""
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    images = [Image.frombytes("L", (side, side), rng.randbytes(side * side)) for _ in range(pages)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PDF", save_all=True, append_images=images[1:], resolution=150, quality=90)
+    return buffer.getvalue()
+
+
+def bad_startxref(data: bytes) -> bytes:
+    """A PDF whose startxref points nowhere: the fast path fails, a full parse still recovers it."""
+    at = data.rindex(b"startxref")
+    return data[:at] + b"startxref\n7\n%%EOF\n"
+
+
+# --- the real luigi command line -------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+RETCODES = {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
+            "scheduling_error": 35, "unhandled_exception": 40}
+
+
+def luigi_module() -> str:
+    """``pipeline`` once it imports the shard tasks (its __init__ does), else their own module."""
+    import pipeline
+
+    return "pipeline" if hasattr(pipeline, "CountPages") else "tasks.shards"
+
+
+def write_luigi_cfg(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    lines = []
+    for section, values in {"retcode": RETCODES, **sections}.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value}" for key, value in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def luigi_command(cfg: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, **FAKE_CREDENTIALS, "LUIGI_CONFIG_PATH": str(cfg),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    luigi = Path(sys.executable).with_name("luigi")
+    return [str(luigi), "--module", luigi_module(), *args, "--local-scheduler"], env
+
+
+def run_luigi(cfg: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``luigi --module pipeline <args> --local-scheduler``; stdout holds stdout and stderr."""
+    argv, base_env = luigi_command(cfg, *args)
+    return subprocess.run(argv, env={**base_env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, cwd=cfg.parent)
