@@ -34,13 +34,13 @@ BUCKET = "bench-corpus"
 
 
 def base_documents(seed: int) -> list[bytes]:
-    """Distinct documents shaped like a scanned archive: image pages of about 1-2 MB, 3-30 pages a
+    """Distinct documents shaped like a scanned archive: image pages of about 1-2 MB, 1-4 pages a
     document, with some born-digital and many-page files among them."""
     from pipeline import samples
     from tests.s3server import noise_pdf
 
     rng = random.Random(seed)
-    docs = [noise_pdf(rng.randint(3, 30), side=rng.choice([1100, 1300, 1500]), seed=seed + i) for i in range(10)]
+    docs = [noise_pdf(rng.randint(1, 4), side=rng.choice([1100, 1300, 1500]), seed=seed + i) for i in range(10)]
     docs += [samples.blank_pdf(n) for n in (500, 2000)]
     docs += [samples.text_pdf([samples.sentence(rng) for _ in range(rng.randint(5, 40))]) for _ in range(3)]
     docs += [samples.scanned_pdf([samples.sentence(rng)] * 2)]

@@ -85,6 +85,10 @@ class SourceFile(io.RawIOBase):
         return len(data)
 
 
+class SourceReadError(OSError):
+    """Reading the bytes failed (storage, network): not a property of the file, never swallowed."""
+
+
 class PdfError(Exception):
     """A file that cannot be processed; ``reason`` is a short machine-readable word."""
 
@@ -581,15 +585,21 @@ def check_header(src: ByteSource) -> None:
 
 
 def count_source(src: ByteSource, local_path: Path | None = None) -> PageCount:
-    """Validate and count pages of any ByteSource; raises PdfError with a reason for bad files."""
-    check_header(src)
+    """Validate and count pages of any ByteSource; raises PdfError with a reason for bad files.
+
+    A file the fast path reads is whole (its trailer, xref and catalog agree), so the header check
+    only runs when it fails; over ranged GETs that saves a request per document.
+    """
     try:
         count, encrypted = fast_page_count(src)
         # Encrypted files need pypdf to tell whether the empty user password opens them.
         if not encrypted:
             return PageCount(count, "count")
+    except SourceReadError:
+        raise
     except Exception:  # damaged or unusual structure (any error type): the full parse decides
         pass
+    check_header(src)
     try:
         pages, encrypted = _pypdf_count(src)
         if pages > 0:

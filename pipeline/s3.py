@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterator
 
 import luigi
 
-from . import atomic
+from . import atomic, pdf
 
 _CLIENTS: dict[tuple[int, "S3Settings"], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -94,8 +94,12 @@ def get_client(settings: S3Settings) -> Any:
     return found
 
 
-class S3Error(RuntimeError):
-    """An S3 request that failed after botocore's retries, with what to check."""
+class S3Error(pdf.SourceReadError):
+    """An S3 request that failed after botocore's retries, with what to check; ``code`` is S3's."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def describe_error(exc: Exception, action: str, uri: str) -> S3Error:
@@ -106,7 +110,8 @@ def describe_error(exc: Exception, action: str, uri: str) -> S3Error:
     what = f"{error.get('Code', '')} {error.get('Message', '')}".strip() or f"{type(exc).__name__}: {exc}"
     return S3Error(
         f"{action} {uri} failed after {attempts} attempts: {what}; "
-        "check the endpoint, the network and the credentials' permissions, then rerun"
+        "check the endpoint, the network and the credentials' permissions, then rerun",
+        error_code(exc),
     )
 
 
@@ -366,8 +371,13 @@ class RangedSource:
         # If-Match: an object replaced between LIST and GET fails instead of mixing two versions.
         if self.etag:
             extra["IfMatch"] = self.etag
+        from botocore.exceptions import BotoCoreError, ClientError
+
         self.requests += 1
-        return self.client.get_object(Bucket=self.bucket, Key=self.key, **extra)["Body"]
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key, **extra)["Body"]
+        except (ClientError, BotoCoreError) as exc:  # raised as the page counter's read error
+            raise describe_error(exc, "GET", f"s3://{self.bucket}/{self.key}") from exc
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with self._get(Range=f"bytes={start}-{end - 1}") as body:

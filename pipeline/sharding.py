@@ -100,8 +100,6 @@ class CountRow:
 
 def count_document(storage: s3.Storage, item: s3.Listed, block_size: int = 4096) -> CountRow:
     """Count one document's pages; bad files get an error, S3 failures (after retries) raise S3Error."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     row = CountRow(item.uri, item.size)
     source: pdf.FileSource | s3.RangedSource | None = None
     try:
@@ -117,16 +115,13 @@ def count_document(storage: s3.Storage, item: s3.Listed, block_size: int = 4096)
         row.error = f"{exc.reason}: {exc}"
     except FileNotFoundError:
         row.error = "missing: deleted after it was listed"
-    except ClientError as exc:
-        code = s3.error_code(exc)
-        if code in ("NoSuchKey", "404"):
+    except s3.S3Error as exc:
+        if exc.code in ("NoSuchKey", "404"):
             row.error = "missing: deleted after it was listed"
-        elif code in ("PreconditionFailed", "412"):
+        elif exc.code in ("PreconditionFailed", "412"):
             row.error = "changed: replaced after it was listed; delete the parts folder and rerun"
         else:
-            raise s3.describe_error(exc, "GET", item.uri) from exc
-    except BotoCoreError as exc:
-        raise s3.describe_error(exc, "GET", item.uri) from exc
+            raise
     finally:
         if isinstance(source, s3.RangedSource):
             row.bytes_fetched, row.requests = source.bytes_fetched, source.requests
