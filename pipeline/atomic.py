@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
 
 
 def fsync_dir(folder: Path) -> None:
@@ -32,6 +34,25 @@ def makedirs(folder: Path) -> None:
         fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder."""
+    makedirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
 def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
     """Atomically replace ``path`` with ``data``; return False (touching nothing) when it already holds them.
 
@@ -43,20 +64,8 @@ def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
             return False
     except FileNotFoundError:
         pass
-    makedirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
+    with _replacing(path, sync_dir=sync_dir) as handle:
+        handle.write(data)
     return True
 
 
@@ -75,21 +84,16 @@ def read_json(path: Path) -> Any:
 
 def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (for staging across filesystems)."""
-    dst = Path(dst)
-    makedirs(dst.parent)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name[:50]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            while block := inp.read(1 << 20):
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dst.parent)
+    with _replacing(Path(dst)) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def link_or_copy(src: Path, dst: Path) -> str:

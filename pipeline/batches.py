@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -46,14 +45,6 @@ def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
     return waiting
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe(layout: Layout, identifier: str, path: Path, origin: str) -> dict:
     """Document facts for batch.json: from the download's .meta.json, else measured now."""
     meta_path = layout.downloaded_meta(identifier)
@@ -62,7 +53,7 @@ def describe(layout: Layout, identifier: str, path: Path, origin: str) -> dict:
         if "pages" in meta:
             return {"pages": meta["pages"], "size": meta["size"], "sha256": meta["sha256"], "source": meta["source"]}
     count = pdf.count_pages(path)
-    return {"pages": count.pages, "size": path.stat().st_size, "sha256": _sha256(path), "source": origin}
+    return {"pages": count.pages, "size": path.stat().st_size, "sha256": atomic.sha256_file(path), "source": origin}
 
 
 def _sources(layout: Layout, identifier: str, *paths: Path) -> list[Path]:

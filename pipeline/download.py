@@ -7,7 +7,6 @@ download complete. A document already downloaded, finalized or quarantined is no
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import shutil
 import tempfile
@@ -118,14 +117,6 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
         raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_one(layout: Layout, item: SourceItem) -> str:
     """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
     if layout.is_known(item.identifier):
@@ -143,7 +134,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
             "identifier": item.identifier,
             "source": item.uri,
             "size": tmp.stat().st_size,
-            "sha256": _sha256(tmp),
+            "sha256": atomic.sha256_file(tmp),
             "downloaded_at": manifest.now_iso(),
         }
         try:

@@ -43,7 +43,7 @@ class EngineSettings:
 
 
 def output_name(pdfs: list[Path]) -> str:
-    """olmOCR names a work item's output by a hash of its PDF paths: output_<sha1>.jsonl."""
+    """output_<sha1 of the sorted PDF paths>.jsonl, named the way olmOCR names a work item's output."""
     digest = hashlib.sha1("\n".join(sorted(str(p) for p in pdfs)).encode("utf-8", "surrogateescape"))
     return f"output_{digest.hexdigest()}.jsonl"
 
