@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if result.returncode:
         print(f"demo: luigi exited with {result.returncode}; see the messages above", file=sys.stderr)
         return result.returncode
-    print(f"demo: finished. Results under {root / 'data' / '05_processed'}; run the same command again "
-          "and it does nothing.")
+    print(f"demo: finished. Results under {root / 'data' / '05_processed'}.\n"
+          f"demo: the same pass again does nothing (every task's output exists):\n"
+          f"      LUIGI_CONFIG_PATH={config} {' '.join(command)}")
     return 0
 
 
