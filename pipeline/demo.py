@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: luigi exited with {result.returncode}; see the messages above", file=sys.stderr)
         return result.returncode
     print(f"demo: finished. Results under {root / 'data' / '05_processed'}.\n"
-          f"demo: the same pass again does nothing (every task's output exists):\n"
+          f"demo: run it again and it finds nothing to do:\n"
           f"      LUIGI_CONFIG_PATH={config} {' '.join(command)}")
     return 0
 
