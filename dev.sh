@@ -2,6 +2,7 @@
 # Set up and run the project on a Debian/Ubuntu machine with Python 3.
 #   ./dev.sh demo          the whole pipeline on a generated collection, on this machine
 #   ./dev.sh test [ARGS]   the test suite (starts the local SLURM cluster first); ARGS go to pytest
+#   ./dev.sh bench [--quick]  the benchmarks, each printing a ratio against its baseline
 #   ./dev.sh setup         only install what the project needs
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,5 +40,17 @@ case "${1:-}" in
         slurm/dev-cluster.sh start
         export PATH="$PWD/$VENV/bin:$PATH"
         exec "$VENV/bin/python" -m pytest "$@" ;;
-    *) echo "usage: ./dev.sh demo | test [pytest args] | setup" >&2; exit 2 ;;
+    bench)
+        shift; setup
+        if [ "${1:-}" = "--quick" ]; then
+            page_count=(--quick); finalize=(--documents 200); s3=(--size-mb 40)
+        else
+            page_count=(); finalize=(); s3=()
+        fi
+        status=0
+        "$VENV/bin/python" bench/bench_page_count.py "${page_count[@]}" || status=1
+        "$VENV/bin/python" bench/bench_finalize.py "${finalize[@]}" || status=1
+        "$VENV/bin/python" bench/bench_s3_count.py "${s3[@]}" || status=1
+        exit $status ;;
+    *) echo "usage: ./dev.sh demo | test [pytest args] | bench [--quick] | setup" >&2; exit 2 ;;
 esac
