@@ -93,6 +93,8 @@ class SlurmConfig(_Section):
     mem = luigi.Parameter(default="", description="sbatch --mem, e.g. 32G; '' = SLURM's default")
     extra_args = luigi.Parameter(default="", description="more sbatch arguments, split like a shell would "
                                  "(never run by one), e.g. --qos=high --constraint=a100")
+    directives = luigi.Parameter(default="", description="extra #SBATCH lines for the job script, one a line "
+                                 "without '#SBATCH', e.g. --qos=high; sbatch arguments above take precedence")
     env_setup = luigi.Parameter(default="", description="lines the job script runs before the chunk, "
                                 "e.g. module load cuda")
     array_throttle = luigi.IntParameter(default=0, description="most array tasks running at once (%N); 0 = no limit")
@@ -100,6 +102,11 @@ class SlurmConfig(_Section):
     walltime_base_seconds = luigi.FloatParameter(default=300.0, description="walltime: fixed part (start-up)")
     walltime_seconds_per_page = luigi.FloatParameter(default=6.0, description="walltime: seconds per page")
     walltime_buffer = luigi.FloatParameter(default=0.2, description="walltime: safety margin (0.2 = +20%)")
+    walltime_model = luigi.ChoiceParameter(choices=["fixed", "fitted"], default="fixed",
+                                           description="fitted: base and seconds/page from this base_dir's "
+                                           "metrics (least squares over completed chunks)")
+    walltime_fit_min_chunks = luigi.IntParameter(default=5, description="fitted: completed chunks needed "
+                                                 "before the fit replaces the fixed values")
     max_retries = luigi.IntParameter(default=2, description="resubmissions of a failed chunk before OCRBatch fails")
     timeout_walltime_factor = luigi.FloatParameter(default=1.5, description="walltime multiplier after a TIMEOUT")
     poll_initial_seconds = luigi.FloatParameter(default=10.0, description="first status query after a submission")

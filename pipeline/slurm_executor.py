@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import manifest, slurm
+from . import manifest, metrics, slurm
 from .config import SlurmConfig
 from .executor import ChunkFailed, ChunkRun, Progress, write_job_script
 from .jobscript import render
@@ -65,6 +65,42 @@ def latest_submissions(events: Path, batch: str) -> dict[int, dict[str, Any]]:
     return latest
 
 
+def configured_walltime(layout: Layout) -> WalltimeModel:
+    """The walltime model of [slurm]: fixed, or fitted on this base_dir's metrics (fixed until enough chunks ran)."""
+    cfg = SlurmConfig()
+    fixed = WalltimeModel(cfg.walltime_base_seconds, cfg.walltime_seconds_per_page, cfg.walltime_buffer)
+    if cfg.walltime_model == "fixed":
+        return fixed
+    return metrics.fitted_walltime(fixed, metrics.attempts(manifest.read(layout.metrics)), cfg.walltime_fit_min_chunks)
+
+
+def capped(model: WalltimeModel, partition: str) -> WalltimeModel:
+    """``model`` capped at the partition's MaxTime (the cluster's default partition for '')."""
+    cap = slurm.partition_max_time(partition or None)
+    return replace(model, max_seconds=cap) if cap else model
+
+
+def record_missing_ends(layout: Layout) -> int:
+    """Add end records for SLURM jobs that ended while no executor watched them (one sacct call).
+
+    A task killed while its jobs ran, or stopped before the last jobs left the queue, leaves submit
+    records without an end; the rerun does not watch chunks that are done by then. Returns how many
+    records were added.
+    """
+    open_runs = metrics.unmeasured(metrics.attempts(manifest.read(layout.metrics)))
+    if not open_runs:
+        return 0
+    states = slurm.query({r.job_id for r in open_runs if r.job_id})
+    ended = []
+    for run in open_runs:
+        state = states.get(slurm.task_key(run.job_id or "", run.chunk))
+        if state is not None and state.outcome != "waiting":
+            ended.append(metrics.end_record(run.batch, run.chunk, run.pages, state.job_id, state.state,
+                                            state.exit_code, state.elapsed_seconds, state.start, state.end))
+    manifest.append(layout.metrics, ended)
+    return len(ended)
+
+
 def _epoch(iso: str | None) -> float:
     try:
         return _dt.datetime.fromisoformat(iso).timestamp() if iso else 0.0
@@ -84,6 +120,7 @@ class SlurmExecutor:
     cpus_per_task: int = 0
     mem: str = ""
     extra_args: list[str] = field(default_factory=list)
+    directives: list[str] = field(default_factory=list)
     env_setup: list[str] = field(default_factory=list)
     array_throttle: int = 0
     walltime: WalltimeModel = field(default_factory=WalltimeModel)
@@ -105,10 +142,9 @@ class SlurmExecutor:
         return cls(
             layout, command,
             partition=cfg.partition, account=cfg.account, gres=cfg.gres, cpus_per_task=cfg.cpus_per_task,
-            mem=cfg.mem, extra_args=shlex.split(cfg.extra_args),
-            env_setup=[line for line in cfg.env_setup.splitlines() if line.strip()],
-            array_throttle=cfg.array_throttle,
-            walltime=WalltimeModel(cfg.walltime_base_seconds, cfg.walltime_seconds_per_page, cfg.walltime_buffer),
+            mem=cfg.mem, extra_args=shlex.split(cfg.extra_args), directives=_lines(cfg.directives),
+            env_setup=_lines(cfg.env_setup), array_throttle=cfg.array_throttle,
+            walltime=configured_walltime(layout),
             max_retries=cfg.max_retries, timeout_walltime_factor=cfg.timeout_walltime_factor,
             poll_initial=cfg.poll_initial_seconds, poll_max=cfg.poll_max_seconds, poll_growth=cfg.poll_growth,
             max_query_failures=cfg.max_query_failures, lost_after=cfg.lost_after_seconds,
@@ -117,6 +153,10 @@ class SlurmExecutor:
 
     def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> None:
         _BatchRun(self, paths, chunks, progress).run()
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class _BatchRun:
@@ -133,15 +173,16 @@ class _BatchRun:
         self.active: dict[int, _Chunk] = {}
         self.unmeasured: dict[int, _Chunk] = {}  # done chunks whose job SLURM still shows as running
         self.failures: list[str] = []
-        self.cap = slurm.partition_max_time(executor.partition or None)
-        self.model = replace(executor.walltime, max_seconds=self.cap) if self.cap else executor.walltime
+        self.model = capped(executor.walltime, executor.partition)
+        self.cap = self.model.max_seconds
         for chunk in chunks:
             if paths.done_marker(chunk.index).exists():
                 self.done += 1
             else:
                 self.active[chunk.index] = _Chunk(chunk, self.model.seconds(chunk.pages))
         self.script = write_job_script(paths, render(batch=self.batch, command=executor.command,
-                                                     env_setup=executor.env_setup))
+                                                     env_setup=executor.env_setup,
+                                                     sbatch_directives=executor.directives))
 
     # --- the steps ----------------------------------------------------------------------------
 
@@ -324,11 +365,9 @@ class _BatchRun:
     # --- metrics ------------------------------------------------------------------------------
 
     def _metrics_end(self, chunk: _Chunk, state: JobState) -> None:
-        manifest.append(self.x.layout.metrics, [{
-            "batch": self.batch, "chunk": chunk.index, "pages": chunk.run.pages, "executor": "slurm",
-            "job_id": chunk.job_id, "state": state.state, "exit_code": state.exit_code,
-            "elapsed": state.elapsed_seconds, "start": state.start, "end": state.end,
-        }])
+        manifest.append(self.x.layout.metrics, [metrics.end_record(
+            self.batch, chunk.index, chunk.run.pages, chunk.job_id or "", state.state, state.exit_code,
+            state.elapsed_seconds, state.start, state.end)])
 
     def _measure(self, states: dict[str, JobState]) -> None:
         for index, chunk in list(self.unmeasured.items()):
@@ -374,10 +413,12 @@ class _BatchRun:
         counts: dict[str, int] = {}
         for chunk in self.active.values():
             counts[chunk.state or "SUBMITTED"] = counts.get(chunk.state or "SUBMITTED", 0) + 1
+        if self.failures:
+            counts["FAILED"] = len(self.failures)  # out of retries; the others are in the queue again
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         jobs = ", ".join(sorted({c.job_id for c in self.active.values() if c.job_id}, key=int))
         self.progress(self.done, self.total, f"{self.done}/{self.total} chunks done"
-                                             + (f"; {states} (job {jobs})" if states else ""))
+                                             + (f"; {states}" if states else "") + (f" (job {jobs})" if jobs else ""))
 
     @contextlib.contextmanager
     def _sigterm_raises(self) -> Iterator[None]:

@@ -1,6 +1,7 @@
 """The Luigi tasks; thin wrappers over pipeline/."""
 from .batch import CreateBatch, Finalize, OCRBatch, PlanChunks, SplitResults
 from .download import Download
+from .metrics import MetricsSummary
 from .process_all import ProcessAll
 from .shards import CountPages, Preflight, RunShard, ShardFile, ShardManifest, ShardStatus
 

@@ -6,13 +6,14 @@ import shlex
 import luigi
 
 from pipeline import atomic, batches, manifest, planning, split
-from pipeline.config import OCRConfig, PipelineConfig
+from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.engines import EngineSettings
 from pipeline.executor import ChunkRun, Executor, LocalExecutor
 from pipeline.finalize import Provenance, finalize_many
 from pipeline.jobscript import job_command, render
 from pipeline.layout import BatchPaths, identifier_of
 from pipeline.quarantine import quarantine, read_reasons
+from pipeline.slurm_executor import capped, configured_walltime
 
 from .base import BatchTask
 
@@ -48,7 +49,7 @@ class PlanChunks(BatchTask):
         have = batches.existing_results(paths)
         todo = {i: d["pages"] for i, d in documents.items() if i not in have}
         chunks = planning.pack_chunks(todo, ocr.pages_per_chunk)
-        model = walltime_model()
+        model = walltime_model(self)
         plan = []
         for chunk in chunks:
             lines = "".join(f"{paths.pdf(i)}\n" for i in sorted(chunk.identifiers))
@@ -74,8 +75,11 @@ class PlanChunks(BatchTask):
                           f"{len(have & set(documents))} documents already have results")
 
 
-def walltime_model() -> planning.WalltimeModel:
-    return planning.WalltimeModel()
+def walltime_model(task: BatchTask) -> planning.WalltimeModel:
+    """The model the SLURM executor asks for, so chunks.json shows each chunk's walltime request."""
+    model = configured_walltime(task.layout)
+    # The cap needs the cluster: only a SLURM run asks it (a local run records the uncapped figure).
+    return capped(model, SlurmConfig().partition) if OCRConfig().executor == "slurm" else model
 
 
 def engine_settings(ocr: OCRConfig) -> EngineSettings:
@@ -106,6 +110,12 @@ class OCRBatch(BatchTask):
     def requires(self) -> PlanChunks:
         return PlanChunks(batch=self.batch)
 
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        # One unit per batch that submits and watches jobs, so a luigid caps them across sites
+        # ([resources] slurm_submit in the scheduler's luigi.cfg).
+        return {"slurm_submit": 1} if OCRConfig().executor == "slurm" else {}
+
     def output(self) -> list[luigi.LocalTarget]:
         paths = self.paths
         targets = [luigi.LocalTarget(str(paths.ocr_marker))]
@@ -132,7 +142,7 @@ class OCRBatch(BatchTask):
         executor = make_executor(self)
         self._run_chunks(executor, plan, "chunks")
         if not paths.retry_plan.exists():
-            atomic.write_json(paths.retry_plan, {"chunks": retry_chunks(paths, plan)})
+            atomic.write_json(paths.retry_plan, {"chunks": retry_chunks(paths, plan, walltime_model(self))})
         retries = atomic.read_json(paths.retry_plan)["chunks"]
         self._run_chunks(executor, retries, "retry of missing PDFs")
         still_missing = sorted(m for c in retries for m in atomic.read_json(paths.done_marker(c["index"]))["missing"])
@@ -145,9 +155,10 @@ class OCRBatch(BatchTask):
         self.report(1, 1, f"OCR done: {len(plan)} chunks; {len(still_missing)} PDFs without result after retry")
 
 
-def retry_chunks(paths: BatchPaths, plan: list[dict]) -> list[dict]:
+def retry_chunks(paths: BatchPaths, plan: list[dict], model: planning.WalltimeModel) -> list[dict]:
     """One retry chunk per chunk whose results miss PDFs, numbered after the planned chunks."""
     next_index = max((c["index"] for c in plan), default=-1) + 1
+    documents = atomic.read_json(paths.manifest)["documents"]
     retries = []
     for chunk in plan:
         missing = atomic.read_json(paths.done_marker(chunk["index"]))["missing"]
@@ -156,8 +167,9 @@ def retry_chunks(paths: BatchPaths, plan: list[dict]) -> list[dict]:
         identifiers = sorted(identifier_of(m) for m in missing)
         lines = "".join(f"{paths.pdf(i)}\n" for i in identifiers)
         atomic.write_bytes(paths.chunk_list(next_index), lines.encode("utf-8"))
+        pages = sum(documents[i]["pages"] for i in identifiers if i in documents)
         retries.append({"index": next_index, "retry_of": chunk["index"], "documents": identifiers,
-                        "pages": 0})
+                        "pages": pages, "walltime_seconds": model.seconds(pages)})
         next_index += 1
     return retries
 

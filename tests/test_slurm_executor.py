@@ -20,7 +20,7 @@ from pipeline.executor import ChunkFailed, ChunkRun
 from pipeline.layout import BatchPaths, Layout
 from pipeline.planning import WalltimeModel
 from pipeline.slurm import JobState, SlurmError
-from pipeline.slurm_executor import SlurmExecutor, latest_submissions
+from pipeline.slurm_executor import SlurmExecutor, capped, latest_submissions
 
 from .test_slurm import cluster  # noqa: F401  (the fixture)
 
@@ -134,6 +134,8 @@ def test_waits_through_preemption_and_needs_the_marker(layout: Layout, paths: Ba
                                                                (1, "COMPLETED")]
     assert metrics[0]["walltime_requested"] == 80 and metrics[0]["submitted_at"]
     assert any("preempted" in m for m in messages)
+    # The visualizer's status: chunks done of total, counts by state, the job.
+    assert "0/2 chunks done; 1 pending, 1 running (job 100)" in messages
 
 
 def test_poll_interval_grows_while_quiet(layout: Layout, paths: BatchPaths, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,8 +186,10 @@ def test_final_failure_names_everything(layout: Layout, paths: BatchPaths, monke
         lambda f: states(f.job(), c0="FAILED", c1="COMPLETED"),
         lambda f: states(f.job(), c0="CANCELLED", c1="NODE_FAIL"),
     ])
+    messages: list[str] = []
     with pytest.raises(ChunkFailed) as failure:
-        fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+        fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda done, total, msg: messages.append(msg))
+    assert "0/2 chunks done; 2 submitted (job 101)" in messages and messages[-1] == "0/2 chunks done; 2 failed"
     message = str(failure.value)
     assert "batch 0007 chunk 0: job 101_0 ended CANCELLED (exit code 0:0) after 2 attempts" in message
     assert "batch 0007 chunk 1: job 101_1 ended NODE_FAIL" in message
@@ -261,6 +265,14 @@ def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths,
 
 # --- the real cluster -------------------------------------------------------------------------
 
+@pytest.mark.slurm
+def test_walltime_is_capped_by_the_partition(cluster: None) -> None:
+    model = WalltimeModel(300, 6, 0.2)
+    assert capped(model, "short").seconds(1000) == 60  # MaxTime=00:01:00
+    assert capped(model, "").seconds(900) == 6840  # (300 + 5400) * 1.2, under the default partition's 2 h
+    assert capped(model, "").seconds(2000) == 7200
+
+
 JOB = """#!/bin/bash
 # Test chunk job: $1 = batch dir; '--chunk N' follows. plan_NNN lists one mode per attempt.
 dir=$1 chunk=$3
@@ -278,9 +290,10 @@ marker() {
 case $mode in
     ok) marker ;;
     slow) sleep 6; marker ;;
-    fail) exit 5 ;;
+    fail) exit 1 ;;
     nomarker) exit 0 ;;
     hang) sleep 600 ;;
+    cancel) scancel "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; sleep 60 ;;
 esac
 """
 
@@ -305,37 +318,36 @@ def real_executor(layout: Layout, command: list[str], **options: Any) -> SlurmEx
 
 
 @pytest.mark.slurm
-def test_real_batch_with_a_retry_and_a_final_failure(cluster: None, layout: Layout, paths: BatchPaths,
-                                                     job_command: list[str]) -> None:
-    chunks = plan(paths, c0="ok", c1="fail ok", c2="fail", c3="nomarker", c4="slow")
+def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, paths: BatchPaths,
+                                                 job_command: list[str]) -> None:
+    # One array for every way a job can end badly; the TIMEOUT runs on one CPU while the rest cycle.
+    chunks = plan(paths, c0="ok", c1="fail ok", c2="fail", c3="nomarker", c4="cancel", c5="hang fail")
     with pytest.raises(ChunkFailed) as failure:
-        real_executor(layout, job_command, max_retries=1).run(paths, chunks, lambda *a: None)
+        real_executor(layout, job_command, max_retries=1, walltime=WalltimeModel(40, 0, 0)).run(
+            paths, chunks, lambda *a: None)
     first, *again = events(layout, "slurm_submitted")
-    assert first["chunks"] == [0, 1, 2, 3, 4] and first["walltime"] == 125
-    assert sorted(c for e in again for c in e["chunks"]) == [1, 2, 3]
+    assert first["chunks"] == [0, 1, 2, 3, 4, 5] and first["walltime"] == 40
+    assert sorted(c for e in again for c in e["chunks"]) == [1, 2, 3, 4, 5]
     last_job = {c: e["job_id"] for e in again for c in e["chunks"]}
+    # After the TIMEOUT the chunk asks for 1.5 times the walltime; the others keep theirs.
+    assert {c: e["walltime"] for e in again for c in e["chunks"]} == {1: 40, 2: 40, 3: 40, 4: 40, 5: 60}
+    failed = events(layout, "slurm_chunk_failed")
+    assert {c: [e["state"] for e in failed if e["chunk"] == c] for c in range(1, 6)} == {
+        1: ["FAILED"], 2: ["FAILED", "FAILED"], 3: ["COMPLETED", "COMPLETED"], 4: ["CANCELLED", "CANCELLED"],
+        5: ["TIMEOUT", "FAILED"]}
     message = str(failure.value)
-    assert f"batch 0007 chunk 2: job {last_job[2]}_2 ended FAILED (exit code 5:0" in message
-    assert f"chunk 3: job {last_job[3]}_3 ended COMPLETED without writing its done marker" in message
-    assert str(paths.chunk_log(2)) in message and "chunk 1:" not in message
-    assert [paths.done_marker(i).exists() for i in range(5)] == [True, True, False, False, True]
-    # Both attempts of chunk 1 are in its log.
-    assert [line for line in paths.chunk_log(1).read_text().splitlines() if "attempt" in line] == [
-        "chunk 1 attempt 1: fail", "chunk 1 attempt 2: ok"]
+    for chunk, ending in ((2, "FAILED (exit code 1:0"), (3, "COMPLETED without writing its done marker"),
+                          (4, "CANCELLED (exit code"), (5, "FAILED (exit code 1:0")):
+        assert f"batch 0007 chunk {chunk}: job {last_job[chunk]}_{chunk} ended {ending}" in message, message
+        assert f"after 2 attempts; log: {paths.chunk_log(chunk)}" in message
+    assert "chunk 0:" not in message and "chunk 1:" not in message
+    assert [paths.done_marker(i).exists() for i in range(6)] == [True, True, False, False, False, False]
+    # Both attempts of a chunk are in its log.
+    assert [line for line in paths.chunk_log(5).read_text().splitlines() if "attempt" in line] == [
+        "chunk 5 attempt 1: hang", "chunk 5 attempt 2: fail"]
     ends = [m for m in manifest.read(layout.metrics) if "state" in m]
-    assert {(m["chunk"], m["state"]) for m in ends} >= {(0, "COMPLETED"), (2, "FAILED")}
+    assert {(m["chunk"], m["state"]) for m in ends} >= {(0, "COMPLETED"), (1, "COMPLETED"), (5, "TIMEOUT")}
     assert all(m["elapsed"] is not None and m["start"] and m["end"] for m in ends)
-
-
-@pytest.mark.slurm
-def test_real_timeout_gets_a_longer_walltime(cluster: None, layout: Layout, paths: BatchPaths,
-                                             job_command: list[str]) -> None:
-    chunks = plan(paths, c0="hang ok")
-    real_executor(layout, job_command, walltime=WalltimeModel(40, 0, 0)).run(paths, chunks, lambda *a: None)
-    assert [e["walltime"] for e in events(layout, "slurm_submitted")] == [40, 60]
-    [failed] = events(layout, "slurm_chunk_failed")
-    assert failed["state"] == "TIMEOUT"
-    assert paths.done_marker(0).exists()
 
 
 @pytest.mark.slurm
@@ -411,5 +423,12 @@ def test_real_finalize_through_luigi_on_slurm(cluster: None, make_site, tmp_path
         assert all(page in record["text"] for page in pages)
     [submitted] = events(site.layout, "slurm_submitted")
     assert submitted["batch"] == "0003" and submitted["chunks"] == [0, 1]
+    # gamma (24 pages) has chunk 0 to itself: (120 + 6 * 24) * 1.2 = 316.8; alpha's is (120 + 6 * 2) * 1.2.
+    plan = json.loads(BatchPaths(site.layout.batch_dir(3)).chunk_plan.read_text())["chunks"]
+    assert [c["walltime_seconds"] for c in plan] == [317, 159] and submitted["walltime"] == 317
+    # The executor records a job's end when sacct shows it in time; MetricsSummary reads back the rest.
+    site.luigi("MetricsSummary")
     ends = [m for m in manifest.read(site.layout.metrics) if m.get("executor") == "slurm" and "state" in m]
     assert sorted((m["chunk"], m["state"]) for m in ends) == [(0, "COMPLETED"), (1, "COMPLETED")]
+    summary = json.loads((site.layout.manifests / "metrics_summary.json").read_text())
+    assert (summary["chunks_done"], summary["pages_done"]) == (2, 26)
