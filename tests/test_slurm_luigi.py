@@ -140,8 +140,13 @@ def polls_while_in_flight(site, batch: str, chunks: int, log: Path, seconds: flo
         start = time.time()
         time.sleep(seconds)
         window = [c for c in read_calls(log, process.pid) if start <= c.time <= time.time()]
-        states = slurm.query([job])
-        assert len(states) == chunks and all(s.outcome == "waiting" for s in states.values()), states
+        # sacct may learn of a new array a few seconds late (slurmdbd lags the controller under load).
+        def all_tasks_known() -> dict | None:
+            found = slurm.query([job])
+            return found if len(found) == chunks else None
+
+        states = wait_until(all_tasks_known, f"all {chunks} array tasks in sacct", process)
+        assert all(s.outcome == "waiting" for s in states.values()), states
     finally:
         process.kill()
         process.wait()
