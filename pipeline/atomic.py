@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -19,19 +21,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def makedirs(folder: Path) -> None:
-    """Create ``folder`` and make each new entry durable in its parent."""
+def makedirs(folder: Path, *, sync: bool = True) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders that gained an entry.
+
+    With ``sync`` each of those is fsynced here; without, the caller syncs them (``fsync_dirs``).
+    """
     missing = []
     current = Path(folder)
     while not current.exists():
         missing.append(current)
         current = current.parent
+    changed = []
     for path in reversed(missing):
         try:
             path.mkdir()
         except FileExistsError:
             continue
-        fsync_dir(path.parent)
+        changed.append(path.parent)
+    if sync:
+        fsync_dirs(changed)
+    return changed
 
 
 @contextlib.contextmanager
@@ -140,5 +149,36 @@ def remove_files(paths: Iterable[Path], *, sync: bool = True) -> list[Path]:
 
 
 def fsync_dirs(folders: Iterable[Path]) -> None:
+    """Make the entries of every folder durable.
+
+    Many folders on one filesystem take one syncfs(2) (Linux) instead of an fsync each: it commits
+    the same renames and new entries, and costs one disk flush instead of hundreds.
+    """
+    by_device: dict[int, list[Path]] = {}
     for folder in set(folders):
-        fsync_dir(folder)
+        by_device.setdefault(os.stat(folder).st_dev, []).append(folder)
+    for group in by_device.values():
+        if len(group) > 2 and _syncfs(group[0]):
+            continue
+        for folder in group:
+            fsync_dir(folder)
+
+
+def _syncfs(folder: Path) -> bool:
+    """syncfs(2) on the filesystem holding ``folder``; False where the call does not exist."""
+    if _LIBC is None or not hasattr(_LIBC, "syncfs"):
+        return False
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs failed: {os.strerror(error)}", str(folder))
+    finally:
+        os.close(fd)
+    return True
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+except OSError:
+    _LIBC = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -58,36 +58,39 @@ def is_finalized(layout: Layout, identifier: str) -> bool:
     return meta.get("identifier") == identifier
 
 
-def finalize_document(
-    layout: Layout, paths: BatchPaths, identifier: str, download: dict[str, Any], prov: Provenance
+def write_outputs(
+    layout: Layout, identifier: str, download: dict[str, Any], prov: Provenance
 ) -> tuple[str, list[Path]]:
-    """Finalize one document whose record is in 04; returns 'finalized' or 'already', and the
-    files deleted (their folders still to be fsynced by the caller)."""
-    outcome = "already"
+    """Write the document's two 05 files (each fsynced, then renamed into place) unless they are
+    already complete. Returns 'finalized' or 'already', and the folders whose entries changed: they
+    must be synced (``atomic.fsync_dirs``) before ``release_inputs``."""
+    if is_finalized(layout, identifier):
+        return "already", []
+    folder = layout.processed_dir(identifier)
+    record = json.loads(layout.completed_jsonl(identifier).read_bytes().splitlines()[-1])
+    atomic.remove_stale_temps(folder)  # a kill during an earlier attempt
+    changed = atomic.makedirs(folder, sync=False)
+    atomic.write_bytes(layout.processed_ocr(identifier), atomic.dumps_json(record), sync_dir=False)
+    atomic.write_bytes(layout.processed_metadata(identifier),
+                       atomic.dumps_json(build_metadata(identifier, download, record, prov)), sync_dir=False)
+    return "finalized", [*changed, folder]
+
+
+def release_inputs(layout: Layout, paths: BatchPaths, identifier: str) -> list[Path]:
+    """Read the 05 files back, then delete the document's PDFs; returns what was deleted (folders
+    not yet synced). Raises VerificationError, deleting nothing, when the output is not whole."""
     if not is_finalized(layout, identifier):
-        lines = layout.completed_jsonl(identifier).read_bytes().splitlines()
-        record = json.loads(lines[-1])
-        ocr_bytes = atomic.dumps_json(record)
-        meta_bytes = atomic.dumps_json(build_metadata(identifier, download, record, prov))
-        folder = layout.processed_dir(identifier)
-        atomic.remove_stale_temps(folder)  # a kill during an earlier attempt
-        atomic.makedirs(folder)
-        atomic.write_bytes(layout.processed_ocr(identifier), ocr_bytes, sync_dir=False)
-        atomic.write_bytes(layout.processed_metadata(identifier), meta_bytes, sync_dir=False)
-        atomic.fsync_dir(folder)
-        if (layout.processed_ocr(identifier).read_bytes() != ocr_bytes
-                or layout.processed_metadata(identifier).read_bytes() != meta_bytes):
-            raise VerificationError(f"{folder}: files read back differ from what was written; PDF kept")
-        outcome = "finalized"
-    removed = atomic.remove_files([*legacy_links(layout, paths, identifier), paths.pdf(identifier),
-                                   layout.downloaded_pdf(identifier), layout.downloaded_meta(identifier)],
-                                  sync=False)
-    return outcome, removed
+        raise VerificationError(f"{layout.processed_dir(identifier)}: output did not read back whole; PDF kept")
+    return atomic.remove_files([*legacy_links(layout, paths, identifier), paths.pdf(identifier),
+                                layout.downloaded_pdf(identifier), layout.downloaded_meta(identifier)],
+                               sync=False)
 
 
 def legacy_links(layout: Layout, paths: BatchPaths, identifier: str) -> list[Path]:
     """The document's file in a legacy 02_ocr_pending (flat or sharded) when it is the batch's PDF itself."""
     legacy = layout.base / PENDING_LEGACY
+    if not legacy.is_dir():
+        return []
     found = []
     for folder in (legacy, legacy / shard_of(identifier, layout.shard_width)):
         candidate = folder / f"{identifier}.pdf"
@@ -107,6 +110,9 @@ def download_info(layout: Layout, identifier: str, batch_doc: dict[str, Any]) ->
         return {"identifier": identifier, **batch_doc}
 
 
+GROUP = 64  # documents whose outputs are made durable with one sync before their PDFs go
+
+
 def finalize_many(
     layout: Layout,
     paths: BatchPaths,
@@ -116,27 +122,41 @@ def finalize_many(
     workers: int,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, str]:
-    """Finalize each document (those with a 04 record) ``workers`` at a time; returns id -> outcome."""
+    """Finalize each document that has a 04 record, ``workers`` at a time; returns id -> outcome.
+
+    Per group of documents: write every output, sync the folders they changed, then read each back
+    and delete its PDFs. A group's deletions run while the next group is written, so the disk's
+    flushes and the unlinks overlap. The deletions are synced before returning (the caller then
+    records the batch as done).
+    """
     ready = sorted(i for i in documents if layout.completed_jsonl(i).exists() or is_finalized(layout, i))
     outcomes: dict[str, str] = {}
-    events: list[dict] = []
-
     removed_from: set[Path] = set()
 
-    def one(identifier: str) -> tuple[str, str, list[Path]]:
+    def write(identifier: str) -> tuple[str, list[Path]]:
         info = download_info(layout, identifier, documents[identifier])
-        return identifier, *finalize_document(layout, paths, identifier, info, provenance(identifier))
+        return write_outputs(layout, identifier, info, provenance(identifier))
+
+    def settle(group: list[str], written: list[tuple[str, list[Path]]], releases: list[Future]) -> None:
+        for future in releases:
+            removed_from.update(p.parent for p in future.result())
+        outcomes.update((i, outcome) for i, (outcome, _) in zip(group, written))
+        manifest.append(layout.events, [
+            manifest.event("finalized", identifier=i, batch=paths.number)
+            for i, (outcome, _) in zip(group, written) if outcome == "finalized"
+        ])
+        progress(len(outcomes), len(ready))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for identifier, outcome, removed in pool.map(one, ready):
-            outcomes[identifier] = outcome
-            removed_from.update(p.parent for p in removed)
-            if outcome == "finalized":
-                events.append(manifest.event("finalized", identifier=identifier, batch=paths.number))
-            if len(events) >= 200:  # one fsynced append per group keeps the event log off the hot path
-                manifest.append(layout.events, events)
-                events = []
-            progress(len(outcomes), len(ready))
-    atomic.fsync_dirs(removed_from)  # the deletions are durable before anyone records the batch done
-    manifest.append(layout.events, events)
+        previous: tuple[list[str], list, list[Future]] | None = None
+        for start in range(0, len(ready), GROUP):
+            group = ready[start:start + GROUP]
+            written = [future.result() for future in [pool.submit(write, i) for i in group]]
+            atomic.fsync_dirs(folder for _, changed in written for folder in changed)
+            if previous:
+                settle(*previous)
+            previous = (group, written, [pool.submit(release_inputs, layout, paths, i) for i in group])
+        if previous:
+            settle(*previous)
+    atomic.fsync_dirs(removed_from)
     return outcomes

@@ -15,6 +15,7 @@ QUARANTINE = "_quarantine"
 MANIFESTS = "_manifests"
 
 _BATCH_DIR = re.compile(r"^batch_(\d+)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidIdentifier(ValueError):
@@ -30,7 +31,7 @@ def validate_identifier(identifier: str) -> str:
         problem = "contains a path separator"
     elif "\x00" in identifier:
         problem = "contains a NUL byte"
-    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in identifier):
+    elif _CONTROL.search(identifier):
         problem = "contains a control character (line break, tab, ...)"
     elif identifier.startswith("."):
         problem = "starts with a dot (hidden file or '..')"
