@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -32,8 +33,11 @@ def prepare(root: Path, documents: int) -> Path:
 
     from pipeline import samples
 
+    # Archive-like documents: 8 pages of 24 lines each (about 15 KB of text, as OCR of a short report).
+    rng = random.Random(11)
     for n in range(documents):
-        (incoming / f"doc_{n:05d}.pdf").write_bytes(samples.text_pdf([f"Document {n} " * 40]))
+        pages = ["\n".join(samples.sentence(rng, 12) for _ in range(24)) for _ in range(8)]
+        (incoming / f"doc_{n:05d}.pdf").write_bytes(samples.text_pdf(pages))
 
     import pipeline  # noqa: F401  (registers the tasks)
     from tasks import Download, SplitResults
@@ -78,7 +82,7 @@ def run_bare_loop(files: list[tuple[Path, bytes]], target: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=400)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         root = Path(tmp)
@@ -87,11 +91,13 @@ def main() -> int:
         for rep in range(args.repeat):
             base = root / f"run{rep}"
             shutil.copytree(pristine, base)
+            os.sync()  # both runs start with no dirty pages of others to flush along with their own
             seconds, count = run_finalize(base)
             assert count == args.documents, f"finalized {count} of {args.documents}"
             finalize_times.append(seconds)
             processed = base / "05_processed"
             files = [(p.relative_to(processed), p.read_bytes()) for p in sorted(processed.rglob("*.json"))]
+            os.sync()
             bare_times.append(run_bare_loop(files, root / f"bare{rep}"))
         fin, bare = statistics.median(finalize_times), statistics.median(bare_times)
         ratio = (args.documents / fin) / (args.documents / bare)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import atomic, manifest, olmocr_format
-from .layout import PENDING_LEGACY, BatchPaths, Layout, shard_of
+from .layout import PENDING_LEGACY, BatchPaths, DocumentPaths, Layout, shard_of
 
 PIPELINE_NAME = "ocr-pipeline"
 
@@ -50,40 +50,42 @@ class VerificationError(RuntimeError):
 
 def is_finalized(layout: Layout, identifier: str) -> bool:
     """Both 05 files exist and parse: the document's output is safe, its PDF may go."""
+    return _output_whole(layout.document(identifier), identifier)
+
+
+def _output_whole(doc: DocumentPaths, identifier: str) -> bool:
     try:
-        meta = atomic.read_json(layout.processed_metadata(identifier))
-        atomic.read_json(layout.processed_ocr(identifier))
+        meta = atomic.read_json(doc.processed_metadata)
+        atomic.read_json(doc.processed_ocr)
     except (FileNotFoundError, ValueError):
         return False
     return meta.get("identifier") == identifier
 
 
 def write_outputs(
-    layout: Layout, identifier: str, download: dict[str, Any], prov: Provenance
+    doc: DocumentPaths, identifier: str, download: dict[str, Any], prov: Provenance
 ) -> tuple[str, list[Path]]:
     """Write the document's two 05 files (each fsynced, then renamed into place) unless they are
     already complete. Returns 'finalized' or 'already', and the folders whose entries changed: they
     must be synced (``atomic.fsync_dirs``) before ``release_inputs``."""
-    if is_finalized(layout, identifier):
+    if _output_whole(doc, identifier):
         return "already", []
-    folder = layout.processed_dir(identifier)
-    record = json.loads(layout.completed_jsonl(identifier).read_bytes().splitlines()[-1])
-    atomic.remove_stale_temps(folder)  # a kill during an earlier attempt
-    changed = atomic.makedirs(folder, sync=False)
-    atomic.write_bytes(layout.processed_ocr(identifier), atomic.dumps_json(record), sync_dir=False)
-    atomic.write_bytes(layout.processed_metadata(identifier),
+    record = json.loads(doc.completed_jsonl.read_bytes().splitlines()[-1])
+    atomic.remove_stale_temps(doc.processed_dir)  # a kill during an earlier attempt
+    changed = atomic.makedirs(doc.processed_dir, sync=False)
+    atomic.write_bytes(doc.processed_ocr, atomic.dumps_json(record), sync_dir=False)
+    atomic.write_bytes(doc.processed_metadata,
                        atomic.dumps_json(build_metadata(identifier, download, record, prov)), sync_dir=False)
-    return "finalized", [*changed, folder]
+    return "finalized", [*changed, doc.processed_dir]
 
 
-def release_inputs(layout: Layout, paths: BatchPaths, identifier: str) -> list[Path]:
+def release_inputs(layout: Layout, paths: BatchPaths, doc: DocumentPaths, identifier: str) -> list[Path]:
     """Read the 05 files back, then delete the document's PDFs; returns what was deleted (folders
     not yet synced). Raises VerificationError, deleting nothing, when the output is not whole."""
-    if not is_finalized(layout, identifier):
-        raise VerificationError(f"{layout.processed_dir(identifier)}: output did not read back whole; PDF kept")
+    if not _output_whole(doc, identifier):
+        raise VerificationError(f"{doc.processed_dir}: output did not read back whole; PDF kept")
     return atomic.remove_files([*legacy_links(layout, paths, identifier), paths.pdf(identifier),
-                                layout.downloaded_pdf(identifier), layout.downloaded_meta(identifier)],
-                               sync=False)
+                                doc.downloaded_pdf, doc.downloaded_meta], sync=False)
 
 
 def legacy_links(layout: Layout, paths: BatchPaths, identifier: str) -> list[Path]:
@@ -102,10 +104,10 @@ def legacy_links(layout: Layout, paths: BatchPaths, identifier: str) -> list[Pat
     return found
 
 
-def download_info(layout: Layout, identifier: str, batch_doc: dict[str, Any]) -> dict[str, Any]:
+def download_info(doc: DocumentPaths, identifier: str, batch_doc: dict[str, Any]) -> dict[str, Any]:
     """The download metadata: the .meta.json when it is still there, else what batch.json recorded."""
     try:
-        return atomic.read_json(layout.downloaded_meta(identifier))
+        return atomic.read_json(doc.downloaded_meta)
     except FileNotFoundError:
         return {"identifier": identifier, **batch_doc}
 
@@ -129,13 +131,14 @@ def finalize_many(
     flushes and the unlinks overlap. The deletions are synced before returning (the caller then
     records the batch as done).
     """
-    ready = sorted(i for i in documents if layout.completed_jsonl(i).exists() or is_finalized(layout, i))
+    docs = {i: layout.document(i) for i in documents}
+    ready = sorted(i for i, doc in docs.items() if doc.completed_jsonl.exists() or _output_whole(doc, i))
     outcomes: dict[str, str] = {}
     removed_from: set[Path] = set()
 
     def write(identifier: str) -> tuple[str, list[Path]]:
-        info = download_info(layout, identifier, documents[identifier])
-        return write_outputs(layout, identifier, info, provenance(identifier))
+        info = download_info(docs[identifier], identifier, documents[identifier])
+        return write_outputs(docs[identifier], identifier, info, provenance(identifier))
 
     def settle(group: list[str], written: list[tuple[str, list[Path]]], releases: list[Future]) -> None:
         for future in releases:
@@ -155,7 +158,7 @@ def finalize_many(
             atomic.fsync_dirs(folder for _, changed in written for folder in changed)
             if previous:
                 settle(*previous)
-            previous = (group, written, [pool.submit(release_inputs, layout, paths, i) for i in group])
+            previous = (group, written, [pool.submit(release_inputs, layout, paths, docs[i], i) for i in group])
         if previous:
             settle(*previous)
     atomic.fsync_dirs(removed_from)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,16 @@ def normalize_batch(batch: str | int) -> str:
 
 
 @dataclass(frozen=True)
+class DocumentPaths:
+    downloaded_pdf: Path
+    downloaded_meta: Path
+    completed_jsonl: Path
+    processed_dir: Path
+    processed_ocr: Path
+    processed_metadata: Path
+
+
+@dataclass(frozen=True)
 class Layout:
     """Where everything lives under one base_dir."""
 
@@ -72,6 +83,20 @@ class Layout:
 
     def _sharded(self, stage: str, identifier: str) -> Path:
         return self.base / stage / shard_of(validate_identifier(identifier), self.shard_width)
+
+    def document(self, identifier: str) -> "DocumentPaths":
+        """Every stage path of one document, computed once (hot loops over many documents)."""
+        shard = shard_of(validate_identifier(identifier), self.shard_width)
+        base = str(self.base)
+        processed = os.path.join(base, PROCESSED, shard, identifier)
+        return DocumentPaths(
+            downloaded_pdf=Path(os.path.join(base, DOWNLOADED, shard, f"{identifier}.pdf")),
+            downloaded_meta=Path(os.path.join(base, DOWNLOADED, shard, f"{identifier}.meta.json")),
+            completed_jsonl=Path(os.path.join(base, COMPLETED, shard, f"{identifier}.ocr.jsonl")),
+            processed_dir=Path(processed),
+            processed_ocr=Path(os.path.join(processed, f"{identifier}.ocr.json")),
+            processed_metadata=Path(os.path.join(processed, f"{identifier}.metadata.json")),
+        )
 
     # 01 -----------------------------------------------------------------
     def downloaded_pdf(self, identifier: str) -> Path:
