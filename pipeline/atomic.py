@@ -79,11 +79,8 @@ def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
 
 
 def dumps_json(value: Any) -> bytes:
-    """The canonical JSON bytes written by the pipeline (stable key order, UTF-8, trailing newline).
-
-    One line, no indent: that keeps json's C encoder, several times faster on large OCR texts.
-    """
-    return (json.dumps(value, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    """The canonical JSON bytes written by the pipeline (stable key order, UTF-8, trailing newline)."""
+    return (json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def write_json(path: Path, value: Any, *, sync_dir: bool = True) -> bool:
