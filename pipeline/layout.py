@@ -85,7 +85,7 @@ class Layout:
         return self.base / stage / shard_of(validate_identifier(identifier), self.shard_width)
 
     def document(self, identifier: str) -> "DocumentPaths":
-        """Every stage path of one document, computed once (hot loops over many documents)."""
+        """Every stage path of one document, from one shard computation (hot loops use it directly)."""
         shard = shard_of(validate_identifier(identifier), self.shard_width)
         base = str(self.base)
         processed = os.path.join(base, PROCESSED, shard, identifier)
@@ -100,10 +100,10 @@ class Layout:
 
     # 01 -----------------------------------------------------------------
     def downloaded_pdf(self, identifier: str) -> Path:
-        return self._sharded(DOWNLOADED, identifier) / f"{identifier}.pdf"
+        return self.document(identifier).downloaded_pdf
 
     def downloaded_meta(self, identifier: str) -> Path:
-        return self._sharded(DOWNLOADED, identifier) / f"{identifier}.meta.json"
+        return self.document(identifier).downloaded_meta
 
     # 03 -----------------------------------------------------------------
     @property
@@ -122,16 +122,16 @@ class Layout:
 
     # 04 / 05 ------------------------------------------------------------
     def completed_jsonl(self, identifier: str) -> Path:
-        return self._sharded(COMPLETED, identifier) / f"{identifier}.ocr.jsonl"
+        return self.document(identifier).completed_jsonl
 
     def processed_dir(self, identifier: str) -> Path:
-        return self._sharded(PROCESSED, identifier) / identifier
+        return self.document(identifier).processed_dir
 
     def processed_ocr(self, identifier: str) -> Path:
-        return self.processed_dir(identifier) / f"{identifier}.ocr.json"
+        return self.document(identifier).processed_ocr
 
     def processed_metadata(self, identifier: str) -> Path:
-        return self.processed_dir(identifier) / f"{identifier}.metadata.json"
+        return self.document(identifier).processed_metadata
 
     # quarantine / manifests ----------------------------------------------
     def quarantine_pdf(self, identifier: str) -> Path:
