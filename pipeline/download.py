@@ -7,6 +7,7 @@ download complete. A document already downloaded, finalized or quarantined is no
 from __future__ import annotations
 
 import base64
+import glob
 import os
 import shutil
 import tempfile
@@ -123,7 +124,11 @@ def download_one(layout: Layout, item: SourceItem) -> str:
         return "skipped"
     dest = layout.downloaded_pdf(item.identifier)
     atomic.makedirs(dest.parent)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{item.identifier[:40]}.", suffix=".part")
+    prefix = f".{item.identifier}."
+    # A killed earlier attempt of this document (mkstemp adds 8 random characters).
+    for leftover in dest.parent.glob(glob.escape(prefix) + "?" * 8 + ".part"):
+        leftover.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
