@@ -37,16 +37,16 @@ class Download(ProgressMixin, luigi.Task):
         lay = layout()
         pressure = BackpressureConfig()
         waiting = len(batches.waiting_documents(lay))
+        self.set_status_message(f"listing {download.redact(self.effective_source)}")
+        items = list(download.iter_source(self.effective_source, DownloadConfig().timeout))
 
         def progress(s: download.DownloadSummary) -> None:
-            done = s.fetched + s.skipped + s.quarantined + s.failed
-            self.set_status_message(f"{s.fetched} fetched, {s.skipped} already present, "
-                                    f"{s.quarantined} quarantined, {s.failed} failed")
-            if done % 25 == 0:
-                self.report(done, done, "documents looked at")
+            done = s.rejected + s.fetched + s.skipped + s.quarantined + s.failed
+            self.report(done, len(items), f"{s.fetched} fetched, {s.skipped} already present, "
+                                          f"{s.quarantined} quarantined, {s.failed} failed")
 
         summary = download.download_all(
-            lay, download.iter_source(self.effective_source, DownloadConfig().timeout),
+            lay, items,
             workers=PipelineConfig().workers, max_waiting=pressure.max_waiting_documents,
             waiting_now=waiting, min_free_gb=pressure.min_free_gb, progress=progress,
         )
