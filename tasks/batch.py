@@ -239,14 +239,14 @@ class Finalize(BatchTask):
         if self.partial:
             plan = split.plan_split(paths.results, set(documents))
             split_summary = split.report(plan, set(documents), split.write_split(plan, layout.completed_jsonl))
+        lookup = provenance_lookup(self)
         outcomes = finalize_many(
-            layout, paths, documents, provenance_lookup(self), workers=PipelineConfig().workers,
+            layout, paths, documents, lookup, workers=PipelineConfig().workers,
             progress=lambda done, total: self.report(done, total, "documents finalized"),
         )
         reasons = read_reasons(layout, [i for i in documents if i not in outcomes])
         remaining = sorted(i for i in documents if i not in outcomes and i not in reasons)
         if remaining and not self.partial:
-            lookup = provenance_lookup(self)
             for identifier in remaining:
                 index = lookup(identifier).chunk
                 where = f"chunk {index}, log {paths.chunk_log(index)}" if index is not None else "no chunk"

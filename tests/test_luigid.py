@@ -14,6 +14,7 @@ import pytest
 from pipeline import samples
 
 from .conftest import luigi_executable
+from .s3server import free_port
 
 ENGINE = """\
 import json, sys, time
@@ -28,12 +29,6 @@ time.sleep(2)  # long enough for the second site to ask for the same work while 
 Path(output).write_text("".join(json.dumps(build_record(p, ["text of " + Path(p).stem], version="t")) + "\\n"
                                 for p in pdfs))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
