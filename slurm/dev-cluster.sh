@@ -8,7 +8,6 @@
 #
 # Faults for tests (each undone by `start`, which also resumes a down or drained node):
 #   slurm/dev-cluster.sh stop-ctld      stop slurmctld only: jobs go on, squeue/sbatch/scontrol fail
-#   slurm/dev-cluster.sh restart-ctld   stop slurmctld, start it again, wait until it answers
 #   slurm/dev-cluster.sh stop-dbd       stop slurmdbd only: jobs go on, sacct fails
 #
 # `start` returns once sinfo shows the node idle and sacct answers; on a running cluster it only
@@ -262,19 +261,11 @@ cmd_status() {
     sinfo 2>&1 || true
 }
 
-cmd_restart_ctld() {
-    stop_pid "$RUN_DIR/slurmctld.pid" slurmctld
-    slurmctld
-    log "started slurmctld"
-    wait_for 30 slurmctld scontrol ping
-}
-
 case "${1:-}" in
     start) cmd_start ;;
     stop) stop_all ;;
     status) cmd_status ;;
     stop-ctld) stop_pid "$RUN_DIR/slurmctld.pid" slurmctld ;;
-    restart-ctld) cmd_restart_ctld ;;
     stop-dbd) stop_pid "$RUN_DIR/slurmdbd.pid" slurmdbd ;;
-    *) echo "usage: $0 start|stop|status|stop-ctld|restart-ctld|stop-dbd" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|stop-ctld|stop-dbd" >&2; exit 2 ;;
 esac
