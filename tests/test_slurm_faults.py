@@ -362,3 +362,69 @@ def test_slurmctld_restarted_while_jobs_run_and_the_executor_polls(faults: Clust
     assert sorted(n for r in runs(site) for n in r["documents"]) == ["alpha", "beta", "beta", "gamma"]
     faults.jobs.update(e["job_id"] for e in submissions)
     assert_end_state(site, batch, undisturbed, names)
+
+
+# --- the same decisions without the cluster (fast, for every run) ------------------------------
+
+def test_sacct_failing_falls_back_to_the_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def answer(command: str, args: list[str]) -> str:
+        calls.append(command)
+        if command == "sacct":
+            raise slurm.SlurmError("sacct -j 7 failed (exit 1): Problem talking to the database: Connection refused")
+        if command == "squeue":
+            return "7_0|RUNNING|0:05|2026-01-01T00:00:00|2026-01-01T02:00:00|None\n"
+        raise AssertionError(f"unexpected {command}")
+
+    monkeypatch.setattr(slurm, "_run", answer)
+    assert {k: s.state for k, s in slurm.query(["7"]).items()} == {"7_0": "RUNNING"}
+    assert calls == ["sacct", "squeue"]
+
+    def nothing_answers(command: str, args: list[str]) -> str:
+        raise slurm.SlurmError(f"{command} failed (exit 1): Unable to contact slurm controller")
+
+    monkeypatch.setattr(slurm, "_run", nothing_answers)
+    with pytest.raises(slurm.SlurmError, match="sacct failed.*the controller could not answer either"):
+        slurm.query(["7"])
+
+
+def test_a_requeued_job_that_sacct_calls_node_fail_is_not_submitted_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.executor import ChunkRun
+    from pipeline.layout import Layout
+    from pipeline.planning import WalltimeModel
+    from pipeline.slurm import JobState
+    from pipeline.slurm_executor import SlurmExecutor
+
+    layout = Layout(tmp_path / "data", 2)
+    paths = BatchPaths(layout.batch_dir(7))
+    paths.dir.mkdir(parents=True)
+    submitted: list[list[int]] = []
+    polls = iter([{"requeued": "NODE_FAIL", "ended": "NODE_FAIL"}, {"requeued": "PENDING", "ended": "NODE_FAIL"},
+                  "done"])
+
+    def submit(script: Path, *, array_indices: list[int], **options: Any) -> str:
+        submitted.append(list(array_indices))
+        return str(100 + len(submitted))
+
+    def query(job_ids: set[str]) -> dict[str, JobState]:
+        step = next(polls, {})
+        if not step:
+            return {}
+        if step == "done":
+            for index in (0, 1):
+                paths.done_marker(index).parent.mkdir(parents=True, exist_ok=True)
+                paths.done_marker(index).write_text('{"missing": []}')
+            return {}
+        return {"101_0": JobState("101", 0, step["requeued"]), "101_1": JobState("101", 1, step["ended"])}
+
+    # The controller holds chunk 0 again (requeued); chunk 1's NODE_FAIL is final.
+    monkeypatch.setattr(slurm, "submit", submit)
+    monkeypatch.setattr(slurm, "query", query)
+    monkeypatch.setattr(slurm, "query_controller", lambda ids: {
+        "101_0": JobState("101", 0, "PENDING"), "101_1": JobState("101", 1, "NODE_FAIL")})
+    monkeypatch.setattr(slurm, "partition_max_time", lambda partition=None: 3600)
+    SlurmExecutor(layout, ["true"], sleep=lambda s: None, walltime=WalltimeModel(60, 1, 0)).run(
+        paths, [ChunkRun(0, 1, 1), ChunkRun(1, 1, 1)], lambda *a: None)
+    assert submitted == [[0, 1], [1]]
