@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -47,8 +48,11 @@ class BatchTask(ProgressMixin, luigi.Task):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "run" in cls.__dict__:
-            cls.run = _once_per_batch(cls.__dict__["run"])
+        run = cls.__dict__.get("run")
+        if run is not None:
+            if inspect.isgeneratorfunction(run):  # the lock would be released at its first yield
+                raise TypeError(f"{cls.__name__}.run: batch stages run under a lock and cannot yield tasks")
+            cls.run = _once_per_batch(run)
 
     @property
     def layout(self) -> Layout:
