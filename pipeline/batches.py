@@ -4,11 +4,13 @@ from __future__ import annotations
 import fcntl
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import atomic, manifest, olmocr_format, pdf
 from .layout import BatchPaths, Layout
 from .quarantine import quarantine
+
+STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lock
 
 
 @contextmanager
@@ -17,6 +19,24 @@ def batch_lock(layout: Layout) -> Iterator[None]:
     atomic.makedirs(layout.processing)
     with open(layout.processing / ".create.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def stage_lock(paths: BatchPaths, stage: str, waiting: Callable[[], None]) -> Iterator[None]:
+    """One process at a time runs ``stage`` of a batch; ``waiting()`` is called before blocking.
+
+    luigid runs each task once, but not across its own restart (a crash forgets who runs what)
+    nor for runs with --local-scheduler. The kernel releases the lock when its holder dies.
+    """
+    lock = paths.dir / STAGE_LOCKS / f"{stage}.lock"
+    atomic.makedirs(lock.parent)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 

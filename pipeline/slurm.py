@@ -3,7 +3,7 @@
 Commands get argument lists, never a shell string. Every command failure raises SlurmError: a
 failed query says nothing about the jobs, so callers retry with backoff (see Backoff) and never
 take it for a job failure. Status queries cost one call for all jobs (sacct), or one squeue call
-when accounting is off.
+when sacct cannot answer (accounting off, slurmdbd down).
 """
 from __future__ import annotations
 
@@ -388,9 +388,11 @@ def partition_max_time(partition: str | None = None) -> int | None:
 
 
 def query(job_ids: Iterable[str]) -> dict[str, JobState]:
-    """States of every task of ``job_ids`` in one sacct call; squeue (+ scontrol) when accounting is off.
+    """States of every task of ``job_ids`` in one sacct call; squeue (+ scontrol) when sacct cannot answer.
 
-    Tasks SLURM does not report yet (sacct lags the controller by a moment) are simply absent.
+    sacct fails when accounting is off, and while slurmdbd or its database is down; the controller
+    still knows every job that pends, runs or ended less than MinJobAge ago. Only when both fail
+    does this raise. Tasks SLURM does not report yet (sacct lags the controller) are simply absent.
     """
     ids = sorted({str(j) for j in job_ids}, key=int)
     if not ids:
@@ -401,6 +403,12 @@ def query(job_ids: Iterable[str]) -> dict[str, JobState]:
         ])
     except AccountingDisabled:
         return query_controller(ids)
+    except SlurmError as sacct_error:
+        try:
+            return query_controller(ids)
+        except SlurmError as controller_error:
+            raise SlurmError(f"{sacct_error}; the controller could not answer either: {controller_error}") \
+                from controller_error
     return parse_sacct(text)
 
 

@@ -209,7 +209,8 @@ class _BatchRun:
         logged = {i: r for i, r in latest_submissions(self.x.layout.events, self.batch).items() if i in self.active}
         if not logged:
             return list(self.active.values())
-        states = self._query_with_retries({str(r["job_id"]) for r in logged.values()})
+        states = self._confirmed(self._query_with_retries({str(r["job_id"]) for r in logged.values()}),
+                                 {slurm.task_key(str(r["job_id"]), i) for i, r in logged.items()})
         fresh, adopted = [], []
         now = self.x.clock()
         for index, chunk in self.active.items():
@@ -274,7 +275,8 @@ class _BatchRun:
 
     def _poll(self) -> bool:
         """One status query for every job; returns whether anything changed."""
-        states = self._query_with_retries(self._job_ids())
+        states = self._confirmed(self._query_with_retries(self._job_ids()), {
+            c.key for i, c in self.active.items() if not self.paths.done_marker(i).exists()})
         now = self.x.clock()
         changed = False
         retry: list[_Chunk] = []
@@ -305,6 +307,22 @@ class _BatchRun:
         if changed:
             self._report()
         return changed
+
+    def _confirmed(self, states: dict[str, JobState], keys: set[str]) -> dict[str, JobState]:
+        """``states`` with the endings of ``keys`` (chunks not done) checked against the controller.
+
+        sacct shows a job requeued after a node failure as NODE_FAIL for a few seconds while the
+        controller already holds it as PENDING again: such a chunk waits, it is not submitted twice.
+        When the controller cannot answer, those chunks are left out until the next query.
+        """
+        ended = {k for k in keys if k in states and states[k].outcome != "waiting"}
+        if not ended:
+            return states
+        try:
+            known = slurm.query_controller({states[k].job_id for k in ended})
+        except SlurmError:
+            return {k: s for k, s in states.items() if k not in ended}
+        return {**states, **{k: known[k] for k in ended if k in known and known[k].outcome == "waiting"}}
 
     def _lost(self, chunks: list[_Chunk]) -> list[_Chunk]:
         """Chunks sacct has not reported for lost_after seconds: failed unless the controller knows them."""

@@ -6,6 +6,10 @@
 #   slurm/dev-cluster.sh stop     stop every daemon this script starts
 #   slurm/dev-cluster.sh status   each daemon's state, then sinfo
 #
+# Faults for tests (each undone by `start`, which also resumes a down or drained node):
+#   slurm/dev-cluster.sh stop-ctld      stop slurmctld only: jobs go on, squeue/sbatch/scontrol fail
+#   slurm/dev-cluster.sh stop-dbd       stop slurmdbd only: jobs go on, sacct fails
+#
 # `start` returns once sinfo shows the node idle and sacct answers; on a running cluster it only
 # checks that. Partitions: debug (default, MaxTime 2:00:00) and short (MaxTime 1 minute, for
 # TIMEOUT tests). Beyond KillWait=5 and ReturnToService=2, Slurm's defaults are kept: MinJobAge=300
@@ -261,5 +265,7 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) stop_all ;;
     status) cmd_status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    stop-ctld) stop_pid "$RUN_DIR/slurmctld.pid" slurmctld ;;
+    stop-dbd) stop_pid "$RUN_DIR/slurmdbd.pid" slurmdbd ;;
+    *) echo "usage: $0 start|stop|status|stop-ctld|stop-dbd" >&2; exit 2 ;;
 esac

@@ -1,12 +1,16 @@
 """What every task shares: the layout from luigi.cfg, the batch parameter, progress reporting."""
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import luigi
 
+from pipeline import batches
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 
@@ -42,6 +46,14 @@ class ProgressMixin:
 class BatchTask(ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None:
+            if inspect.isgeneratorfunction(run):  # the lock would be released at its first yield
+                raise TypeError(f"{cls.__name__}.run: batch stages run under a lock and cannot yield tasks")
+            cls.run = _once_per_batch(run)
+
     @property
     def layout(self) -> Layout:
         return layout()
@@ -49,3 +61,22 @@ class BatchTask(ProgressMixin, luigi.Task):
     @property
     def paths(self) -> BatchPaths:
         return BatchPaths(self.layout.batch_dir(self.batch))
+
+
+def _once_per_batch(run: Callable[[BatchTask], None]) -> Callable[[BatchTask], None]:
+    """A stage's run() under the batch's lock for that stage; a no-op when another process
+    completed the stage meanwhile (two sites after a luigid restart, or local schedulers)."""
+
+    @functools.wraps(run)
+    def locked(task: BatchTask) -> None:
+        if not task.paths.dir.is_dir():  # CreateBatch opens the batch under a lock of its own
+            return run(task)
+        stage = task.get_task_family()
+        with batches.stage_lock(task.paths, stage, lambda: task.report(
+                0, 1, f"waiting: another process runs {stage} of batch {task.batch}")):
+            if task.complete():
+                task.report(1, 1, f"{stage} of batch {task.batch} was completed by another process")
+                return
+            run(task)
+
+    return locked
