@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import zlib
 from pathlib import Path
 
 WORDS = (
@@ -108,18 +109,26 @@ def text_layer_pdf(lines: list[str]) -> bytes:
             b"CMapName currentdict /CMap defineresource pop\nend\nend")
     content = b"BT /F1 14 Tf 72 760 Td " + b" 0 -20 Td ".join(literal(line) + b" Tj" for line in lines) + b" ET"
 
-    def stream(data: bytes) -> bytes:
-        return b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
-
-    objects = [
+    return pdf_from_objects([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> >> "
         b"/Contents 5 0 R >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding /ToUnicode 6 0 R >>",
-        stream(content),
-        stream(cmap),
-    ]
+        pdf_stream(content),
+        pdf_stream(cmap),
+    ])
+
+
+def pdf_stream(data: bytes, flate: bool = False) -> bytes:
+    """A stream object's body, Flate-compressed when asked."""
+    if flate:
+        data = zlib.compress(data)
+    return b"<< /Length %d%s >>\nstream\n" % (len(data), b" /Filter /FlateDecode" if flate else b"") + data + b"\nendstream"
+
+
+def pdf_from_objects(objects: list[bytes]) -> bytes:
+    """A PDF file of ``objects`` (numbered from 1, the first is the catalog) with a correct xref table."""
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -130,6 +139,28 @@ def text_layer_pdf(lines: list[str]) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+def kids_cycle_pdf() -> bytes:
+    """A PDF whose page tree lists itself among its kids: no reader can walk it to the end."""
+    return pdf_from_objects([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R 2 0 R] /Count 2 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>",
+    ])
+
+
+def slow_text_pdf(operators: int) -> bytes:
+    """A PDF of a few KB whose one content stream shows text ``operators`` times: a pathological
+    content stream (pypdf's text extraction spends seconds on each 100,000)."""
+    content = b"BT /F1 12 Tf " + b"(x) Tj " * operators + b"ET"
+    return pdf_from_objects([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 << /Type /Font "
+        b"/Subtype /Type1 /BaseFont /Helvetica >> >> >> /Contents 4 0 R >>",
+        pdf_stream(content, flate=True),
+    ])
 
 
 def make_collection(folder: Path, *, born_digital: int = 6, scanned: int = 3, seed: int = 7) -> dict:

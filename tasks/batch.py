@@ -91,6 +91,8 @@ def engine_settings(ocr: OCRConfig) -> EngineSettings:
         olmocr_args=shlex.split(ocr.olmocr_args),
         max_page_error_rate=ocr.max_page_error_rate,
         command=shlex.split(ocr.command),
+        document_timeout=ocr.document_timeout,
+        document_memory_mb=ocr.document_memory_mb,
     )
 
 
