@@ -38,7 +38,8 @@ class OCRConfig(_Section):
     engine = luigi.ChoiceParameter(choices=["olmocr", "tesseract", "text", "command"], default="tesseract")
     pages_per_chunk = luigi.IntParameter(default=1500)
     parallel_chunks = luigi.IntParameter(default=1, description="local executor: chunks run at once")
-    engine_workers = luigi.IntParameter(default=0, description="pages OCRed at once; 0 = all cores")
+    engine_workers = luigi.IntParameter(default=0, description="pages OCRed (tesseract) or documents "
+                                        "read (text) at once; 0 = all cores")
     tesseract_lang = luigi.Parameter(default="eng")
     tesseract_dpi = luigi.IntParameter(default=300)
     olmocr_python = luigi.Parameter(default="python", description="interpreter with olmocr installed")
