@@ -120,9 +120,10 @@ class TesseractEngine:
                 for source, futures in jobs:
                     try:
                         lines.append(olmocr_format.record_line(self._record(source, futures, version)))
-                    except (DocumentFailed, olmocr_format.InvalidRecord) as exc:
-                        self._failed(source, exc if isinstance(exc, DocumentFailed)
-                                     else DocumentFailed(type(exc).__name__, str(exc)))
+                    except DocumentFailed as failure:
+                        self._failed(source, failure)
+                    except olmocr_format.InvalidRecord as exc:
+                        self._failed(source, DocumentFailed("InvalidRecord", str(exc)))
             finally:
                 # On an interruption the pages still queued are dropped instead of waited for.
                 pool.shutdown(cancel_futures=True)
