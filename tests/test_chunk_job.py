@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline import atomic, samples
-from pipeline.chunk_job import run_chunk
+from pipeline.chunk_job import failure_of, run_chunk
 from pipeline.engines import EngineSettings
 from pipeline.jobscript import job_command
 from pipeline.layout import BatchPaths
@@ -44,6 +44,8 @@ def test_marker_lists_each_failed_document_with_its_reason(tmp_path: Path) -> No
     assert failed["slow.pdf"]["error"] == "TimeLimit" and "3 s" in failed["slow.pdf"]["message"]
     assert failed["empty.pdf"]["error"] == "EmptyFileError"
     assert all(f["log"] for f in (failed["cycle.pdf"], failed["empty.pdf"])), "tracebacks kept"
+    assert failure_of(paths, 0, "cycle.pdf") == failed["cycle.pdf"]
+    assert failure_of(paths, 0, "good.pdf") is None and failure_of(paths, None, "cycle.pdf") is None
 
 
 COMMAND = r'''
