@@ -118,7 +118,8 @@ def _call(function: Callable[..., R], args: tuple, cpu_seconds: int) -> R:
         raise
     except MemoryError:
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        raise DocumentFailed("MemoryLimit", f"needed more memory than the limit of {limit >> 20} MiB per document",
+        raise DocumentFailed("MemoryLimit", f"needed more memory than the limit of {limit >> 20} MiB per document "
+                             "(raise [ocr] document_memory_mb if the document is sound)",
                              _excerpt(recent.lines, "")) from None
     except Exception as exc:
         raise DocumentFailed(type(exc).__name__, _text(str(exc)) or repr(exc),
@@ -141,11 +142,13 @@ def _failure(exc: BaseException, limits: Limits) -> DocumentFailed:
     if isinstance(exc, DocumentFailed):
         return exc
     if isinstance(exc, FutureTimeout):
-        return DocumentFailed("TimeLimit", f"still running after {limits.seconds:g} s; stopped")
+        return DocumentFailed("TimeLimit", f"still running after {limits.seconds:g} s; stopped "
+                              "(raise [ocr] document_timeout if the document is sound)")
     if isinstance(exc, ProcessExpired):
         code = exc.exitcode
         if code == -signal.SIGXCPU:
-            return DocumentFailed("TimeLimit", "used up its CPU time limit; stopped")
+            return DocumentFailed("TimeLimit", "used up its CPU time limit; stopped "
+                                  "(raise [ocr] document_timeout if the document is sound)")
         name = signal.Signals(-code).name if code is not None and code < 0 and -code in signal.valid_signals() else None
         return DocumentFailed("WorkerDied", f"the worker process died ({name or f'exit status {code}'})"
                               + (", probably out of memory" if name == "SIGKILL" else ""))
