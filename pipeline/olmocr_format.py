@@ -38,6 +38,13 @@ def clean_text(text: str) -> tuple[str, int]:
     return _INVALID.subn(REPLACEMENT, text)
 
 
+def _check_source_file(source_file: str) -> None:
+    """A replaced character in the Source-File would name another file: such a record cannot be repaired."""
+    if _INVALID.search(source_file):
+        raise InvalidRecord(f"Source-File {ascii(source_file)} is not valid text (a file name that is not "
+                            "UTF-8, or one with a control character): rename the file")
+
+
 def _join_surrogate_pairs(text: str) -> str:
     """A high and a low surrogate side by side are one character split in two (UTF-16 decoded badly)."""
     return _SURROGATE_PAIR.sub(lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), text)
@@ -46,13 +53,12 @@ def _join_surrogate_pairs(text: str) -> str:
 def make_valid(record: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """A copy of ``record`` whose strings are all valid text, and how many characters were replaced.
 
-    The count is added to ``metadata["replaced-characters"]``. The Source-File is not touched: a
-    replaced character there would name another file, so such a record raises InvalidRecord.
+    The count is added to ``metadata["replaced-characters"]``. A Source-File that is not valid
+    text raises InvalidRecord.
     """
     source = source_file_of(record)
-    if source is not None and _INVALID.search(source):
-        raise InvalidRecord(f"Source-File {ascii(source)} is not valid text (a file name that is not UTF-8, "
-                            "or a control character): rename the file")
+    if source is not None:
+        _check_source_file(source)
     count = 0
 
     def clean(value: Any) -> Any:
@@ -100,9 +106,7 @@ def build_record(
     Invalid characters in the text are replaced and counted (see clean_text); a Source-File that
     is not valid text raises InvalidRecord.
     """
-    if _INVALID.search(source_file):
-        raise InvalidRecord(f"the file name {ascii(source_file)} is not valid text (not UTF-8, or a control "
-                            "character): rename the file")
+    _check_source_file(source_file)
     text_parts: list[str] = []
     spans: list[list[int]] = []
     position = 0
