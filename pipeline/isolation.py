@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
@@ -208,10 +208,3 @@ class Workers:
         finally:
             for _, future in futures:
                 future.cancel()
-
-    def call(self, function: Callable[[T], R], item: T) -> R:
-        """``function(item)`` in a worker; raises DocumentFailed when it fails or overruns."""
-        ((_, result),) = self.map(function, [item])
-        if isinstance(result, DocumentFailed):
-            raise result
-        return result

@@ -77,13 +77,3 @@ def test_workers_are_reused_and_results_keep_their_order() -> None:
     assert all(result.startswith(f"{item} in ") for item, result in found)
     assert len({result.split(" in ")[1] for _, result in found}) <= 2
 
-
-def test_call_raises_the_failure() -> None:
-    with Workers(Limits(seconds=60)) as pool:
-        assert pool.call(behave, "a").startswith("a in ")
-        try:
-            pool.call(behave, "raise")
-        except DocumentFailed as exc:
-            assert exc.error == "ValueError"
-        else:
-            raise AssertionError("call() returned for a failed document")
