@@ -465,10 +465,11 @@ with open(output, "w") as out:
         name = os.path.basename(path)
         text = "Text of " + name + " \udc63\x00" if name.startswith("bad") else "Text of " + name
         source = path if not name.startswith("unnamed") else path + "\x01"
+        tokens = float("nan") if name.startswith("nan") else 0
         out.write(json.dumps({"id": "x", "text": text, "source": "olmocr", "added": "2025-01-01",
                               "created": "2025-01-01",
                               "metadata": {"Source-File": source, "olmocr-version": "my-ocr-1.0",
-                                           "pdf-total-pages": 1},
+                                           "pdf-total-pages": 1, "total-input-tokens": tokens},
                               "attributes": {"pdf_page_numbers": [[0, len(text), 1]]}}) + "\n")
     out.write("not json at all\n")
 '''
@@ -477,13 +478,13 @@ with open(output, "w") as out:
 def test_command_engine_output_is_made_valid_text(tmp_path: Path) -> None:
     script = tmp_path / "my_ocr.py"
     script.write_text(INVALID_TEXT_SCRIPT)
-    pdfs = chunk(tmp_path / "in", ["fine.pdf", "bad.pdf", "unnamed.pdf"])
+    pdfs = chunk(tmp_path / "in", ["fine.pdf", "bad.pdf", "unnamed.pdf", "nan_bad.pdf"])
     settings = EngineSettings(command=[sys.executable, str(script), "{chunk_list}", "{output}"])
     (out,) = get_engine("command", settings).run(pdfs, tmp_path / "ws")
     lines = out.read_bytes().decode("utf-8").splitlines()
     assert lines[-1] == "not json at all"  # no record: kept for splitting to report
     records = read_records_lenient(out)
-    assert set(records) == {"fine", "bad"}  # unnamed's Source-File cannot be repaired: dropped
+    assert set(records) == {"fine", "bad"}  # unnamed's Source-File cannot be repaired, NaN is no JSON: dropped
     assert records["bad"]["text"] == "Text of bad.pdf \ufffd\ufffd"
     assert records["bad"]["metadata"]["replaced-characters"] == 2
     assert "replaced-characters" not in records["fine"]["metadata"]

@@ -54,11 +54,12 @@ def valid_results(produced: Path) -> bytes:
         if record is not None:
             try:
                 valid, replaced = olmocr_format.make_valid(record)
+                line = olmocr_format.record_line(valid)  # also refuses what strict JSON cannot hold (NaN)
             except olmocr_format.InvalidRecord as exc:
                 say(f"{produced.name} line {number}: record dropped: {exc}")
                 continue
             if replaced:
-                raw = olmocr_format.record_line(valid)
+                raw = line  # otherwise the program's own bytes are kept
         kept.append(raw)
     return b"".join(kept)
 
