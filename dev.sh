@@ -43,14 +43,15 @@ case "${1:-}" in
     bench)
         shift; setup
         if [ "${1:-}" = "--quick" ]; then
-            page_count=(--quick); finalize=(--documents 200); s3=(--size-mb 40)
+            page_count=(--quick); finalize=(--documents 200); s3=(--size-mb 40); text=(--documents 100)
         else
-            page_count=(); finalize=(); s3=()
+            page_count=(); finalize=(); s3=(); text=()
         fi
         status=0
         "$VENV/bin/python" bench/bench_page_count.py "${page_count[@]}" || status=1
         "$VENV/bin/python" bench/bench_finalize.py "${finalize[@]}" || status=1
         "$VENV/bin/python" bench/bench_s3_count.py "${s3[@]}" || status=1
+        "$VENV/bin/python" bench/bench_text_engine.py "${text[@]}" || status=1
         exit $status ;;
     *) echo "usage: ./dev.sh demo | test [pytest args] | bench [--quick] | setup" >&2; exit 2 ;;
 esac

@@ -38,7 +38,8 @@ class OCRConfig(_Section):
     engine = luigi.ChoiceParameter(choices=["olmocr", "tesseract", "text", "command"], default="tesseract")
     pages_per_chunk = luigi.IntParameter(default=1500)
     parallel_chunks = luigi.IntParameter(default=1, description="local executor: chunks run at once")
-    engine_workers = luigi.IntParameter(default=0, description="pages OCRed at once; 0 = all cores")
+    engine_workers = luigi.IntParameter(default=0, description="pages OCRed (tesseract) or documents "
+                                        "read (text) at once; 0 = all cores")
     tesseract_lang = luigi.Parameter(default="eng")
     tesseract_dpi = luigi.IntParameter(default=300)
     olmocr_python = luigi.Parameter(default="python", description="interpreter with olmocr installed")
@@ -48,6 +49,10 @@ class OCRConfig(_Section):
         description="engine=command: argument template with {chunk_list} {workspace} {output}",
     )
     max_page_error_rate = luigi.FloatParameter(default=0.004)
+    document_timeout = luigi.FloatParameter(default=120.0, description="seconds of in-process work on one PDF "
+                                            "(text layer, page count) before it fails alone; 0 = no limit")
+    document_memory_mb = luigi.IntParameter(default=2048, description="memory (MiB) of that work on one PDF; "
+                                            "0 = no limit")
 
 
 class BackpressureConfig(_Section):

@@ -10,9 +10,85 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator
 
 ENGINE_VERSION_KEY = "olmocr-version"
+# Counts the characters replaced to make the record valid text; present only when there were any.
+REPLACED_KEY = "replaced-characters"
+REPLACEMENT = "\ufffd"
 # Where older olmOCR versions and the older scripts kept the source path.
 SOURCE_FILE_KEYS = ("Source-File", "source-file", "source_file", "SourceFile", "pdf_path")
 _WINDOWS_PATH = re.compile(r"[A-Za-z]:[\\/]|\\\\")  # a drive letter or a UNC share
+# Characters that make a record invalid UTF-8 or break consumers: lone surrogates (text layers
+# decoded from bad ToUnicode maps, non-UTF-8 file names), NUL and the other C0 controls. Tab,
+# line feed, carriage return (CRLF text) and form feed (a page break in extracted text) are
+# ordinary whitespace to JSON and text tools, so they stay.
+_INVALID = re.compile("[\x00-\x08\x0b\x0e-\x1f\ud800-\udfff]")
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be made valid (e.g. a file name that is not UTF-8): that document fails."""
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """``text`` with every invalid character replaced by U+FFFD, and how many were replaced.
+
+    One character for one, so page spans counted in characters stay right.
+    """
+    if _INVALID.search(text) is None:
+        return text, 0
+    return _INVALID.subn(REPLACEMENT, text)
+
+
+def _check_source_file(source_file: str) -> None:
+    """A replaced character in the Source-File would name another file: such a record cannot be repaired."""
+    if _INVALID.search(source_file):
+        raise InvalidRecord(f"Source-File {ascii(source_file)} is not valid text (a file name that is not "
+                            "UTF-8, or one with a control character): rename the file")
+
+
+def _join_surrogate_pairs(text: str) -> str:
+    """A high and a low surrogate side by side are one character split in two (UTF-16 decoded badly)."""
+    return _SURROGATE_PAIR.sub(lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), text)
+
+
+def make_valid(record: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A copy of ``record`` whose strings are all valid text, and how many characters were replaced.
+
+    The count is added to ``metadata["replaced-characters"]``. A Source-File that is not valid
+    text raises InvalidRecord.
+    """
+    source = source_file_of(record)
+    if source is not None:
+        _check_source_file(source)
+    count = 0
+
+    def clean(value: Any) -> Any:
+        nonlocal count
+        if isinstance(value, str):
+            value, replaced = clean_text(value)
+            count += replaced
+            return value
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    try:
+        cleaned = clean(record)
+    except RecursionError:
+        raise InvalidRecord("the record is nested too deeply to check") from None
+    if count and isinstance(cleaned.get("metadata"), dict):
+        previous = cleaned["metadata"].get(REPLACED_KEY)
+        cleaned["metadata"][REPLACED_KEY] = count + (previous if isinstance(previous, int) else 0)
+    return cleaned, count
+
+
+def record_line(record: dict[str, Any]) -> bytes:
+    """The one-line JSONL form of a valid record (UTF-8, no NaN), text kept exactly."""
+    try:
+        return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidRecord(f"the record cannot be written as JSON: {exc}") from None
 
 
 def build_record(
@@ -27,18 +103,24 @@ def build_record(
     """A record with the fields olmOCR writes: pages joined by newlines, spans in characters.
 
     As in olmOCR's build_dolma_document, the newline after a page belongs to that page's span.
+    Invalid characters in the text are replaced and counted (see clean_text); a Source-File that
+    is not valid text raises InvalidRecord.
     """
+    _check_source_file(source_file)
     text_parts: list[str] = []
     spans: list[list[int]] = []
     position = 0
+    replaced = 0
     for number, page_text in enumerate(page_texts, start=1):
+        page_text, count = clean_text(_join_surrogate_pairs(page_text))
+        replaced += count
         content = page_text + ("\n" if number < len(page_texts) else "")
         text_parts.append(content)
         spans.append([position, position + len(content), number])
         position += len(content)
     text = "".join(text_parts)
     today = _dt.date.today().isoformat()
-    return {
+    record = {
         "id": hashlib.sha1(text.encode("utf-8")).hexdigest(),
         "text": text,
         "source": "olmocr",
@@ -54,6 +136,9 @@ def build_record(
         },
         "attributes": {"pdf_page_numbers": spans},
     }
+    if replaced:
+        record["metadata"][REPLACED_KEY] = replaced
+    return record
 
 
 def source_file_of(record: dict[str, Any]) -> str | None:
@@ -108,7 +193,7 @@ def iter_records(path: Path) -> Iterator[ResultLine]:
                 continue
             try:
                 record = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
                 yield ResultLine(path, number, None, f"not JSON: {exc}")
                 continue
             if not isinstance(record, dict) or not isinstance(record.get("text", ""), str):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import zlib
 from pathlib import Path
 
 WORDS = (
@@ -76,6 +77,90 @@ def encrypted_pdf(password: str, user_password: str = "") -> bytes:
     buffer = io.BytesIO()
     writer.write(buffer)
     return buffer.getvalue()
+
+
+def text_layer_pdf(lines: list[str]) -> bytes:
+    """A one-page PDF whose text layer reads back as exactly ``lines``, whatever they hold.
+
+    Characters outside printable ASCII get a code byte of their own, and the font's ToUnicode map
+    sends it to that character's UTF-16 units; a lone surrogate ('\\udc63') or a control character
+    in ``lines`` is what a real PDF with a broken map gives text extraction (pypdf returns it as is).
+    """
+    special = sorted({c for line in lines for c in line if not " " <= c <= "~"})
+    codes = [*range(0x01, 0x20), *range(0x7F, 0x100)]
+    if len(special) > len(codes):
+        raise ValueError(f"at most {len(codes)} distinct characters outside printable ASCII")
+    code_of = {c: codes[i] for i, c in enumerate(special)}
+
+    def literal(line: str) -> bytes:
+        out = bytearray(b"(")
+        for c in line:
+            byte = code_of.get(c, ord(c))
+            out += b"\\" + bytes([byte]) if c in "()\\" else bytes([byte]) if 0x20 <= byte <= 0x7E else b"\\%03o" % byte
+        return bytes(out + b")")
+
+    mapping = b"".join(b"<%02X> <%s>\n" % (code_of[c], c.encode("utf-16-be", "surrogatepass").hex().upper().encode())
+                       for c in special)
+    cmap = (b"/CIDInit /ProcSet findresource begin\n12 dict begin\nbegincmap\n"
+            b"/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n"
+            b"/CMapName /Sample-UCS def\n/CMapType 2 def\n1 begincodespacerange\n<00> <FF>\nendcodespacerange\n"
+            + (b"%d beginbfchar\n" % len(special) + mapping + b"endbfchar\n" if special else b"")
+            + b"1 beginbfrange\n<20> <7E> <0020>\nendbfrange\nendcmap\n"
+            b"CMapName currentdict /CMap defineresource pop\nend\nend")
+    content = b"BT /F1 14 Tf 72 760 Td " + b" 0 -20 Td ".join(literal(line) + b" Tj" for line in lines) + b" ET"
+
+    return pdf_from_objects([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> >> "
+        b"/Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding /ToUnicode 6 0 R >>",
+        pdf_stream(content),
+        pdf_stream(cmap),
+    ])
+
+
+def pdf_stream(data: bytes, flate: bool = False) -> bytes:
+    """A stream object's body, Flate-compressed when asked."""
+    if flate:
+        data = zlib.compress(data)
+    return b"<< /Length %d%s >>\nstream\n" % (len(data), b" /Filter /FlateDecode" if flate else b"") + data + b"\nendstream"
+
+
+def pdf_from_objects(objects: list[bytes]) -> bytes:
+    """A PDF file of ``objects`` (numbered from 1, the first is the catalog) with a correct xref table."""
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def kids_cycle_pdf() -> bytes:
+    """A PDF whose page tree lists itself among its kids: no reader can walk it to the end."""
+    return pdf_from_objects([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R 2 0 R] /Count 2 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>",
+    ])
+
+
+def slow_text_pdf(operators: int) -> bytes:
+    """A PDF of a few KB whose one content stream shows text ``operators`` times: a pathological
+    content stream (pypdf's text extraction spends seconds on each 100,000)."""
+    content = b"BT /F1 12 Tf " + b"(x) Tj " * operators + b"ET"
+    return pdf_from_objects([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 << /Type /Font "
+        b"/Subtype /Type1 /BaseFont /Helvetica >> >> >> /Contents 4 0 R >>",
+        pdf_stream(content, flate=True),
+    ])
 
 
 def make_collection(folder: Path, *, born_digital: int = 6, scanned: int = 3, seed: int = 7) -> dict:

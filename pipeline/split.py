@@ -1,7 +1,10 @@
-"""Split a batch's olmOCR results into one 04_ocr_completed/<ab>/<id>.ocr.jsonl per identifier."""
+"""Split a batch's olmOCR results into one 04_ocr_completed/<ab>/<id>.ocr.jsonl per identifier.
+
+Every record is made valid text on the way (olmocr_format.make_valid), also those adopted from
+older runs; one that cannot be is left out and reported, so its document alone goes without result.
+"""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ class SplitPlan:
     unmatched: list[dict[str, Any]] = field(default_factory=list)
     malformed: list[dict[str, Any]] = field(default_factory=list)
     files: int = 0
+    replaced: dict[str, int] = field(default_factory=dict)  # id -> characters replaced to make it valid
+    invalid: dict[str, str] = field(default_factory=dict)  # id -> why its record could not be made valid
 
 
 def plan_split(results_dir: Path, identifiers: set[str]) -> SplitPlan:
@@ -45,28 +50,34 @@ def plan_split(results_dir: Path, identifiers: set[str]) -> SplitPlan:
     return plan
 
 
-def record_bytes(record: dict[str, Any]) -> bytes:
-    """The one-line JSONL form of a record, text kept exactly."""
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def report(plan: SplitPlan, identifiers: set[str], written: int) -> dict[str, Any]:
     return {
         "result_files": plan.files,
         "documents": len(identifiers),
-        "split": len(plan.winners),
+        "split": len(plan.winners) - len(plan.invalid),
         "written": written,
-        "without_result": sorted(identifiers - set(plan.winners)),
+        "without_result": sorted(identifiers - (set(plan.winners) - set(plan.invalid))),
         "duplicates": {k: {"kept": v[-1], "dropped": v[:-1]} for k, v in sorted(plan.duplicates.items())},
         "unmatched_records": plan.unmatched,
         "malformed_lines": plan.malformed,
+        "replaced_characters": dict(sorted(plan.replaced.items())),
+        "invalid_records": dict(sorted(plan.invalid.items())),
     }
 
 
 def write_split(plan: SplitPlan, destination) -> int:
-    """Write each winner to ``destination(identifier)``; files already holding it are left untouched."""
+    """Write each winner, made valid, to ``destination(identifier)``; files already holding it are left
+    untouched. Fills ``plan.replaced`` and ``plan.invalid``; call it before ``report``."""
     written = 0
-    for identifier, (record, _) in sorted(plan.winners.items()):
-        if atomic.write_bytes(destination(identifier), record_bytes(record)):
+    for identifier, (record, where) in sorted(plan.winners.items()):
+        try:
+            valid, replaced = olmocr_format.make_valid(record)
+            data = olmocr_format.record_line(valid)
+        except olmocr_format.InvalidRecord as exc:
+            plan.invalid[identifier] = f"{where}: {exc}"
+            continue
+        if replaced:
+            plan.replaced[identifier] = replaced
+        if atomic.write_bytes(destination(identifier), data):
             written += 1
     return written

@@ -6,6 +6,7 @@ import shlex
 import luigi
 
 from pipeline import atomic, batches, manifest, planning, split
+from pipeline.chunk_job import failure_of
 from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.engines import EngineSettings
 from pipeline.executor import ChunkRun, Executor, LocalExecutor
@@ -91,6 +92,8 @@ def engine_settings(ocr: OCRConfig) -> EngineSettings:
         olmocr_args=shlex.split(ocr.olmocr_args),
         max_page_error_rate=ocr.max_page_error_rate,
         command=shlex.split(ocr.command),
+        document_timeout=ocr.document_timeout,
+        document_memory_mb=ocr.document_memory_mb,
     )
 
 
@@ -250,9 +253,11 @@ class Finalize(BatchTask):
             for identifier in remaining:
                 index = lookup(identifier).chunk
                 where = f"chunk {index}, log {paths.chunk_log(index)}" if index is not None else "no chunk"
+                failure = failure_of(paths, index, paths.pdf(identifier).name)
+                why = f": {failure['error']}: {failure['message']}" if failure else ""
                 reasons[identifier] = {"reason": "no_ocr_result"}
                 quarantine(layout, identifier, [paths.pdf(identifier), layout.downloaded_pdf(identifier)],
-                           "no_ocr_result", f"the OCR engine produced no record, also on retry ({where})",
+                           "no_ocr_result", f"the OCR engine produced no record, also on retry ({where}){why}",
                            also_remove=(layout.downloaded_meta(identifier),), batch=self.batch, chunk=index)
             remaining = []
         quarantined = {i: r["reason"] for i, r in sorted(reasons.items())}

@@ -205,7 +205,8 @@ class RunShard(luigi.Task):
             engine_settings=EngineSettings(
                 workers=ocr.engine_workers, tesseract_lang=ocr.tesseract_lang, tesseract_dpi=ocr.tesseract_dpi,
                 olmocr_python=ocr.olmocr_python, olmocr_args=shlex.split(ocr.olmocr_args),
-                max_page_error_rate=ocr.max_page_error_rate,
+                max_page_error_rate=ocr.max_page_error_rate, document_timeout=ocr.document_timeout,
+                document_memory_mb=ocr.document_memory_mb,
             ),
             parallel=cfg.parallel_documents,
             attempts=cfg.document_attempts,

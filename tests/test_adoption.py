@@ -102,3 +102,58 @@ def test_full_finalize_of_an_old_batch_reports_duplicates_unmatched_and_malforme
     meta = json.loads(layout.processed_metadata("b").read_text())
     assert meta["batch"] == "0003" and meta["ocr"]["engine_version"] == "0.1.60"
     assert meta["download"]["sha256"] and meta["download"]["pages"] == 1
+
+
+# A text layer as a real PDF with a broken ToUnicode map gives it: a lone surrogate, NUL, BEL.
+POISON_LINES = ["Poisoned text layer", "A\udc63B\x00C\x07D", "Last line"]
+
+
+def test_poison_documents_cost_only_themselves_in_an_old_batch(make_site):
+    site = make_site(engine="text", ocr__pages_per_chunk=100, ocr__document_timeout=5)
+    paths = BatchPaths(site.base / "03_ocr_processing" / "batch_0100")
+    paths.results.mkdir(parents=True)
+    good = [f"letter_{i}" for i in range(6)]
+    for name in good:
+        (paths.dir / f"{name}.pdf").write_bytes(samples.text_pdf([f"Text layer of {name}"]))
+    (paths.dir / "poison.pdf").write_bytes(samples.text_layer_pdf(POISON_LINES))
+    (paths.dir / "cycle.pdf").write_bytes(samples.kids_cycle_pdf())
+    (paths.dir / "slow.pdf").write_bytes(samples.slow_text_pdf(400_000))  # pypdf needs far over 5 s
+    # An older run's record, adopted as it is: JSON escapes of a lone surrogate and of NUL.
+    (paths.dir / "adopted.pdf").write_bytes(samples.text_pdf(["Text layer of adopted"]))
+    text = "Older run \udc9f text\x00"
+    (paths.results / "output_old.jsonl").write_text(json.dumps(olmocr_record("/old/adopted.pdf", text)) + "\n")
+
+    site.luigi("Finalize", "--batch", "100")
+
+    layout = site.layout
+    report = json.loads(paths.finalize_report.read_text())
+    assert report["finalized"] == 8
+    assert report["quarantined"] == {"cycle": "no_ocr_result", "slow": "no_ocr_result"}
+    cycle = json.loads(layout.quarantine_reason("cycle").read_text())
+    assert "PdfReadError: Detected cyclic page references" in cycle["message"]
+    slow = json.loads(layout.quarantine_reason("slow").read_text())
+    assert "TimeLimit: still running after 5 s" in slow["message"]  # [ocr] document_timeout from luigi.cfg
+    assert paths.finalized.exists() and not list(paths.dir.glob("*.pdf"))
+    for name in good:
+        assert f"Text layer of {name}" in json.loads(layout.processed_ocr(name).read_text(encoding="utf-8"))["text"]
+
+    poison = json.loads(layout.processed_ocr("poison").read_bytes().decode("utf-8"))
+    assert poison["text"] == "Poisoned text layer\nA\ufffdB\ufffdC\ufffdD\nLast line"
+    assert poison["metadata"]["replaced-characters"] == 3
+    adopted = json.loads(layout.processed_ocr("adopted").read_bytes().decode("utf-8"))
+    assert adopted["text"] == "Older run \ufffd text\ufffd"
+    assert adopted["metadata"]["replaced-characters"] == 2
+    assert adopted["attributes"]["pdf_page_numbers"] == [[0, len(text), 1]]
+    split = json.loads(paths.split_report.read_text())
+    assert split["replaced_characters"] == {"adopted": 2}  # the engine wrote poison's record valid already
+
+    # The chunk that held the failures finished; its marker says what failed and why.
+    plan = json.loads(paths.chunk_plan.read_text())["chunks"]
+    (first,) = [c for c in plan if "cycle" in c["documents"]]
+    marker = json.loads(paths.done_marker(first["index"]).read_text())
+    assert marker["missing"] == ["cycle.pdf", "slow.pdf"]
+    failed = {f["file"]: f for f in marker["failed"]}
+    assert failed["cycle.pdf"]["error"] == "PdfReadError" and "cyclic" in failed["cycle.pdf"]["message"]
+    assert "Traceback" in failed["cycle.pdf"]["log"]
+    assert failed["slow.pdf"]["error"] == "TimeLimit"
+    assert "adopted" not in first["documents"]  # it had a record: not OCRed again

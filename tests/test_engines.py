@@ -398,3 +398,98 @@ def test_get_engine_names() -> None:
     with pytest.raises(ValueError):
         get_engine("nope")
 
+
+
+# --- one document's failure is its own ----------------------------------------------------------
+
+POISON_LINES = ["Poisoned text layer", "A\udc63B\x00C\x07D", "Last line"]
+
+
+def failures_by_file(engine) -> dict[str, dict[str, str]]:
+    assert all(set(f) == {"file", "error", "message", "log"} for f in engine.failures)
+    return {f["file"]: f for f in engine.failures}
+
+
+def test_text_engine_isolates_each_document(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = {
+        "good.pdf": samples.text_pdf(["Good page one", "Good page two"]),
+        "poison.pdf": samples.text_layer_pdf(POISON_LINES),
+        "cycle.pdf": samples.kids_cycle_pdf(),
+        "slow.pdf": samples.slow_text_pdf(300_000),  # pypdf needs many seconds for it
+        "caf\udce9.pdf": samples.text_pdf(["A file name that is not UTF-8"]),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    pdfs = [folder / name for name in files] + broken_pdfs(folder)
+    engine = get_engine("text", EngineSettings(document_timeout=3, workers=2))
+    outputs = engine.run(pdfs, tmp_path / "workspace")
+
+    outputs[0].read_bytes().decode("utf-8")  # strict: the file is valid UTF-8
+    records = read_records(outputs)
+    assert set(records) == {"good", "poison"}
+    assert records["poison"]["text"] == "Poisoned text layer\nA\ufffdB\ufffdC\ufffdD\nLast line"
+    assert records["poison"]["metadata"]["replaced-characters"] == 3
+    assert "replaced-characters" not in records["good"]["metadata"]
+    failed = failures_by_file(engine)
+    assert set(failed) == {"cycle.pdf", "slow.pdf", "caf\udce9.pdf", "empty.pdf", "truncated.pdf",
+                           "not_a_pdf.pdf", "locked.pdf"}
+    assert failed["cycle.pdf"]["error"] == "PdfReadError" and "cyclic" in failed["cycle.pdf"]["message"]
+    assert "Traceback" in failed["cycle.pdf"]["log"]
+    assert failed["slow.pdf"]["error"] == "TimeLimit"
+    assert failed["caf\udce9.pdf"]["error"] == "InvalidRecord"
+
+
+@needs_tesseract
+def test_tesseract_reports_documents_without_a_record(tmp_path: Path) -> None:
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(samples.scanned_pdf(["Only page"], dpi=60))
+    pdfs = [scan, *broken_pdfs(tmp_path)]
+    engine = get_engine("tesseract", EngineSettings(tesseract_dpi=60, workers=2))
+    assert set(read_records(engine.run(pdfs, tmp_path / "ws"))) == {"scan"}
+    failed = failures_by_file(engine)
+    assert set(failed) == {"empty.pdf", "truncated.pdf", "not_a_pdf.pdf", "locked.pdf"}
+    for name, reason in (("empty", "empty"), ("truncated", "truncated"), ("not_a_pdf", "not_a_pdf"),
+                         ("locked", "encrypted")):
+        assert failed[f"{name}.pdf"]["error"] == "PdfError"
+        assert failed[f"{name}.pdf"]["message"].startswith(reason)
+
+
+INVALID_TEXT_SCRIPT = r'''
+import json, os, sys
+chunk_list, output = sys.argv[1], sys.argv[2]
+paths = open(chunk_list).read().splitlines()
+with open(output, "w") as out:
+    for path in paths:
+        name = os.path.basename(path)
+        text = "Text of " + name + " \udc63\x00" if name.startswith("bad") else "Text of " + name
+        source = path if not name.startswith("unnamed") else path + "\x01"
+        tokens = float("nan") if name.startswith("nan") else 0
+        out.write(json.dumps({"id": "x", "text": text, "source": "olmocr", "added": "2025-01-01",
+                              "created": "2025-01-01",
+                              "metadata": {"Source-File": source, "olmocr-version": "my-ocr-1.0",
+                                           "pdf-total-pages": 1, "total-input-tokens": tokens},
+                              "attributes": {"pdf_page_numbers": [[0, len(text), 1]]}}) + "\n")
+    out.write("not json at all\n")
+'''
+
+
+def test_command_engine_output_is_made_valid_text(tmp_path: Path) -> None:
+    script = tmp_path / "my_ocr.py"
+    script.write_text(INVALID_TEXT_SCRIPT)
+    pdfs = chunk(tmp_path / "in", ["fine.pdf", "bad.pdf", "unnamed.pdf", "nan_bad.pdf"])
+    settings = EngineSettings(command=[sys.executable, str(script), "{chunk_list}", "{output}"])
+    (out,) = get_engine("command", settings).run(pdfs, tmp_path / "ws")
+    lines = out.read_bytes().decode("utf-8").splitlines()
+    assert lines[-1] == "not json at all"  # no record: kept for splitting to report
+    records = read_records_lenient(out)
+    assert set(records) == {"fine", "bad"}  # unnamed's Source-File cannot be repaired, NaN is no JSON: dropped
+    assert records["bad"]["text"] == "Text of bad.pdf \ufffd\ufffd"
+    assert records["bad"]["metadata"]["replaced-characters"] == 2
+    assert "replaced-characters" not in records["fine"]["metadata"]
+
+
+def read_records_lenient(path: Path) -> dict[str, dict]:
+    return {olmocr_format.identifier_from_source(olmocr_format.source_file_of(line.record)): line.record
+            for line in olmocr_format.iter_records(path) if line.record is not None}

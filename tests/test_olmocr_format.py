@@ -138,3 +138,53 @@ def test_record_stats_on_older_record() -> None:
     stats = olmocr_format.record_stats(record)
     assert stats["source_file"] == "/mnt/old_runs/02_ocr_pending/report_003.pdf"
     assert stats["pages"] == 1 and stats["engine_version"] == "0.1.53"
+
+
+# --- valid text ---------------------------------------------------------------------------------
+
+def test_build_record_replaces_invalid_characters_and_counts_them() -> None:
+    pages = ["Lone \udc63 surrogate and NUL\x00", "Bell\x07 escape\x1b; kept: tab\t CR\r\n form feed\f",
+             "Pair \ud83d\ude00 joined"]
+    record = olmocr_format.build_record("/d/poison.pdf", pages, version="text-pypdf")
+    line = olmocr_format.record_line(record)
+    assert json.loads(line.decode("utf-8")) == record
+    assert record["text"] == ("Lone \ufffd surrogate and NUL\ufffd\n"
+                              "Bell\ufffd escape\ufffd; kept: tab\t CR\r\n form feed\f\n"
+                              "Pair \U0001f600 joined")
+    assert record["metadata"]["replaced-characters"] == 4
+    assert record["id"] == hashlib.sha1(record["text"].encode("utf-8")).hexdigest()
+    spans = record["attributes"]["pdf_page_numbers"]
+    assert [record["text"][a:b] for a, b, _ in spans][2] == "Pair \U0001f600 joined"
+
+
+def test_build_record_refuses_a_file_name_that_is_not_text() -> None:
+    with pytest.raises(olmocr_format.InvalidRecord, match="rename the file"):
+        olmocr_format.build_record("/d/caf\udce9.pdf", ["text"], version="text-pypdf")
+
+
+def test_make_valid_keeps_spans_and_adds_to_an_earlier_count() -> None:
+    raw = ('{"id": "x", "text": "One\\u0000\\n\\udc63Two", "metadata": {"Source-File": "/d/a.pdf", '
+           '"replaced-characters": 2, "note": "\\u0001"}, "attributes": {"pdf_page_numbers": [[0, 4, 1], [4, 8, 2]]}}')
+    record = json.loads(raw)
+    valid, replaced = olmocr_format.make_valid(record)
+    assert replaced == 3
+    assert valid["text"] == "One\ufffd\n\ufffdTwo" and len(valid["text"]) == len(record["text"])
+    assert valid["metadata"] == {"Source-File": "/d/a.pdf", "replaced-characters": 5, "note": "\ufffd"}
+    assert valid["attributes"] == record["attributes"]
+    json.loads(olmocr_format.record_line(valid).decode("utf-8"))
+    clean = {"text": "fine", "metadata": {"Source-File": "/d/b.pdf"}}
+    assert olmocr_format.make_valid(clean) == (clean, 0)
+
+
+def test_records_that_cannot_be_made_valid_raise_invalid_record() -> None:
+    with pytest.raises(olmocr_format.InvalidRecord):
+        olmocr_format.make_valid({"text": "x", "metadata": {"Source-File": "/d/\udcff.pdf"}})
+    with pytest.raises(olmocr_format.InvalidRecord):
+        olmocr_format.record_line({"text": "x", "metadata": {"pdf-total-pages": float("nan")}})
+
+
+def test_iter_records_survives_absurd_nesting(tmp_path: Path) -> None:
+    path = tmp_path / "output_deep.jsonl"
+    path.write_bytes(b"[" * 200_000 + b"]" * 200_000 + b"\n")
+    (line,) = olmocr_format.iter_records(path)
+    assert line.record is None and line.error

@@ -2,8 +2,11 @@
 
 Contract (the same for every engine):
     engine.run(pdfs, workspace) -> list of output .jsonl paths under ``workspace/results/``
-Output files are written atomically (temp file, fsync, rename). A PDF the engine could not read
-simply has no record; the caller notices and reports it.
+    engine.failures -> after run: {"file", "error", "message", "log"} for each PDF left without a record
+Output files are written atomically (temp file, fsync, rename) and hold valid text only. A PDF the
+engine could not read has no record and, where the engine knows why, an entry in ``failures``; the
+caller notices every PDF without a record either way. One document's failure, hang or crash never
+costs the others: work on the PDF inside this process runs under ``isolation`` limits.
 """
 from __future__ import annotations
 
@@ -14,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from .. import pdf
+from ..isolation import DocumentFailed, Limits
+
 
 class Engine(Protocol):
     name: str
+    failures: list[dict[str, str]]
 
     def run(self, pdfs: list[Path], workspace: Path) -> list[Path]: ...
 
@@ -32,6 +39,11 @@ class EngineSettings:
     olmocr_args: list[str] = field(default_factory=list)
     max_page_error_rate: float = 0.004
     command: list[str] = field(default_factory=list)
+    document_timeout: float = 120.0  # seconds of in-process work on one PDF (text layer, page count); 0 = none
+    document_memory_mb: int = 2048  # memory of that work; 0 = none
+
+    def limits(self) -> Limits:
+        return Limits(seconds=self.document_timeout, memory_bytes=self.document_memory_mb << 20)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -46,6 +58,19 @@ def output_name(pdfs: list[Path]) -> str:
     """output_<sha1 of the sorted PDF paths>.jsonl, named the way olmOCR names a work item's output."""
     digest = hashlib.sha1("\n".join(sorted(str(p) for p in pdfs)).encode("utf-8", "surrogateescape"))
     return f"output_{digest.hexdigest()}.jsonl"
+
+
+def page_count(path: Path) -> int:
+    """Runs in an isolation worker: the PDF's page count, or DocumentFailed naming why there is none."""
+    try:
+        return pdf.count_pages(path).pages
+    except (pdf.PdfError, OSError) as exc:
+        raise DocumentFailed("PdfError", f"{getattr(exc, 'reason', 'unreadable')}: {exc}") from None
+
+
+def say(message: str) -> None:
+    """Print a progress or failure line; names and messages from documents may hold any character."""
+    print(message.encode("utf-8", "backslashreplace").decode("utf-8"), flush=True)
 
 
 def get_engine(name: str, settings: EngineSettings | None = None) -> Engine:

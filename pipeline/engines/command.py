@@ -17,8 +17,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import atomic, olmocr_format, pdf
-from . import EngineSettings, output_name
+from .. import atomic, olmocr_format
+from ..isolation import Limits, Workers
+from . import EngineSettings, output_name, page_count, say
 
 # A whole chunk may take this long before it is treated as hung: generous, because SLURM's
 # walltime is the real limit on a cluster; this one keeps a local run from waiting forever.
@@ -31,15 +32,36 @@ class EngineFailed(RuntimeError):
     """The OCR program failed as a whole (exit status, timeout, no output): the chunk is not done."""
 
 
-def chunk_timeout(pdfs: list[Path]) -> float:
-    """Seconds a chunk of ``pdfs`` may run; unreadable files count as one page."""
+def chunk_timeout(pdfs: list[Path], limits: Limits | None = None) -> float:
+    """Seconds a chunk of ``pdfs`` may run; files that cannot be counted within ``limits`` count as one page."""
     pages = 0
-    for path in pdfs:
-        try:
-            pages += pdf.count_pages(path).pages
-        except (pdf.PdfError, OSError):
-            pages += 1
+    with Workers(limits or Limits()) as counter:
+        for _, count in counter.map(page_count, pdfs):
+            pages += count if isinstance(count, int) else 1
     return BASE_SECONDS + SECONDS_PER_PAGE * pages
+
+
+def valid_results(produced: Path) -> bytes:
+    """The program's output with every record made valid text. Lines that are no record stay as they
+    are (splitting reports them); a record that cannot be made valid is dropped, so its PDF has none."""
+    with open(produced, "rb") as handle:
+        raw_lines = list(handle)  # split where iter_records splits: at b"\n" only
+    records = {line.line_number: line.record for line in olmocr_format.iter_records(produced)}
+    kept = []
+    for number, raw in enumerate(raw_lines, start=1):
+        raw = raw if raw.endswith(b"\n") else raw + b"\n"
+        record = records.get(number)
+        if record is not None:
+            try:
+                valid, replaced = olmocr_format.make_valid(record)
+                line = olmocr_format.record_line(valid)  # also refuses what strict JSON cannot hold (NaN)
+            except olmocr_format.InvalidRecord as exc:
+                say(f"{produced.name} line {number}: record dropped: {exc}")
+                continue
+            if replaced:
+                raw = line  # otherwise the program's own bytes are kept
+        kept.append(raw)
+    return b"".join(kept)
 
 
 def run_bounded(args: list[str], *, timeout: float, cwd: Path | None = None) -> int:
@@ -76,7 +98,7 @@ def write_chunk_list(path: Path, pdfs: list[Path]) -> list[Path]:
     for pdf_path in pdfs:
         absolute = Path(pdf_path).absolute()
         if "\n" in str(absolute) or "\r" in str(absolute):
-            print(f"{pdf_path!r}: a line break in the path cannot go into a chunk list; skipped", flush=True)
+            say(f"{pdf_path!r}: a line break in the path cannot go into a chunk list; skipped")
             continue
         listed.append(absolute)
     atomic.write_bytes(path, "".join(f"{p}\n" for p in listed).encode("utf-8", "surrogateescape"))
@@ -98,6 +120,7 @@ class CommandEngine:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
+        self.failures: list[dict[str, str]] = []
 
     def run(self, pdfs: list[Path], workspace: Path) -> list[Path]:
         if not self.settings.command:
@@ -115,14 +138,14 @@ class CommandEngine:
             args = fill_template(self.settings.command, {
                 "{chunk_list}": str(chunk_list), "{workspace}": str(workspace), "{output}": str(produced),
             })
-            print(f"command engine: running {args[0]} on {len(pdfs)} PDFs", flush=True)
-            status = run_bounded(args, timeout=chunk_timeout(pdfs))
+            say(f"command engine: running {args[0]} on {len(pdfs)} PDFs")
+            status = run_bounded(args, timeout=chunk_timeout(pdfs, self.settings.limits()))
             if status != 0:
                 raise EngineFailed(f"command engine: {args[0]} exited with status {status}")
             if not produced.is_file():
                 raise EngineFailed(f"command engine: {args[0]} exited without writing {{output}}")
             bad = [line for line in olmocr_format.iter_records(produced) if line.record is None]
             for line in bad:
-                print(f"command engine: {out.name} line {line.line_number}: {line.error}", flush=True)
-            atomic.write_bytes(out, produced.read_bytes())
+                say(f"command engine: {out.name} line {line.line_number}: {line.error}")
+            atomic.write_bytes(out, valid_results(produced))
         return [out]

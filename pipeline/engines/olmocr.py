@@ -25,8 +25,8 @@ import shutil
 from pathlib import Path
 
 from .. import atomic
-from . import EngineSettings
-from .command import EngineFailed, chunk_timeout, run_bounded, write_chunk_list
+from . import EngineSettings, say
+from .command import EngineFailed, chunk_timeout, run_bounded, valid_results, write_chunk_list
 
 
 def chunk_key(pdfs: list[Path]) -> str:
@@ -50,6 +50,7 @@ class OlmOCREngine:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
+        self.failures: list[dict[str, str]] = []  # olmOCR says nothing per document: the caller finds them
 
     def command(self, olmocr_workspace: Path, chunk_list: Path, python: str) -> list[str]:
         return [
@@ -70,13 +71,13 @@ class OlmOCREngine:
         chunk_list = private / "pdfs.txt"
         write_chunk_list(chunk_list, pdfs)
         args = self.command(private, chunk_list, str(Path(python).absolute()))
-        print(f"olmocr engine: {len(pdfs)} PDFs in {private}", flush=True)
-        status = run_bounded(args, timeout=chunk_timeout(pdfs), cwd=private)
+        say(f"olmocr engine: {len(pdfs)} PDFs in {private}")
+        status = run_bounded(args, timeout=chunk_timeout(pdfs, self.settings.limits()), cwd=private)
         # Finished work items are kept even when the run failed: the rerun skips them.
         results = []
         for produced in completed_outputs(private):
             target = workspace / "results" / produced.name
-            atomic.write_bytes(target, produced.read_bytes())
+            atomic.write_bytes(target, valid_results(produced))
             results.append(target)
         if status != 0:
             raise EngineFailed(f"olmocr engine: olmocr.pipeline exited with status {status}; "

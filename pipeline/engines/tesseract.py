@@ -2,12 +2,13 @@
 
 Pages of all PDFs in the chunk run in parallel (one tesseract thread each, so the pool owns the
 cores). Like olmOCR, a document with more failed pages than ``max_page_error_rate`` allows is
-dropped; failed pages below that rate are kept empty and counted as fallback pages.
+dropped; failed pages below that rate are kept empty and counted as fallback pages. Pages are
+counted in a worker process under the document limits (see ``isolation``), so a PDF whose page
+tree never ends costs only itself.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -16,8 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .. import atomic, olmocr_format, pdf
-from . import EngineSettings, output_name
+from .. import atomic, olmocr_format
+from ..isolation import DocumentFailed, Workers, available_cpus
+from . import EngineSettings, output_name, page_count, say
 
 RASTER_TIMEOUT = 180.0
 OCR_TIMEOUT = 300.0
@@ -41,14 +43,6 @@ def installed_languages() -> frozenset[str]:
     return frozenset(line.strip() for line in result.stdout.splitlines()[1:] if line.strip())
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: a SLURM job's allocation, not the whole node."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> bytes:
     try:
         result = subprocess.run(args, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
@@ -67,6 +61,7 @@ class TesseractEngine:
         self.settings = settings
         # One OCR thread per tesseract process: parallelism comes from running pages side by side.
         self._ocr_env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+        self.failures: list[dict[str, str]] = []
 
     def check_tools(self) -> None:
         missing = [f"{tool} (Debian package {package})" for tool, package in REQUIRED_TOOLS.items()
@@ -103,21 +98,19 @@ class TesseractEngine:
         version = tesseract_version()
         scratch_root = workspace / "tmp"
         atomic.makedirs(scratch_root)
+        self.failures = []
         lines = []
-        with tempfile.TemporaryDirectory(dir=scratch_root, prefix="tesseract_") as tmp:
+        with tempfile.TemporaryDirectory(dir=scratch_root, prefix="tesseract_") as tmp, \
+                Workers(self.settings.limits()) as counter:
             pool = ThreadPoolExecutor(max_workers=self.settings.workers or available_cpus())
             try:
                 # Every page of the chunk is queued at once, so one long PDF does not leave cores idle.
                 jobs: list[tuple[Path, list[Future[str]]]] = []
-                for number, source in enumerate(pdfs):
-                    try:
-                        pages = pdf.count_pages(source).pages
-                    except (pdf.PdfError, OSError) as exc:
-                        reason = getattr(exc, "reason", "unreadable")
-                        print(f"tesseract engine: {source}: no record: {reason}: {exc}", flush=True)
-                        continue
-                    if pages == 0:
-                        print(f"tesseract engine: {source}: no record: the PDF has no pages", flush=True)
+                for number, (source, pages) in enumerate(counter.map(page_count, pdfs)):
+                    if isinstance(pages, int) and pages == 0:
+                        pages = DocumentFailed("NoPages", "the PDF has no pages")
+                    if isinstance(pages, DocumentFailed):
+                        self._failed(source, pages)
                         continue
                     scratch = Path(tmp) / f"doc_{number:05d}"
                     scratch.mkdir()
@@ -125,17 +118,24 @@ class TesseractEngine:
                     jobs.append((Path(source), [pool.submit(self.ocr_page, absolute, page, scratch)
                                                 for page in range(1, pages + 1)]))
                 for source, futures in jobs:
-                    record = self._record(source, futures, version)
-                    if record is not None:
-                        lines.append(json.dumps(record, ensure_ascii=False))
+                    try:
+                        lines.append(olmocr_format.record_line(self._record(source, futures, version)))
+                    except DocumentFailed as failure:
+                        self._failed(source, failure)
+                    except olmocr_format.InvalidRecord as exc:
+                        self._failed(source, DocumentFailed("InvalidRecord", str(exc)))
             finally:
                 # On an interruption the pages still queued are dropped instead of waited for.
                 pool.shutdown(cancel_futures=True)
         out = workspace / "results" / output_name(pdfs)
-        atomic.write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
+        atomic.write_bytes(out, b"".join(lines))
         return [out]
 
-    def _record(self, source: Path, futures: list[Future[str]], version: str) -> dict[str, Any] | None:
+    def _failed(self, source: Path, failure: DocumentFailed) -> None:
+        say(f"tesseract engine: {source}: no record: {failure.message}")
+        self.failures.append(failure.entry(source.name))
+
+    def _record(self, source: Path, futures: list[Future[str]], version: str) -> dict[str, Any]:
         texts: list[str] = []
         failures: list[str] = []
         for page, future in enumerate(futures, start=1):
@@ -145,10 +145,10 @@ class TesseractEngine:
                 texts.append("")
                 failures.append(f"page {page}: {exc if isinstance(exc, PageFailed) else repr(exc)}")
         if len(failures) / len(futures) > self.settings.max_page_error_rate:
-            print(f"tesseract engine: {source}: no record: {len(failures)} of {len(futures)} pages failed, "
-                  f"over max_page_error_rate {self.settings.max_page_error_rate}; first: {failures[0]}", flush=True)
-            return None
+            raise DocumentFailed("PageErrors", f"{len(failures)} of {len(futures)} pages failed, over "
+                                 f"max_page_error_rate {self.settings.max_page_error_rate}; first: {failures[0]}",
+                                 "\n".join(failures[-20:]))
         for failure in failures:
-            print(f"tesseract engine: {source}: kept with an empty {failure}", flush=True)
-        print(f"tesseract engine: {source}: {len(futures)} pages", flush=True)
+            say(f"tesseract engine: {source}: kept with an empty {failure}")
+        say(f"tesseract engine: {source}: {len(futures)} pages")
         return olmocr_format.build_record(str(source), texts, version=version, fallback_pages=len(failures))

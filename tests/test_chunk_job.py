@@ -1,0 +1,85 @@
+"""The chunk job: a done marker that lists every PDF without a record, and why it has none."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import atomic, samples
+from pipeline.chunk_job import failure_of, run_chunk
+from pipeline.engines import EngineSettings
+from pipeline.jobscript import job_command
+from pipeline.layout import BatchPaths
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_chunk(tmp_path: Path, files: dict[str, bytes], index: int = 0) -> BatchPaths:
+    paths = BatchPaths(tmp_path / "03_ocr_processing" / "batch_0001")
+    paths.dir.mkdir(parents=True)
+    for name, data in files.items():
+        (paths.dir / name).write_bytes(data)
+    atomic.write_bytes(paths.chunk_list(index), "".join(f"{paths.dir / n}\n" for n in files).encode())
+    return paths
+
+
+def test_marker_lists_each_failed_document_with_its_reason(tmp_path: Path) -> None:
+    paths = make_chunk(tmp_path, {
+        "good.pdf": samples.text_pdf(["A good page"]),
+        "cycle.pdf": samples.kids_cycle_pdf(),
+        "slow.pdf": samples.slow_text_pdf(300_000),
+        "empty.pdf": b"",
+        "poison.pdf": samples.text_layer_pdf(["Poison \udc63 text"]),
+    })
+    record = run_chunk(paths, 0, "text", EngineSettings(document_timeout=3, workers=1))
+
+    assert atomic.read_json(paths.done_marker(0)) == record
+    assert record["documents"] == 5 and record["records"] == 2
+    assert record["missing"] == ["cycle.pdf", "empty.pdf", "slow.pdf"]
+    failed = {f["file"]: f for f in record["failed"]}
+    assert sorted(failed) == record["missing"]
+    assert failed["cycle.pdf"]["error"] == "PdfReadError" and "cyclic" in failed["cycle.pdf"]["message"]
+    assert failed["slow.pdf"]["error"] == "TimeLimit" and "3 s" in failed["slow.pdf"]["message"]
+    assert failed["empty.pdf"]["error"] == "EmptyFileError"
+    assert all(f["log"] for f in (failed["cycle.pdf"], failed["empty.pdf"])), "tracebacks kept"
+    assert failure_of(paths, 0, "cycle.pdf") == failed["cycle.pdf"]
+    assert failure_of(paths, 0, "good.pdf") is None and failure_of(paths, None, "cycle.pdf") is None
+
+
+COMMAND = r'''
+import json, os, sys
+paths = open(sys.argv[1]).read().splitlines()
+with open(sys.argv[2], "w") as out:
+    for path in paths:
+        name = os.path.basename(path)
+        if name == "dropped.pdf":
+            print("my-ocr: dropped.pdf: page 2: model output could not be parsed", flush=True)
+            continue
+        text = "Text of " + name
+        out.write(json.dumps({"id": "x", "text": text, "metadata": {"Source-File": path},
+                              "attributes": {"pdf_page_numbers": [[0, len(text), 1]]}}) + "\n")
+'''
+
+
+def test_a_document_the_engine_dropped_gets_its_lines_of_this_runs_log(tmp_path: Path) -> None:
+    paths = make_chunk(tmp_path, {name: samples.text_pdf([name]) for name in ("kept.pdf", "dropped.pdf")})
+    script = tmp_path / "my_ocr.py"
+    script.write_text(COMMAND)
+    log = paths.chunk_log(0)
+    log.parent.mkdir()
+    log.write_text("an earlier attempt: dropped.pdf was not reached, the job was killed\n")
+    settings = EngineSettings(command=[sys.executable, str(script), "{chunk_list}", "{output}"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # As both executors run it: the job's output appended to the chunk's log.
+    with open(log, "ab") as out:
+        subprocess.run([*job_command(paths.dir, "command", settings), "--chunk", "0"], stdout=out,
+                       stderr=subprocess.STDOUT, env=env, check=True, timeout=300)
+
+    marker = json.loads(paths.done_marker(0).read_text())
+    assert marker["missing"] == ["dropped.pdf"] and marker["records"] == 1
+    (failure,) = marker["failed"]
+    assert failure["file"] == "dropped.pdf" and failure["error"] == "NoRecord"
+    assert "command engine wrote no record" in failure["message"]
+    assert failure["log"] == "my-ocr: dropped.pdf: page 2: model output could not be parsed"
