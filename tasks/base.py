@@ -7,6 +7,7 @@ from pathlib import Path
 
 import luigi
 
+from pipeline import startup_checks
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 
@@ -39,6 +40,10 @@ class ProgressMixin:
             print(f"[{self}] {text}", file=sys.stderr, flush=True)
 
 
+class BatchNotFound(LookupError):
+    """A batch task other than CreateBatch was asked for a batch that was never opened."""
+
+
 class BatchTask(ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
 
@@ -49,3 +54,9 @@ class BatchTask(ProgressMixin, luigi.Task):
     @property
     def paths(self) -> BatchPaths:
         return BatchPaths(self.layout.batch_dir(self.batch))
+
+    def require_existing_batch(self) -> None:
+        """Only CreateBatch (and ProcessAll through it) opens a batch; the later stages never do."""
+        problem = startup_checks.missing_batch_problem(self.layout, self.batch)
+        if problem:
+            raise BatchNotFound(problem)

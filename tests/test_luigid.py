@@ -66,6 +66,7 @@ def test_two_sites_asking_for_one_batch_run_each_stage_once(make_site, tmp_path,
     site = make_site(source=incoming, engine="command", ocr__command=f"{sys.executable} {script} {{chunk_list}} {{output}}",
                      ocr__pages_per_chunk=8, worker__keep_alive="true", worker__wait_interval=0.2)
     site.luigi("Download", "--run-id", "d")
+    site.luigi("CreateBatch", "--batch", "5")
     scheduler = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)]
     first = subprocess.Popen([luigi_executable(), "--module", "pipeline", "Finalize", "--batch", "5", *scheduler],
                              env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
