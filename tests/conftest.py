@@ -41,15 +41,18 @@ class Site:
         python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
         return {**os.environ, "LUIGI_CONFIG_PATH": str(self.config), "PYTHONPATH": python_path}
 
-    def luigi(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def luigi(self, *args: str, check: bool = True, timeout: float = 600,
+              merged: bool = False) -> subprocess.CompletedProcess:
+        """Run luigi; ``merged`` puts stderr into stdout, in the order a terminal or a cron mail shows them."""
         command = [luigi_executable(), "--module", "pipeline", *args]
-        if not any(a.startswith("--scheduler-host") for a in args):
+        if not any(a.startswith(("--scheduler-host", "--scheduler-url")) for a in args):
             command.append("--local-scheduler")
-        result = subprocess.run(command, env=self.env(), cwd=self.root, capture_output=True, text=True,
-                                timeout=timeout)
-        if check and (result.returncode or ":( because" in result.stdout + result.stderr):
+        result = subprocess.run(command, env=self.env(), cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if merged else subprocess.PIPE, text=True, timeout=timeout)
+        output = result.stdout + (result.stderr or "")
+        if check and (result.returncode or ":( because" in output):
             raise AssertionError(f"luigi {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+                                 f"{result.stdout[-4000:]}\n{(result.stderr or '')[-8000:]}")
         return result
 
     def popen(self, *args: str) -> subprocess.Popen:
@@ -89,6 +92,7 @@ def make_site(tmp_path: Path):
             sections.setdefault(section, {})[name] = value
         config = root / "luigi.cfg"
         write_config(config, sections)
+        (root / "data").mkdir(exist_ok=True)  # a site's base_dir exists ([pipeline] create_base_dir = false)
         return Site(root, config)
 
     return make
