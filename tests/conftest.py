@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -20,6 +24,36 @@ ROOT = Path(__file__).resolve().parent.parent
 def luigi_executable() -> str:
     beside = Path(sys.executable).with_name("luigi")
     return str(beside) if beside.exists() else shutil.which("luigi") or "luigi"
+
+
+@contextmanager
+def running_luigid(folder: Path, **scheduler: object) -> Iterator[int]:
+    """A real luigid on 127.0.0.1 (state and logs in ``folder``, ``scheduler`` its [scheduler] settings); yields its port."""
+    from .s3server import free_port  # a plugin module (pytest_plugins): imported by pytest first
+
+    port = free_port()
+    config = folder / "luigid.cfg"
+    write_config(config, {"scheduler": scheduler})
+    binary = Path(luigi_executable()).with_name("luigid")
+    process = subprocess.Popen(
+        [str(binary) if binary.exists() else shutil.which("luigid") or "luigid", "--address", "127.0.0.1",
+         "--port", str(port), "--state-path", str(folder / "luigid.pickle"), "--logdir", str(folder)],
+        env={**os.environ, "LUIGI_CONFIG_PATH": str(config)}, cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "luigid did not start listening within 30 s"
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @dataclass

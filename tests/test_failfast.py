@@ -7,6 +7,8 @@ from __future__ import annotations
 import configparser
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ import pytest
 from pipeline import samples
 from pipeline.layout import Layout
 
-from .conftest import ROOT, Site, snapshot
+from .conftest import ROOT, Site, luigi_executable, running_luigid, snapshot
 from .s3server import free_port
+from .test_luigid import ENGINE
 
 HANG = 120  # seconds; a run that waits for Luigi's retry (900 s) is stopped here and fails
 SETTINGS_ERROR = 2
@@ -141,3 +144,34 @@ def test_base_dir_is_created_when_the_site_asks_for_it(make_site, tmp_path):
     site = make_site(source=incoming(tmp_path), pipeline__base_dir=base, pipeline__create_base_dir="true")
     site.luigi("ProcessAll", "--run-id", "one", timeout=HANG)
     assert "Text of alpha" in json.loads(Layout(base, 2).processed_ocr("alpha").read_text())["text"]
+
+
+def test_sites_sharing_a_luigid_both_end_when_the_task_they_share_fails(make_site, tmp_path):
+    """A site waiting for a task the other runs (keep_alive) takes it over once when it fails, then ends too."""
+    log = tmp_path / "engine.log"
+    script = tmp_path / "engine.py"
+    script.write_text(ENGINE.format(root=str(ROOT), log=str(log)))  # OCR that takes 2 s a chunk
+    site = make_site(source=incoming(tmp_path), engine="command", worker__wait_interval=0.2,
+                     worker__wait_jitter=0.2, ocr__command=f"{sys.executable} {script} {{chunk_list}} {{output}}")
+    site.luigi("Download", "--run-id", "d")
+    site.luigi("CreateBatch", "--batch", "5")
+    blocker = site.base / "04_ocr_completed"  # SplitResults fails while Finalize waits for it
+    blocker.write_text("a file where the stage folder should be")
+    luigid_dir = tmp_path / "luigid"
+    luigid_dir.mkdir()
+    # luigid retries a failed task after retry_delay (900 s by default), looked at when it prunes.
+    with running_luigid(luigid_dir, retry_delay=1, prune_on_get_work="true") as port:
+        sites = []
+        for spelling in ("5", "0005"):  # two command lines, as Luigi's pid lock takes one per command line
+            sites.append(subprocess.Popen(
+                [luigi_executable(), "--module", "pipeline", "Finalize", "--batch", spelling,
+                 "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)],
+                env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            time.sleep(1.0)
+        outputs = [p.communicate(timeout=HANG)[0] for p in sites]
+    for process, output in zip(sites, outputs):
+        line = [text for text in output.splitlines() if text.strip()][-1]
+        assert process.returncode == TASK_FAILED, output[-4000:]
+        assert line.startswith("ERROR: SplitResults(batch=0005) failed") and str(blocker) in line, output[-4000:]
+    assert len(log.read_text().splitlines()) == 1  # the OCR itself ran once, for both sites
+    assert sorted(p.name for p in site.layout.batch_dir(5).glob("*.pdf")) == ["alpha.pdf", "beta.pdf"]
