@@ -25,7 +25,6 @@ import luigi
 import luigi.interface
 import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
-from luigi.task import flatten
 
 from pipeline import config, startup_checks
 from pipeline.config import DownloadConfig, PipelineConfig
@@ -158,9 +157,8 @@ def _on_broken(task: luigi.Task, exception: BaseException) -> None:
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
 def _on_missing(task: luigi.Task) -> None:
-    if getattr(task, "run", None) is None:  # an external task: its data has to come from elsewhere
-        outputs = ", ".join(str(getattr(o, "path", o)) for o in flatten(task.output()))
-        _stop(failure_line(task, f"is missing: {outputs} does not exist; create it first, then run again"))
+    if getattr(task, "run", None) is None:  # an external task: its data is made elsewhere
+        _stop(failure_line(task, "does not exist and this run cannot make it; make it first, then run again"))
     else:
         _stop(failure_line(task, "could not be checked: its complete() failed (see the traceback above)"))
 

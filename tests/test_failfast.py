@@ -16,12 +16,13 @@ import pytest
 from pipeline import samples
 from pipeline.layout import Layout
 
-from .conftest import ROOT, Site, luigi_executable, running_luigid, snapshot
-from .s3server import free_port
+from .conftest import ROOT, Site, luigi_executable, running_luigid, snapshot, write_config
+from .s3server import free_port, run_luigi
 from .test_luigid import ENGINE
 
 HANG = 120  # seconds; a run that waits for Luigi's retry (900 s) is stopped here and fails
 SETTINGS_ERROR = 2
+MISSING_DATA = 20
 TASK_FAILED = 30
 
 
@@ -175,3 +176,14 @@ def test_sites_sharing_a_luigid_both_end_when_the_task_they_share_fails(make_sit
         assert line.startswith("ERROR: SplitResults(batch=0005) failed") and str(blocker) in line, output[-4000:]
     assert len(log.read_text().splitlines()) == 1  # the OCR itself ran once, for both sites
     assert sorted(p.name for p in site.layout.batch_dir(5).glob("*.pdf")) == ["alpha.pdf", "beta.pdf"]
+
+
+def test_a_shard_file_that_does_not_exist_ends_the_run_with_missing_data(tmp_path, moto_endpoint, bucket):
+    """An input made elsewhere (an external task) that is missing: keep_alive must not wait for it forever."""
+    config = tmp_path / "luigi.cfg"
+    write_config(config, {"s3": {"endpoint_url": moto_endpoint, "shard_prefix": f"s3://{bucket}/shards",
+                                 "status_prefix": f"s3://{bucket}/status", "output_prefix": f"s3://{bucket}/out",
+                                 "work_dir": tmp_path / "work", "engine": "text"}})
+    result = run_luigi(config, "RunShard", "--shard", "3", timeout=HANG)
+    assert_stopped(result, MISSING_DATA, f"ShardFile(uri=s3://{bucket}/shards/shard_3.txt) does not exist")
+    assert not (tmp_path / "work").exists()
