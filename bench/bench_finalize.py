@@ -40,10 +40,12 @@ def prepare(root: Path, documents: int) -> Path:
         (incoming / f"doc_{n:05d}.pdf").write_bytes(samples.text_pdf(pages))
 
     import pipeline  # noqa: F401  (registers the tasks)
-    from tasks import Download, SplitResults
+    from tasks import CreateBatch, Download, SplitResults
 
     if not luigi.build([Download(run_id="bench")], local_scheduler=True, log_level="WARNING"):
         raise SystemExit("bench: Download failed")
+    if not luigi.build([CreateBatch(batch="1")], local_scheduler=True, log_level="WARNING"):
+        raise SystemExit("bench: CreateBatch failed")
     if not luigi.build([SplitResults(batch="1")], local_scheduler=True, log_level="WARNING"):
         raise SystemExit("bench: SplitResults failed")
     return root / "data"

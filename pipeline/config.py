@@ -1,8 +1,12 @@
 """Settings read from luigi.cfg (the file named by LUIGI_CONFIG_PATH, as Luigi does).
 
-Each class is one section; luigi.cfg in the repository documents every key.
+Each class is one section; luigi.cfg in the repository documents every key. The package also
+supplies defaults for some of Luigi's own settings (exit codes, worker) that a site's file leaves out.
 """
 from __future__ import annotations
+
+import configparser
+from typing import Any
 
 import luigi
 
@@ -24,6 +28,8 @@ class PipelineConfig(_Section):
     batch_size = luigi.IntParameter(default=1000, description="most documents in one new batch")
     batch_pages = luigi.IntParameter(default=150_000, description="most pages in one new batch")
     workers = luigi.IntParameter(default=4, description="threads for per-document I/O work")
+    create_base_dir = luigi.BoolParameter(default=False, description="create base_dir when it does not exist; "
+                                          "default: a missing base_dir stops the run (a typo or an unmounted volume)")
 
 
 class DownloadConfig(_Section):
@@ -32,10 +38,13 @@ class DownloadConfig(_Section):
     timeout = luigi.FloatParameter(default=60.0, description="seconds per HTTP request")
 
 
+ENGINES = ("olmocr", "tesseract", "text", "command")
+
+
 class OCRConfig(_Section):
     section = "ocr"
     executor = luigi.ChoiceParameter(choices=["local", "slurm"], default="local")
-    engine = luigi.ChoiceParameter(choices=["olmocr", "tesseract", "text", "command"], default="tesseract")
+    engine = luigi.ChoiceParameter(choices=ENGINES, default="tesseract")
     pages_per_chunk = luigi.IntParameter(default=1500)
     parallel_chunks = luigi.IntParameter(default=1, description="local executor: chunks run at once")
     engine_workers = luigi.IntParameter(default=0, description="pages OCRed (tesseract) or documents "
@@ -124,3 +133,55 @@ class SlurmConfig(_Section):
     command_timeout = luigi.FloatParameter(default=120.0, description="seconds one sbatch/sacct/... call may take")
     cancel_on_exit = luigi.BoolParameter(default=False, description="scancel the batch's jobs when OCRBatch "
                                          "is stopped (SIGTERM, Ctrl-C); default: leave them, a rerun re-attaches")
+
+
+SECTIONS: tuple[type[_Section], ...] = (
+    PipelineConfig, DownloadConfig, OCRConfig, BackpressureConfig, S3Config, SlurmConfig,
+)
+
+# Luigi's own settings as this package needs them, used where the site's luigi.cfg does not set them:
+# exit codes that tell cron a failure (Luigi's default is 0), and a worker that waits while another
+# site's worker runs a task it needs (the first failure still ends the run: see tasks/command_line.py).
+LUIGI_DEFAULTS: dict[str, dict[str, str]] = {
+    "retcode": {"already_running": "10", "missing_data": "20", "not_run": "25", "task_failed": "30",
+                "scheduling_error": "35", "unhandled_exception": "40"},
+    "worker": {"keep_alive": "true"},
+}
+# Older spellings Luigi still reads for the same setting: a site that uses one has set it.
+_LUIGI_ALIASES = {("worker", "keep_alive"): ("core", "worker-keep-alive")}
+
+
+def add_luigi_defaults(parser: Any) -> list[str]:
+    """Put LUIGI_DEFAULTS into Luigi's config parser where the site did not set them; returns what was added."""
+    added = []
+    for section, values in LUIGI_DEFAULTS.items():
+        for key, value in values.items():
+            alias = _LUIGI_ALIASES.get((section, key))
+            if parser.has_option(section, key) or (alias and parser.has_option(*alias)):
+                continue
+            parser.set(section, key, value)
+            added.append(f"[{section}] {key}")
+    return added
+
+
+def invalid_values(parser: Any) -> list[str]:
+    """One line per value of the pipeline's sections that cannot be read, saying what is accepted."""
+    problems = []
+    for section in SECTIONS:
+        for name, param in section.get_params():
+            if not parser.has_option(section.section, name):
+                continue
+            try:
+                raw = parser.get(section.section, name)
+                param.normalize(param.parse(raw))
+            except configparser.Error as exc:
+                problems.append(f"[{section.section}] {name} cannot be read: {exc}")
+            except (ValueError, TypeError) as exc:
+                choices = getattr(param, "_choices", None)  # a ChoiceParameter's choices (else Luigi's message)
+                accepted = f"use one of {', '.join(sorted(map(str, choices)))}" if choices else str(exc)
+                problems.append(f"[{section.section}] {name} = {raw!r} is not valid: {accepted}")
+    engine = parser.get("s3", "engine") if parser.has_option("s3", "engine") else ""
+    if engine and engine not in ENGINES:
+        problems.append(f"[s3] engine = {engine!r} is not valid: use one of {', '.join(sorted(ENGINES))}, "
+                        "or leave it empty for [ocr] engine")
+    return problems

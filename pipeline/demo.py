@@ -28,6 +28,8 @@ autoload_range = false
 
 [pipeline]
 base_dir = {base}
+# The demo starts from an empty folder; a real site's base_dir already exists.
+create_base_dir = true
 workers = 4
 
 [download]

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import luigi
 
-from pipeline import batches
+from pipeline import batches, startup_checks
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 
@@ -43,6 +43,10 @@ class ProgressMixin:
             print(f"[{self}] {text}", file=sys.stderr, flush=True)
 
 
+class BatchNotFound(LookupError):
+    """A batch task other than CreateBatch was asked for a batch that was never opened."""
+
+
 class BatchTask(ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
 
@@ -61,6 +65,12 @@ class BatchTask(ProgressMixin, luigi.Task):
     @property
     def paths(self) -> BatchPaths:
         return BatchPaths(self.layout.batch_dir(self.batch))
+
+    def require_existing_batch(self) -> None:
+        """Only CreateBatch (and ProcessAll through it) opens a batch; the later stages never do."""
+        problem = startup_checks.missing_batch_problem(self.layout, self.batch)
+        if problem:
+            raise BatchNotFound(problem)
 
 
 def _once_per_batch(run: Callable[[BatchTask], None]) -> Callable[[BatchTask], None]:

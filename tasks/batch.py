@@ -38,6 +38,7 @@ class PlanChunks(BatchTask):
     """Pack the batch's documents that have no OCR result yet into chunks of at most pages_per_chunk."""
 
     def requires(self) -> CreateBatch:
+        self.require_existing_batch()
         return CreateBatch(batch=self.batch)
 
     def output(self) -> luigi.LocalTarget:
@@ -229,6 +230,7 @@ class Finalize(BatchTask):
     partial = luigi.BoolParameter(default=False, description="finalize what has results now; OCR nothing")
 
     def requires(self):
+        self.require_existing_batch()
         return CreateBatch(batch=self.batch) if self.partial else SplitResults(batch=self.batch)
 
     def output(self) -> luigi.LocalTarget:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -20,6 +24,36 @@ ROOT = Path(__file__).resolve().parent.parent
 def luigi_executable() -> str:
     beside = Path(sys.executable).with_name("luigi")
     return str(beside) if beside.exists() else shutil.which("luigi") or "luigi"
+
+
+@contextmanager
+def running_luigid(folder: Path, **scheduler: object) -> Iterator[int]:
+    """A real luigid on 127.0.0.1 (state and logs in ``folder``, ``scheduler`` its [scheduler] settings); yields its port."""
+    from .s3server import free_port  # a plugin module (pytest_plugins): imported by pytest first
+
+    port = free_port()
+    config = folder / "luigid.cfg"
+    write_config(config, {"scheduler": scheduler})
+    binary = Path(luigi_executable()).with_name("luigid")
+    process = subprocess.Popen(
+        [str(binary) if binary.exists() else shutil.which("luigid") or "luigid", "--address", "127.0.0.1",
+         "--port", str(port), "--state-path", str(folder / "luigid.pickle"), "--logdir", str(folder)],
+        env={**os.environ, "LUIGI_CONFIG_PATH": str(config)}, cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "luigid did not start listening within 30 s"
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @dataclass
@@ -41,15 +75,18 @@ class Site:
         python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
         return {**os.environ, "LUIGI_CONFIG_PATH": str(self.config), "PYTHONPATH": python_path}
 
-    def luigi(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def luigi(self, *args: str, check: bool = True, timeout: float = 600,
+              merged: bool = False) -> subprocess.CompletedProcess:
+        """Run luigi; ``merged`` puts stderr into stdout, in the order a terminal or a cron mail shows them."""
         command = [luigi_executable(), "--module", "pipeline", *args]
-        if not any(a.startswith("--scheduler-host") for a in args):
+        if not any(a.startswith(("--scheduler-host", "--scheduler-url")) for a in args):
             command.append("--local-scheduler")
-        result = subprocess.run(command, env=self.env(), cwd=self.root, capture_output=True, text=True,
-                                timeout=timeout)
-        if check and (result.returncode or ":( because" in result.stdout + result.stderr):
+        result = subprocess.run(command, env=self.env(), cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if merged else subprocess.PIPE, text=True, timeout=timeout)
+        output = result.stdout + (result.stderr or "")
+        if check and (result.returncode or ":( because" in output):
             raise AssertionError(f"luigi {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+                                 f"{result.stdout[-4000:]}\n{(result.stderr or '')[-8000:]}")
         return result
 
     def popen(self, *args: str) -> subprocess.Popen:
@@ -89,6 +126,7 @@ def make_site(tmp_path: Path):
             sections.setdefault(section, {})[name] = value
         config = root / "luigi.cfg"
         write_config(config, sections)
+        (root / "data").mkdir(exist_ok=True)  # a site's base_dir exists ([pipeline] create_base_dir = false)
         return Site(root, config)
 
     return make

@@ -63,6 +63,7 @@ def test_finalize_killed_at_several_points_loses_nothing(make_site, tmp_path):
     texts = expected_texts(tmp_path / "incoming")
     site = make_site(source=tmp_path / "incoming", engine="text", ocr__pages_per_chunk=1500)
     site.luigi("Download", "--run-id", "k")
+    site.luigi("CreateBatch", "--batch", "1")
     site.luigi("SplitResults", "--batch", "1")
     paths = BatchPaths(site.layout.batch_dir("1"))
     processed = site.base / "05_processed"

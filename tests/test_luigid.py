@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +11,7 @@ import pytest
 
 from pipeline import samples
 
-from .conftest import luigi_executable
-from .s3server import free_port
+from .conftest import luigi_executable, running_luigid
 
 ENGINE = """\
 import json, sys, time
@@ -33,26 +30,8 @@ Path(output).write_text("".join(json.dumps(build_record(p, ["text of " + Path(p)
 
 @pytest.fixture
 def luigid(tmp_path: Path):
-    port = free_port()
-    binary = Path(luigi_executable()).with_name("luigid")
-    process = subprocess.Popen(
-        [str(binary) if binary.exists() else shutil.which("luigid") or "luigid", "--address", "127.0.0.1",
-         "--port", str(port), "--state-path", str(tmp_path / "luigid.pickle"), "--logdir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail("luigid did not start listening within 30 s")
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+    with running_luigid(tmp_path) as port:
+        yield port
 
 
 def test_two_sites_asking_for_one_batch_run_each_stage_once(make_site, tmp_path, luigid):
@@ -66,6 +45,7 @@ def test_two_sites_asking_for_one_batch_run_each_stage_once(make_site, tmp_path,
     site = make_site(source=incoming, engine="command", ocr__command=f"{sys.executable} {script} {{chunk_list}} {{output}}",
                      ocr__pages_per_chunk=8, worker__keep_alive="true", worker__wait_interval=0.2)
     site.luigi("Download", "--run-id", "d")
+    site.luigi("CreateBatch", "--batch", "5")
     scheduler = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)]
     first = subprocess.Popen([luigi_executable(), "--module", "pipeline", "Finalize", "--batch", "5", *scheduler],
                              env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

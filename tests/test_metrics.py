@@ -203,6 +203,7 @@ def test_plan_chunks_writes_the_configured_walltime(make_site, tmp_path: Path, m
                      slurm__walltime_base_seconds=100, slurm__walltime_seconds_per_page=3, slurm__walltime_buffer=0.5)
     manifest.append(site.layout.metrics, recorded())
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     site.luigi("PlanChunks", "--batch", "1")
     [chunk] = json.loads(BatchPaths(site.layout.batch_dir(1)).chunk_plan.read_text())["chunks"]
     assert (chunk["pages"], chunk["walltime_seconds"]) == (20, expected)

@@ -27,6 +27,7 @@ def test_finalize_runs_every_stage_and_a_second_run_changes_nothing(make_site, t
     texts = make_inputs(tmp_path / "incoming")
     site = make_site(source=tmp_path / "incoming", engine="text")
     site.luigi("Download", "--run-id", "first")
+    site.luigi("CreateBatch", "--batch", "7")  # Finalize only works on a batch that was opened
     site.luigi("Finalize", "--batch", "7")
     layout = site.layout
     batch = BatchPaths(layout.batch_dir("0007"))

@@ -417,6 +417,7 @@ def test_real_finalize_through_luigi_on_slurm(cluster: None, make_site, tmp_path
     site = make_site(source=incoming, engine="text", ocr__executor="slurm", slurm__poll_initial_seconds=1,
                      slurm__poll_max_seconds=2, slurm__mem="200M", slurm__walltime_base_seconds=120)
     site.luigi("Download", "--run-id", "first")
+    site.luigi("CreateBatch", "--batch", "3")
     site.luigi("Finalize", "--batch", "3")
     for identifier, pages in texts.items():
         record = json.loads(site.layout.processed_ocr(identifier).read_text())

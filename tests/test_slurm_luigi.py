@@ -130,6 +130,7 @@ def wait_until(condition: Callable[[], Any], what: str, process: subprocess.Pope
 
 def polls_while_in_flight(site, batch: str, chunks: int, log: Path, seconds: float = 4.0) -> tuple[str, list[Call]]:
     """Run Finalize until its array is submitted, log the SLURM calls of ``seconds`` of waiting, stop it."""
+    site.luigi("CreateBatch", "--batch", batch)
     process = site.popen("Finalize", "--batch", batch)
     job = None
     try:
@@ -179,6 +180,7 @@ def test_sigkill_then_rerun_reattaches_without_submitting_again(cluster: None, m
                                                                 tmp_path: Path, release: Path) -> None:
     site = slurm_site(make_site, tmp_path, release, ["a", "b", "c"])
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     first = site.popen("Finalize", "--batch", "1")
     [submitted] = wait_until(lambda: events(site, "slurm_submitted"), "submission", first)
     job = submitted["job_id"]
