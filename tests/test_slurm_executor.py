@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from pipeline import manifest, slurm
-from pipeline.executor import ChunkFailed, ChunkRun
+from pipeline.executor import ChunkRun
 from pipeline.layout import BatchPaths, Layout
 from pipeline.planning import WalltimeModel
 from pipeline.slurm import JobState, SlurmError
@@ -187,13 +187,16 @@ def test_final_failure_names_everything(layout: Layout, paths: BatchPaths, monke
         lambda f: states(f.job(), c0="CANCELLED", c1="NODE_FAIL"),
     ])
     messages: list[str] = []
-    with pytest.raises(ChunkFailed) as failure:
-        fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda done, total, msg: messages.append(msg))
+    outcomes = fake_executor(layout, fake, max_retries=1).run(
+        paths, CHUNKS, lambda done, total, msg: messages.append(msg))
     assert "0/2 chunks done; 2 submitted (job 101)" in messages and messages[-1] == "0/2 chunks done; 2 failed"
-    message = str(failure.value)
+    assert sorted(outcomes) == [0, 1] and not any(o.done for o in outcomes.values())
+    assert [(o.state, o.exit_code, o.attempts, o.log) for o in outcomes.values()] == [
+        ("CANCELLED", "0:0", 2, str(paths.chunk_log(0))), ("NODE_FAIL", "0:0", 2, str(paths.chunk_log(1)))]
+    message = outcomes[0].message
     assert "batch 0007 chunk 0: job 101_0 ended CANCELLED (exit code 0:0) after 2 attempts" in message
-    assert "batch 0007 chunk 1: job 101_1 ended NODE_FAIL" in message
-    assert str(paths.chunk_log(0)) in message and str(paths.chunk_log(1)) in message
+    assert "batch 0007 chunk 1: job 101_1 ended NODE_FAIL" in outcomes[1].message
+    assert str(paths.chunk_log(0)) in message and str(paths.chunk_log(1)) in outcomes[1].message
     first = events(layout, "slurm_chunk_failed")[1]
     assert first["state"] == "COMPLETED"  # COMPLETED without a done marker is a failure too
 
@@ -322,9 +325,8 @@ def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, 
                                                  job_command: list[str]) -> None:
     # One array for every way a job can end badly; the TIMEOUT runs on one CPU while the rest cycle.
     chunks = plan(paths, c0="ok", c1="fail ok", c2="fail", c3="nomarker", c4="cancel", c5="hang fail")
-    with pytest.raises(ChunkFailed) as failure:
-        real_executor(layout, job_command, max_retries=1, walltime=WalltimeModel(40, 0, 0)).run(
-            paths, chunks, lambda *a: None)
+    outcomes = real_executor(layout, job_command, max_retries=1, walltime=WalltimeModel(40, 0, 0)).run(
+        paths, chunks, lambda *a: None)
     first, *again = events(layout, "slurm_submitted")
     assert first["chunks"] == [0, 1, 2, 3, 4, 5] and first["walltime"] == 40
     assert sorted(c for e in again for c in e["chunks"]) == [1, 2, 3, 4, 5]
@@ -335,12 +337,14 @@ def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, 
     assert {c: [e["state"] for e in failed if e["chunk"] == c] for c in range(1, 6)} == {
         1: ["FAILED"], 2: ["FAILED", "FAILED"], 3: ["COMPLETED", "COMPLETED"], 4: ["CANCELLED", "CANCELLED"],
         5: ["TIMEOUT", "FAILED"]}
-    message = str(failure.value)
+    assert [outcomes[i].done for i in range(6)] == [True, True, False, False, False, False]
     for chunk, ending in ((2, "FAILED (exit code 1:0"), (3, "COMPLETED without writing its done marker"),
-                          (4, "CANCELLED (exit code"), (5, "FAILED (exit code 1:0")):
+                          (4, "CANCELLED"), (5, "FAILED (exit code 1:0")):
+        message = outcomes[chunk].message
         assert f"batch 0007 chunk {chunk}: job {last_job[chunk]}_{chunk} ended {ending}" in message, message
         assert f"after 2 attempts; log: {paths.chunk_log(chunk)}" in message
-    assert "chunk 0:" not in message and "chunk 1:" not in message
+        assert (outcomes[chunk].attempts, outcomes[chunk].log) == (2, str(paths.chunk_log(chunk)))
+    assert [outcomes[i].state for i in range(2, 6)] == ["FAILED", "COMPLETED", "CANCELLED", "FAILED"]
     assert [paths.done_marker(i).exists() for i in range(6)] == [True, True, False, False, False, False]
     # Both attempts of a chunk are in its log.
     assert [line for line in paths.chunk_log(5).read_text().splitlines() if "attempt" in line] == [
