@@ -268,3 +268,73 @@ def test_local_killed_during_bisection_then_rerun_resumes(make_site, tmp_path: P
     assert rerun and sorted(NINE) not in rerun
     assert not [r for r in rerun if r in done_before], (rerun, done_before)
     assert_bisected(site, calls, NINE, ["poison_5"], max_retries=0)
+
+
+# --- on the dev SLURM cluster -----------------------------------------------------------------
+
+SLURM = {"ocr__executor": "slurm", "slurm__poll_initial_seconds": 0.5, "slurm__poll_max_seconds": 0.5,
+         "slurm__poll_growth": 1, "slurm__cpus_per_task": 1, "slurm__mem": "200M",
+         "slurm__walltime_base_seconds": 120}
+
+
+def slurm_events(site, kind: str) -> list[dict[str, Any]]:
+    return [e for e in manifest.read(site.layout.events) if e["event"] == kind]
+
+
+@pytest.mark.slurm
+def test_slurm_one_poison_document_is_quarantined_and_the_batch_completes(cluster: None, make_site,
+                                                                          tmp_path: Path) -> None:
+    site, calls = poison_site(make_site, tmp_path, NINE, ocr__pages_per_chunk=5, slurm__max_retries=1, **SLURM)
+    site.luigi("Download", "--run-id", "one")
+    result = site.luigi("Finalize", "--batch", "1")
+    report = assert_bisected(site, calls, NINE, ["poison_5"], max_retries=1)
+    assert f"extra jobs, bound {report['job_bound']}" in result.stderr
+    # Every job the engine saw was submitted to SLURM: one array task per chunk attempt.
+    submitted = [c for e in slurm_events(site, "slurm_submitted") for c in e["chunks"]]
+    assert len(submitted) == len(read_calls(calls))
+    reason = json.loads(site.layout.quarantine_reason("poison_5").read_text())
+    assert reason["exit_code"] == "1:0"
+
+
+@pytest.mark.slurm
+def test_slurm_two_poisons_in_one_chunk(cluster: None, make_site, tmp_path: Path) -> None:
+    names = ["poison_a", "doc_b", "doc_c", "doc_d", "doc_e", "doc_f", "doc_g", "poison_h", "doc_i"]
+    site, calls = poison_site(make_site, tmp_path, names, mode="abort", ocr__pages_per_chunk=9,
+                              slurm__max_retries=0, **SLURM)
+    site.luigi("Download", "--run-id", "one")
+    site.luigi("Finalize", "--batch", "1")
+    assert_bisected(site, calls, names, ["poison_a", "poison_h"], max_retries=0)
+
+
+@pytest.mark.slurm
+def test_slurm_killed_during_bisection_reattaches_to_the_halves(cluster: None, make_site, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    site, calls = poison_site(make_site, tmp_path, NINE, hold=hold, ocr__pages_per_chunk=9,
+                              slurm__max_retries=0, **SLURM)
+    site.luigi("Download", "--run-id", "one")
+    paths = BatchPaths(site.layout.batch_dir(1))
+    first = site.popen("Finalize", "--batch", "1")
+    deadline = time.monotonic() + 180
+    # Two halves of two documents are submitted and held by the engine: kill the luigi process.
+    while len([r for r in read_calls(calls) if len(r) <= 2]) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, read_calls(calls)
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    held = {c["index"] for c in bisect.load(paths).chunks if len(c["documents"]) == 2}
+    jobs = {e["job_id"] for e in slurm_events(site, "slurm_submitted") if held & set(e["chunks"])}
+    submissions = len(slurm_events(site, "slurm_submitted"))
+
+    second = site.popen("Finalize", "--batch", "1")
+    while not slurm_events(site, "slurm_reattached"):
+        assert second.poll() is None and time.monotonic() < deadline, "no re-attach"
+        time.sleep(0.2)
+    hold.unlink()
+    assert second.wait(timeout=180) == 0
+    [reattached] = slurm_events(site, "slurm_reattached")
+    assert set(reattached["chunks"]) == held and set(reattached["job_ids"]) == jobs
+    # The halves in the queue were not submitted again; only the split of the failing one was.
+    again = slurm_events(site, "slurm_submitted")[submissions:]
+    assert again and not held & {c for e in again for c in e["chunks"]}
+    assert_bisected(site, calls, NINE, ["poison_5"], max_retries=0)
