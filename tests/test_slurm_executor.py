@@ -266,6 +266,59 @@ def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths,
     assert [(s["indices"], s["time"]) for s in fake.submissions] == [([0, 1], 120)]
 
 
+def test_a_chunk_can_have_its_own_retry_limit(layout: Layout, paths: BatchPaths,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def finish(f: FakeCluster) -> dict[str, JobState]:
+        write_marker(paths, 1)
+        return states(f.job(), c1="COMPLETED")
+
+    fake = FakeCluster(monkeypatch, [lambda f: states(f.job(), c0="OUT_OF_MEMORY", c1="FAILED"), finish])
+    chunks = [ChunkRun(0, 10, 2, max_retries=0), ChunkRun(1, 20, 3)]
+    outcomes = fake_executor(layout, fake, max_retries=2).run(paths, chunks, lambda *a: None)
+    assert [s["indices"] for s in fake.submissions] == [[0, 1], [1]]
+    assert (outcomes[0].done, outcomes[0].state, outcomes[0].attempts) == (False, "OUT_OF_MEMORY", 1)
+    assert (outcomes[1].done, outcomes[1].attempts) == (True, 2)
+
+
+def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: BatchPaths,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # An earlier run saw chunk 0's first job fail and resubmitted it as job 78 with chunk 1; it was
+    # killed; both ended badly while nobody watched.
+    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
+    manifest.log_event(layout.events, "slurm_chunk_failed", batch="0007", chunk=0, job_id="77", state="FAILED",
+                       exit_code="1:0", attempt=1)
+    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="78", walltime=80)
+    fake = FakeCluster(monkeypatch, [lambda f: states("78", c0="FAILED", c1="FAILED"),
+                                     lambda f: states(f.job(), c1="FAILED")])
+    outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+    # Chunk 0 has had its two attempts; chunk 1 gets its second one, and fails again.
+    assert [s["indices"] for s in fake.submissions] == [[1]]
+    assert [(o.done, o.attempts, o.state) for o in outcomes.values()] == [(False, 2, "FAILED"), (False, 2, "FAILED")]
+    failed = events(layout, "slurm_chunk_failed")
+    assert [(e["chunk"], e["job_id"], e["attempt"]) for e in failed] == [
+        (0, "77", 1), (0, "78", 2), (1, "78", 1), (1, "100", 2)]
+
+    # A third run asks SLURM nothing: every chunk is decided.
+    fake = FakeCluster(monkeypatch, [])
+    outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+    assert fake.submissions == [] and fake.queries == []
+    assert "chunk 1: job 100_1 ended FAILED (exit code 5:0) after 2 attempts" in outcomes[1].message
+
+    # After a reset (the cause was fixed) the chunks start afresh; the failure of job 100 is not counted twice.
+    manifest.log_event(layout.events, "chunk_attempts_reset", batch="0007", chunks=[0, 1])
+
+    def finish(f: FakeCluster) -> dict[str, JobState]:
+        write_marker(paths, 0)
+        write_marker(paths, 1)
+        return states(f.job(), c0="COMPLETED", c1="COMPLETED")
+
+    fake = FakeCluster(monkeypatch, [lambda f: {**states("78", c0="FAILED"), **states("100", c1="FAILED")},
+                                     finish])
+    outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+    assert [s["indices"] for s in fake.submissions] == [[0, 1]]
+    assert all(o.done and o.attempts == 1 for o in outcomes.values())
+
+
 # --- the real cluster -------------------------------------------------------------------------
 
 @pytest.mark.slurm
