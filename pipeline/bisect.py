@@ -147,6 +147,12 @@ def all_chunks(paths: BatchPaths) -> list[dict[str, Any]]:
     return sorted(found + load(paths).chunks, key=lambda c: c["index"])
 
 
+def settled_chunks(paths: BatchPaths) -> list[dict[str, Any]]:
+    """The chunks that end with a done marker: every chunk but those split or given up."""
+    bisection = load(paths)
+    return [c for c in all_chunks(paths) if c["index"] not in bisection.split and c["index"] not in bisection.failed]
+
+
 def write_chunk_list(paths: BatchPaths, chunk: dict[str, Any]) -> None:
     lines = "".join(f"{paths.pdf(i)}\n" for i in chunk["documents"])
     atomic.write_bytes(paths.chunk_list(chunk["index"]), lines.encode("utf-8"))

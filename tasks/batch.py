@@ -118,8 +118,9 @@ class OCRBatch(BatchTask):
         return {"slurm_submit": 1} if OCRConfig().executor == "slurm" else {}
 
     def output(self) -> list[luigi.LocalTarget]:
-        # The marker alone: a chunk split in halves never gets a done marker of its own.
-        return [luigi.LocalTarget(str(self.paths.ocr_marker))]
+        paths = self.paths
+        return [luigi.LocalTarget(str(paths.ocr_marker))] + [
+            luigi.LocalTarget(str(paths.done_marker(c["index"]))) for c in bisect.settled_chunks(paths)]
 
     def run(self) -> None:
         paths = self.paths
