@@ -199,7 +199,7 @@ def run_with_bisection(ctx: Context, roots: list[dict[str, Any]], progress: Prog
             forget_attempts(ctx.layout, paths, [c["index"] for c, _ in failed])
             raise EngineBroken(
                 f"OCR failed for every chunk of batch {paths.number} ({len(failed)} failed, none completed): "
-                "this is a problem of the engine or the cluster, not of a document, so nothing was split or "
+                "this points at the engine or the cluster rather than at a document, so nothing was split or "
                 "quarantined. " + "; ".join(o.message for _, o in failed)
                 + ". Read the logs, fix the cause, and run the same command again."
             )
@@ -226,7 +226,7 @@ def record_failures(ctx: Context, bisection: Bisection, failed: list[tuple[dict[
             exit_code=outcome.exit_code, attempts=outcome.attempts, log=outcome.log,
             documents=len(chunk["documents"]), halves=[c["index"] for c in children]))
         ctx.say(f"chunk {chunk['index']} failed as a whole ({outcome.state}); split into chunks "
-                     f"{', '.join(str(c['index']) for c in children)} to find the document that fails")
+                f"{', '.join(str(c['index']) for c in children)} to find the document that fails")
     save(paths, bisection)
     manifest.append(ctx.layout.events, events)
 
@@ -242,8 +242,8 @@ def quarantine_failed(ctx: Context, bisection: Bisection) -> list[str]:
         meta = layout.downloaded_meta(identifier)
         download = atomic.read_json(meta) if meta.exists() else None
         quarantine(layout, identifier, [paths.pdf(identifier), layout.downloaded_pdf(identifier)], REASON,
-                   f"{identifier}.pdf: the OCR engine {failure['engine']} failed on this document alone "
-                   f"(its chunk failed as a whole and was split down to it): {failure['message']}",
+                   f"{identifier}.pdf: the OCR engine {failure['engine']} failed on this document alone: "
+                   f"{failure['message']}",
                    also_remove=(meta,), batch=paths.number, chunk=index, engine=failure["engine"],
                    state=failure["state"], exit_code=failure["exit_code"], log=failure["log"],
                    attempts=failure["attempts"], download=download)

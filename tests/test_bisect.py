@@ -270,6 +270,26 @@ def test_local_killed_during_bisection_then_rerun_resumes(make_site, tmp_path: P
     assert_bisected(site, calls, NINE, ["poison_5"], max_retries=0)
 
 
+def test_local_an_engine_failing_everywhere_fails_the_task_and_a_rerun_after_the_fix_completes(
+        make_site, tmp_path: Path) -> None:
+    names = ["poison_1", "poison_2", "poison_3", "poison_4"]  # the engine fails on every one of them
+    site, calls = poison_site(make_site, tmp_path, names, ocr__pages_per_chunk=2, slurm__max_retries=1)
+    site.luigi("Download", "--run-id", "one")
+    result = site.luigi("Finalize", "--batch", "1", check=False)
+    assert result.returncode != 0
+    assert "OCR failed for every chunk of batch 0001 (2 failed, none completed)" in result.stderr
+    assert len(read_calls(calls)) == 4  # each chunk twice, nothing split
+    assert not (site.base / "_quarantine").exists()
+    paths = BatchPaths(site.layout.batch_dir(1))
+    assert not bisect.plan_file(paths).exists() and not paths.ocr_marker.exists()
+
+    site.config.write_text(site.config.read_text().replace(" exit\n", " never\n"))  # the engine is fixed
+    site.luigi("Finalize", "--batch", "1")
+    assert len(read_calls(calls)) == 6  # each chunk once more: its attempts started afresh
+    for name in names:
+        assert f"Page of {name}" in json.loads(site.layout.processed_ocr(name).read_text())["text"]
+
+
 # --- on the dev SLURM cluster -----------------------------------------------------------------
 
 SLURM = {"ocr__executor": "slurm", "slurm__poll_initial_seconds": 0.5, "slurm__poll_max_seconds": 0.5,
