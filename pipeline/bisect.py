@@ -14,9 +14,12 @@ State lives in ``chunks/bisect.json``, written after the halves' chunk lists: ev
 chunks, with new indices after every index in use) and every single document that failed for good.
 A rerun resumes from it: chunks that were split do not run again, done chunks never run twice.
 
-When no chunk of the batch has completed and two or more failed in one round, the engine or the
-cluster is broken rather than a document: nothing is split or quarantined, the task fails naming
-the logs, and the failed attempts are forgotten so that a rerun after the fix starts them afresh.
+When every chunk of a round fails, at least BROKEN_AFTER of them, and no chunk of the batch has
+ever completed, the engine or the cluster is broken rather than documents (that many poison
+documents, one in each chunk, is far less likely): nothing more is split or quarantined, the task
+fails naming the logs, and the failed attempts are forgotten so that a rerun after the fix starts
+them afresh. A round of fewer chunks goes on splitting: two poison documents in the two halves of
+a batch's only chunk are found, and a broken engine costs a few more jobs before it is called so.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from .quarantine import quarantine
 
 REASON = "ocr_failed"
 HALF_RETRIES = 0  # retries of a half with more than one document (a single document gets the executor's)
+BROKEN_AFTER = 4  # chunks failing in one round, with none of the batch ever completed: the engine is broken
 
 
 class EngineBroken(RuntimeError):
@@ -76,8 +80,8 @@ def retries_of(chunk: dict[str, Any]) -> int | None:
 
 
 def engine_broken(failed: int, anything_done: bool) -> bool:
-    """Two or more chunks failed in one round and none of the batch has ever completed."""
-    return failed >= 2 and not anything_done
+    """BROKEN_AFTER or more chunks failed in one round and none of the batch has ever completed."""
+    return failed >= BROKEN_AFTER and not anything_done
 
 
 def split_chunk(chunk: dict[str, Any], first_index: int, pages: dict[str, int],

@@ -57,8 +57,9 @@ def test_what_runs_and_how_often() -> None:
 
 
 def test_a_broken_engine_is_not_blamed_on_documents() -> None:
-    assert bisect.engine_broken(2, anything_done=False)
-    assert not bisect.engine_broken(1, anything_done=False)  # one chunk: may be one poison document
+    assert bisect.engine_broken(4, anything_done=False)
+    # One chunk may hold one poison document, two halves one each: they are split further.
+    assert not bisect.engine_broken(1, anything_done=False) and not bisect.engine_broken(2, anything_done=False)
     assert not bisect.engine_broken(5, anything_done=True)
 
 
@@ -150,11 +151,15 @@ def test_a_rerun_resumes_the_bisection_and_runs_no_done_chunk_twice(tmp_path: Pa
 def test_every_chunk_failing_is_the_engine_not_the_documents(tmp_path: Path) -> None:
     names = ["poison_1", "poison_2", "poison_3", "poison_4"]
     layout, paths, plan = in_process_batch(tmp_path, names, 2)
-    with pytest.raises(bisect.EngineBroken, match="every chunk of batch 0001.*fix the cause"):
-        bisect.run_with_bisection(context(layout, paths, PoisonExecutor(paths), names), plan, lambda *a: None)
-    assert not bisect.plan_file(paths).exists() and not (layout.base / "_quarantine").exists()
+    executor = PoisonExecutor(paths)
+    with pytest.raises(bisect.EngineBroken, match="every chunk of batch 0001 \\(4 failed.*fix the cause"):
+        bisect.run_with_bisection(context(layout, paths, executor, names), plan, lambda *a: None)
+    # Two chunks failing may be two poison documents: they were split; four halves failing is the engine.
+    assert executor.runs == [names[:2], names[2:], *[[n] for n in names]]
+    assert len(bisect.load(paths).chunks) == 4 and not bisect.load(paths).failed
+    assert not (layout.base / "_quarantine").exists()
     [reset] = [e for e in manifest.read(layout.events) if e["event"] == "chunk_attempts_reset"]
-    assert reset["chunks"] == [0, 1]
+    assert reset["chunks"] == [2, 3, 4, 5]
 
 
 # --- through luigi ----------------------------------------------------------------------------
@@ -213,6 +218,8 @@ def assert_bisected(site, calls: Path, names: list[str], poisons: list[str], max
 
 
 NINE = ["doc_1", "doc_2", "doc_3", "doc_4", "poison_5", "doc_6", "doc_7", "doc_8", "doc_9"]
+# In name order the two poisons go to different halves of their chunk: both halves fail.
+TWO_POISONS = ["a_poison", "doc_b", "doc_c", "doc_d", "doc_e", "doc_f", "doc_g", "m_poison", "doc_i"]
 
 
 def test_local_one_poison_document_is_quarantined_and_the_batch_completes(make_site, tmp_path: Path) -> None:
@@ -228,13 +235,18 @@ def test_local_one_poison_document_is_quarantined_and_the_batch_completes(make_s
 
 
 def test_local_two_poisons_in_one_chunk_killed_by_a_signal(make_site, tmp_path: Path) -> None:
-    names = ["poison_a", "doc_b", "doc_c", "doc_d", "doc_e", "doc_f", "doc_g", "poison_h", "doc_i"]
+    names = TWO_POISONS
     site, calls = poison_site(make_site, tmp_path, names, mode="abort", ocr__pages_per_chunk=9,
                               slurm__max_retries=0)
     site.luigi("Download", "--run-id", "one")
     site.luigi("Finalize", "--batch", "1")
-    assert_bisected(site, calls, names, ["poison_a", "poison_h"], max_retries=0)
-    for name in ("poison_a", "poison_h"):
+    assert_bisected(site, calls, names, ["a_poison", "m_poison"], max_retries=0)
+    # Both halves of the chunk failed (no other chunk had completed) and were split again.
+    paths = BatchPaths(site.layout.batch_dir(1))
+    halves = {c["index"] for c in bisect.load(paths).chunks if c["split_of"] == 0}
+    assert len(halves) == 2 and halves <= {e["chunk"] for e in manifest.read(site.layout.events)
+                                            if e["event"] == "chunk_split"}
+    for name in ("a_poison", "m_poison"):
         log = Path(json.loads(site.layout.quarantine_reason(name).read_text())["log"]).read_text()
         assert "status -6" in log  # the engine died of SIGABRT
 
@@ -273,19 +285,19 @@ def test_local_killed_during_bisection_then_rerun_resumes(make_site, tmp_path: P
 def test_local_an_engine_failing_everywhere_fails_the_task_and_a_rerun_after_the_fix_completes(
         make_site, tmp_path: Path) -> None:
     names = ["poison_1", "poison_2", "poison_3", "poison_4"]  # the engine fails on every one of them
-    site, calls = poison_site(make_site, tmp_path, names, ocr__pages_per_chunk=2, slurm__max_retries=1)
+    site, calls = poison_site(make_site, tmp_path, names, ocr__pages_per_chunk=1, slurm__max_retries=1)
     site.luigi("Download", "--run-id", "one")
     result = site.luigi("Finalize", "--batch", "1", check=False)
     assert result.returncode != 0
-    assert "OCR failed for every chunk of batch 0001 (2 failed, none completed)" in result.stderr
-    assert len(read_calls(calls)) == 4  # each chunk twice, nothing split
+    assert "OCR failed for every chunk of batch 0001 (4 failed, none completed)" in result.stderr
+    assert len(read_calls(calls)) == 8  # each chunk twice, nothing split
     assert not (site.base / "_quarantine").exists()
     paths = BatchPaths(site.layout.batch_dir(1))
     assert not bisect.plan_file(paths).exists() and not paths.ocr_marker.exists()
 
     site.config.write_text(site.config.read_text().replace(" exit\n", " never\n"))  # the engine is fixed
     site.luigi("Finalize", "--batch", "1")
-    assert len(read_calls(calls)) == 6  # each chunk once more: its attempts started afresh
+    assert len(read_calls(calls)) == 12  # each chunk once more: its attempts started afresh
     for name in names:
         assert f"Page of {name}" in json.loads(site.layout.processed_ocr(name).read_text())["text"]
 
@@ -318,12 +330,12 @@ def test_slurm_one_poison_document_is_quarantined_and_the_batch_completes(cluste
 
 @pytest.mark.slurm
 def test_slurm_two_poisons_in_one_chunk(cluster: None, make_site, tmp_path: Path) -> None:
-    names = ["poison_a", "doc_b", "doc_c", "doc_d", "doc_e", "doc_f", "doc_g", "poison_h", "doc_i"]
+    names = TWO_POISONS
     site, calls = poison_site(make_site, tmp_path, names, mode="abort", ocr__pages_per_chunk=9,
                               slurm__max_retries=0, **SLURM)
     site.luigi("Download", "--run-id", "one")
     site.luigi("Finalize", "--batch", "1")
-    assert_bisected(site, calls, names, ["poison_a", "poison_h"], max_retries=0)
+    assert_bisected(site, calls, names, ["a_poison", "m_poison"], max_retries=0)
 
 
 @pytest.mark.slurm
