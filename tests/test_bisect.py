@@ -79,6 +79,20 @@ def test_extra_jobs_and_their_bound() -> None:
     assert bisect.jobs_spent(state.chunks, failures, done={3, 5, 7}) == 1 + 1 + 1 + 1 + 3 + 1
 
 
+def test_all_chunks_of_a_batch_and_those_that_end_with_a_done_marker(tmp_path: Path) -> None:
+    paths = BatchPaths(Layout(tmp_path / "data", 2).batch_dir(2))
+    atomic.write_json(paths.chunk_plan, {"chunks": [{"index": 0, "documents": ["a", "b"]},
+                                                    {"index": 1, "documents": ["c"]}]})
+    atomic.write_json(paths.retry_plan, {"chunks": [{"index": 4, "documents": ["c"]}]})
+    bisect.save(paths, bisect.Bisection(chunks=[
+        {"index": 2, "split_of": 0, "root": 0, "documents": ["a"]},
+        {"index": 3, "split_of": 0, "root": 0, "documents": ["b"]},
+    ], failed={3: {"documents": ["b"]}}))
+    assert [c["index"] for c in bisect.all_chunks(paths)] == [0, 1, 2, 3, 4]
+    assert [c["index"] for c in bisect.settled_chunks(paths)] == [1, 2, 4]
+    assert bisect.indices_in_use(paths) == {0, 1, 2, 3, 4}
+
+
 # --- the loop, in-process, with an executor that fails chunks holding a poison document ---------
 
 class PoisonExecutor:
@@ -191,9 +205,13 @@ def assert_bisected(site, calls: Path, names: list[str], poisons: list[str], max
         assert Path(reason["log"]).is_file() and "poison_engine: a poison document" in Path(reason["log"]).read_text()
         assert name in reason["message"] and reason["log"] in reason["message"]
         assert layout.quarantine_pdf(name).read_bytes() == samples.text_pdf([f"Page of {name}"])
+    chunks = {c["index"]: c for c in bisect.all_chunks(paths)}
     for name in names:
         if name not in poisons:
             assert f"Page of {name}" in json.loads(layout.processed_ocr(name).read_text())["text"]
+            # Its metadata names the chunk (a half, maybe) whose results it came from.
+            chunk = json.loads(layout.processed_metadata(name).read_text())["chunk"]
+            assert name in chunks[chunk]["documents"] and paths.done_marker(chunk).exists()
     finalized = json.loads(paths.finalized.read_text())
     assert finalized["quarantined"] == {p: "ocr_failed" for p in sorted(poisons)}
     assert finalized["finalized"] == len(names) - len(poisons)
