@@ -121,7 +121,8 @@ class SlurmConfig(_Section):
                                            "metrics (least squares over completed chunks)")
     walltime_fit_min_chunks = luigi.IntParameter(default=5, description="fitted: completed chunks needed "
                                                  "before the fit replaces the fixed values")
-    max_retries = luigi.IntParameter(default=2, description="resubmissions of a failed chunk before OCRBatch fails")
+    max_retries = luigi.IntParameter(default=2, description="runs again of a failed chunk (SLURM and local "
+                                     "executor) before it is split in halves to find the document that fails")
     timeout_walltime_factor = luigi.FloatParameter(default=1.5, description="walltime multiplier after a TIMEOUT")
     poll_initial_seconds = luigi.FloatParameter(default=10.0, description="first status query after a submission")
     poll_max_seconds = luigi.FloatParameter(default=300.0, description="longest wait between status queries")

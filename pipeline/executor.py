@@ -1,23 +1,32 @@
 """Executors run chunk jobs and wait for them. The local one runs the job script as subprocesses.
 
 Both executors share one contract, so OCRBatch does not care where chunks run:
-    executor.run(batch_paths, chunks, progress) -> None, or raises ChunkFailed
-A chunk is done when its done marker exists, whatever the process or the scheduler said.
+    executor.run(batch_paths, chunks, progress) -> {chunk index: ChunkOutcome}
+A chunk is done when its done marker exists, whatever the process or the scheduler said. A chunk
+that fails is run again up to its retry limit (``max_retries``, the same policy on both executors);
+after that its outcome says how it failed and the caller decides (pipeline.bisect splits it).
+Failed attempts are written to the event log, so a rerun goes on counting instead of starting over.
 """
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from . import atomic, manifest
 from .layout import BatchPaths, Layout
 
 Progress = Callable[[int, int, str], None]  # (chunks done, chunks total, status message)
+
+# Event kinds of one failed attempt of a chunk, per executor; both count towards its retries.
+FAILED_ATTEMPT_EVENTS = ("slurm_chunk_failed", "local_chunk_failed")
+ATTEMPTS_RESET_EVENT = "chunk_attempts_reset"  # the listed chunks start counting afresh
 
 
 @dataclass(frozen=True)
@@ -25,14 +34,24 @@ class ChunkRun:
     index: int
     pages: int
     documents: int
+    max_retries: int | None = None  # None: the executor's own limit
 
 
-class ChunkFailed(RuntimeError):
-    """A chunk that did not produce its done marker; the message says which, why and where the log is."""
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """How one chunk ended: done (its marker exists) or failed after every attempt it had."""
+
+    index: int
+    done: bool
+    attempts: int                 # attempts so far, earlier runs' included (0: done before this run)
+    state: str = "COMPLETED"      # SLURM's final state, or FAILED/COMPLETED for a local process
+    exit_code: str | None = None  # 'code:signal' as SLURM writes it
+    log: str = ""
+    message: str = ""             # for a failure: batch, chunk, job, state, exit code, attempts, log
 
 
 class Executor(Protocol):
-    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> None: ...
+    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> dict[int, ChunkOutcome]: ...
 
 
 def write_job_script(paths: BatchPaths, text: str, name: str = "job.sh") -> Path:
@@ -42,6 +61,39 @@ def write_job_script(paths: BatchPaths, text: str, name: str = "job.sh") -> Path
     return script
 
 
+def failed_attempts(events: Path, batch: str, *, forget: bool = True) -> dict[int, list[dict[str, Any]]]:
+    """The logged failed attempts of every chunk of ``batch``, oldest first; with ``forget``, only
+    those after the chunk's last reset."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for record in manifest.read(events):
+        if record.get("batch") != batch:
+            continue
+        if record.get("event") in FAILED_ATTEMPT_EVENTS and "chunk" in record:
+            found.setdefault(int(record["chunk"]), []).append(record)
+        elif forget and record.get("event") == ATTEMPTS_RESET_EVENT:
+            for chunk in record.get("chunks", []):
+                found.pop(int(chunk), None)
+    return found
+
+
+def exit_code_text(returncode: int) -> str:
+    """A process's return code as SLURM's 'code:signal' (a negative code is a death by signal)."""
+    return f"0:{-returncode}" if returncode < 0 else f"{returncode}:0"
+
+
+def describe_end(state: str, exit_code: str | None) -> str:
+    """'FAILED (exit code 1:0)', 'killed by SIGABRT', 'COMPLETED without writing its done marker'."""
+    if state == "COMPLETED":
+        return "COMPLETED without writing its done marker"
+    code, _, sig = (exit_code or "").partition(":")
+    if code == "0" and sig not in ("", "0"):
+        try:
+            return f"{state} (killed by {signal.Signals(int(sig)).name})"
+        except ValueError:
+            return f"{state} (killed by signal {sig})"
+    return f"{state} (exit code {exit_code or 'unknown'})"
+
+
 @dataclass
 class LocalExecutor:
     """Runs the rendered job script once per chunk, ``parallel`` at a time, on this machine."""
@@ -49,42 +101,74 @@ class LocalExecutor:
     layout: Layout
     script_text: str
     parallel: int = 1
+    max_retries: int = 2
 
-    def _run_one(self, paths: BatchPaths, script: Path, chunk: ChunkRun) -> tuple[ChunkRun, int, float]:
+    def _attempt(self, paths: BatchPaths, script: Path, chunk: ChunkRun, attempt: int) -> int:
         log = paths.chunk_log(chunk.index)
         atomic.makedirs(log.parent)
         env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(chunk.index)}
         started = time.monotonic()
-        with open(log, "ab") as out:
+        with open(log, "ab") as out:  # every attempt appends: earlier ones stay readable
+            out.write(f"--- attempt {attempt} of chunk {chunk.index} ---\n".encode())
+            out.flush()
             code = subprocess.call(["bash", str(script)], stdout=out, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL)
-        return chunk, code, time.monotonic() - started
+        seconds = time.monotonic() - started
+        done = paths.done_marker(chunk.index).exists()
+        manifest.append(self.layout.metrics, [{
+            "batch": paths.number, "chunk": chunk.index, "pages": chunk.pages, "executor": "local",
+            "state": "COMPLETED" if code == 0 and done else "FAILED",
+            "exit_code": code, "elapsed": round(seconds, 3), "end": manifest.now_iso(),
+        }])
+        return code
 
-    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> None:
+    def _run_one(self, paths: BatchPaths, script: Path, chunk: ChunkRun, earlier: list[dict[str, Any]],
+                 progress: Callable[[str], None]) -> ChunkOutcome:
+        limit = self.max_retries if chunk.max_retries is None else chunk.max_retries
+        log = str(paths.chunk_log(chunk.index))
+        failures = len(earlier)
+        state, exit_code = (earlier[-1].get("state", "FAILED"), earlier[-1].get("exit_code")) if earlier else ("", None)
+        while failures <= limit:
+            code = self._attempt(paths, script, chunk, failures + 1)
+            if paths.done_marker(chunk.index).exists():
+                return ChunkOutcome(chunk.index, True, failures + 1, log=log)
+            failures += 1
+            state, exit_code = ("COMPLETED" if code == 0 else "FAILED"), exit_code_text(code)
+            manifest.log_event(self.layout.events, "local_chunk_failed", batch=paths.number, chunk=chunk.index,
+                               state=state, exit_code=exit_code, attempt=failures, log=log)
+            if failures <= limit:
+                progress(f"chunk {chunk.index} ended {describe_end(state, exit_code)}; "
+                         f"running it again (attempt {failures + 1})")
+        what = describe_end(state, exit_code)
+        progress(f"chunk {chunk.index} FAILED: {what}")
+        return ChunkOutcome(chunk.index, False, failures, state, exit_code, log, (
+            f"batch {paths.number} chunk {chunk.index}: ended {what} after {failures} "
+            f"attempt{'s' if failures > 1 else ''}; log: {log}"))
+
+    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> dict[int, ChunkOutcome]:
         script = write_job_script(paths, self.script_text)
-        done = 0
-        failures = []
-        progress(done, len(chunks), f"running {len(chunks)} chunks locally, {self.parallel} at a time")
+        earlier = failed_attempts(self.layout.events, paths.number)
+        outcomes: dict[int, ChunkOutcome] = {}
+        todo = []
+        for chunk in chunks:
+            if paths.done_marker(chunk.index).exists():
+                outcomes[chunk.index] = ChunkOutcome(chunk.index, True, 0, log=str(paths.chunk_log(chunk.index)))
+            else:
+                todo.append(chunk)
+        total = len(chunks)
+        lock = threading.Lock()
+
+        def tell(message: str) -> None:
+            with lock:
+                progress(sum(o.done for o in outcomes.values()), total, message)
+
+        tell(f"running {len(todo)} chunks locally, {self.parallel} at a time")
         with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
-            futures = [pool.submit(self._run_one, paths, script, c) for c in chunks]
+            futures = [pool.submit(self._run_one, paths, script, c, earlier.get(c.index, []), tell) for c in todo]
             for future in as_completed(futures):
-                chunk, code, seconds = future.result()
-                marker = paths.done_marker(chunk.index)
-                log = paths.chunk_log(chunk.index)
-                manifest.append(self.layout.metrics, [{
-                    "batch": paths.number, "chunk": chunk.index, "pages": chunk.pages, "executor": "local",
-                    "state": "COMPLETED" if code == 0 and marker.exists() else "FAILED",
-                    "exit_code": code, "elapsed": round(seconds, 3), "end": manifest.now_iso(),
-                }])
-                if code == 0 and marker.exists():
-                    done += 1
-                    progress(done, len(chunks), f"chunk {chunk.index} done in {seconds:.1f} s")
-                else:
-                    why = f"exit code {code}" if code else "exited 0 without writing its done marker"
-                    failures.append(f"batch {paths.number} chunk {chunk.index}: {why}; log: {log}")
-                    progress(done, len(chunks), f"chunk {chunk.index} FAILED ({why})")
-        if failures:
-            raise ChunkFailed(
-                "OCR failed for " + "; ".join(failures)
-                + ". Read the log, fix the cause, and run the same command again: done chunks are kept."
-            )
+                outcome = future.result()
+                with lock:
+                    outcomes[outcome.index] = outcome
+                if outcome.done:
+                    tell(f"chunk {outcome.index} done ({outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''})")
+        return outcomes

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import atomic, batches, pdf
+from . import atomic, batches, bisect, pdf
 from .layout import BatchPaths, Layout
 from .planning import WalltimeModel
 
@@ -338,10 +338,8 @@ def waiting_work(layout: Layout) -> Waiting:
         if paths.finalized.exists():
             continue
         if paths.chunk_plan.exists():
-            for plan in (paths.chunk_plan, paths.retry_plan):
-                if plan.exists():
-                    chunk_pages += [c["pages"] for c in atomic.read_json(plan)["chunks"]
-                                    if not paths.done_marker(c["index"]).exists()]
+            chunk_pages += [c["pages"] for c in bisect.settled_chunks(paths)
+                            if not paths.done_marker(c["index"]).exists()]
         elif paths.manifest.exists():
             unplanned += sum(d["pages"] for d in atomic.read_json(paths.manifest)["documents"].values())
         else:  # a batch folder of the older scripts, not adopted yet

@@ -102,3 +102,17 @@ def format_walltime(seconds: int) -> str:
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)
     return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
+
+
+def retry_chunks(missing: list[tuple[int, list[str]]], pages: dict[str, int], first_index: int,
+                 model: WalltimeModel) -> list[dict]:
+    """One retry chunk per (chunk index, identifiers its results miss), numbered from ``first_index``."""
+    retries = []
+    for index, identifiers in missing:
+        if not identifiers:
+            continue
+        documents = sorted(identifiers)
+        count = sum(pages.get(i, 0) for i in documents)
+        retries.append({"index": first_index + len(retries), "retry_of": index, "documents": documents,
+                        "pages": count, "walltime_seconds": model.seconds(count)})
+    return retries

@@ -1,7 +1,8 @@
 """The SLURM executor: one array job per batch (array index = chunk index), watched until done.
 
 Same contract as pipeline.executor.LocalExecutor: ``run(paths, chunks, progress)`` returns when
-every chunk has its done marker, or raises ChunkFailed naming what failed and where its log is.
+every chunk has its done marker or has failed for good, with each chunk's outcome (state, exit
+code, log, attempts).
 
 - Every submission is written to the event log (``slurm_submitted``) before any waiting, so a
   restarted task re-attaches to the batch's jobs that are still pending or running.
@@ -9,7 +10,9 @@ every chunk has its done marker, or raises ChunkFailed naming what failed and wh
   changes. A failed query is retried with backoff and never taken for a job failure.
 - A chunk is done when its done marker exists. FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL,
   CANCELLED, BOOT_FAIL, DEADLINE and COMPLETED-without-marker are failures: resubmitted up to
-  ``max_retries`` times, after a TIMEOUT with ``timeout_walltime_factor`` times the walltime.
+  ``max_retries`` times (or the chunk's own limit), after a TIMEOUT with ``timeout_walltime_factor``
+  times the walltime. Failed attempts are logged (``slurm_chunk_failed``) and counted across reruns,
+  also the failure of a job that ended while no executor watched it.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 from . import manifest, metrics, slurm
 from .config import SlurmConfig
-from .executor import ChunkFailed, ChunkRun, Progress, write_job_script
+from .executor import ChunkOutcome, ChunkRun, Progress, describe_end, failed_attempts, write_job_script
 from .jobscript import render
 from .layout import BatchPaths, Layout
 from .planning import WalltimeModel
@@ -45,6 +48,8 @@ class _Chunk:
     seen: float = 0.0           # clock of the submission or of the last time SLURM reported it
     state: str | None = None
     failures: int = 0
+    limit: int = 0              # failed attempts after which the chunk is given up
+    failed_jobs: set[str] = field(default_factory=set)  # jobs whose failure is counted in ``failures``
 
     @property
     def index(self) -> int:
@@ -151,8 +156,8 @@ class SlurmExecutor:
             cancel_on_exit=cfg.cancel_on_exit,
         )
 
-    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> None:
-        _BatchRun(self, paths, chunks, progress).run()
+    def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> dict[int, ChunkOutcome]:
+        return _BatchRun(self, paths, chunks, progress).run()
 
 
 def _lines(text: str) -> list[str]:
@@ -172,21 +177,34 @@ class _BatchRun:
         self.done = 0
         self.active: dict[int, _Chunk] = {}
         self.unmeasured: dict[int, _Chunk] = {}  # done chunks whose job SLURM still shows as running
-        self.failures: list[str] = []
+        self.outcomes: dict[int, ChunkOutcome] = {}
         self.model = capped(executor.walltime, executor.partition)
         self.cap = self.model.max_seconds
-        for chunk in chunks:
-            if paths.done_marker(chunk.index).exists():
+        earlier = failed_attempts(executor.layout.events, self.batch)
+        ever = failed_attempts(executor.layout.events, self.batch, forget=False)
+        for run in chunks:
+            if paths.done_marker(run.index).exists():
                 self.done += 1
+                self.outcomes[run.index] = ChunkOutcome(run.index, True, 0, log=str(paths.chunk_log(run.index)))
+                continue
+            logged = earlier.get(run.index, [])
+            chunk = _Chunk(run, self.model.seconds(run.pages), failures=len(logged),
+                           limit=executor.max_retries if run.max_retries is None else run.max_retries,
+                           failed_jobs={str(e.get("job_id")) for e in ever.get(run.index, [])})
+            if chunk.failures > chunk.limit:  # gave up in an earlier run, before it could act on it
+                last = logged[-1]
+                chunk.job_id = str(last.get("job_id") or "") or None
+                self._give_up(chunk, JobState(chunk.job_id or "", run.index, str(last.get("state", "FAILED")),
+                                              last.get("exit_code"), reason=last.get("reason")))
             else:
-                self.active[chunk.index] = _Chunk(chunk, self.model.seconds(chunk.pages))
+                self.active[run.index] = chunk
         self.script = write_job_script(paths, render(batch=self.batch, command=executor.command,
                                                      env_setup=executor.env_setup,
                                                      sbatch_directives=executor.directives))
 
     # --- the steps ----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> dict[int, ChunkOutcome]:
         try:
             with self._sigterm_raises() if self.x.cancel_on_exit else contextlib.nullcontext():
                 fresh = self._reattach()
@@ -198,11 +216,7 @@ class _BatchRun:
                 self._cancel()
             raise
         self._measure_last()
-        if self.failures:
-            raise ChunkFailed(
-                "OCR failed on SLURM for " + "; ".join(self.failures)
-                + ". Read the log, fix the cause, and run the same command again: done chunks are kept."
-            )
+        return self.outcomes
 
     def _reattach(self) -> list[_Chunk]:
         """Adopt the chunks whose last logged job still pends or runs; return the ones to submit."""
@@ -213,13 +227,23 @@ class _BatchRun:
                                  {slurm.task_key(str(r["job_id"]), i) for i, r in logged.items()})
         fresh, adopted = [], []
         now = self.x.clock()
-        for index, chunk in self.active.items():
+        for index, chunk in list(self.active.items()):
             record = logged.get(index)
             if record is None:
                 fresh.append(chunk)
                 continue
             job_id, submitted = str(record["job_id"]), _epoch(record.get("time"))
             state = states.get(slurm.task_key(job_id, index))
+            if self.paths.done_marker(index).exists():  # ended well while nobody watched
+                chunk.job_id = job_id
+                self._chunk_done(chunk, state)
+                continue
+            if state is not None and state.outcome != "waiting" and job_id not in chunk.failed_jobs:
+                # Ended badly while nobody watched: an attempt like any other.
+                chunk.job_id, chunk.walltime = job_id, int(record.get("walltime") or chunk.walltime)
+                if self._chunk_failed(chunk, state):
+                    fresh.append(chunk)
+                continue
             recent = state is None and now - submitted < self.x.lost_after  # sacct may not know it yet
             if recent or (state is not None and state.outcome == "waiting"):
                 chunk.job_id, chunk.walltime = job_id, int(record.get("walltime") or chunk.walltime)
@@ -346,6 +370,8 @@ class _BatchRun:
     def _chunk_done(self, chunk: _Chunk, state: JobState | None) -> None:
         del self.active[chunk.index]
         self.done += 1
+        self.outcomes[chunk.index] = ChunkOutcome(chunk.index, True, chunk.failures + 1,
+                                                  log=str(self.paths.chunk_log(chunk.index)))
         if state is not None and state.outcome != "waiting":
             self._metrics_end(chunk, state)
         else:
@@ -355,26 +381,30 @@ class _BatchRun:
         """Record a failed attempt; True when the chunk gets another one."""
         self._metrics_end(chunk, state)
         chunk.failures += 1
-        what = "COMPLETED without writing its done marker" if state.state == slurm.COMPLETED else state.state
+        chunk.failed_jobs.add(chunk.job_id or "")
         manifest.log_event(self.x.layout.events, "slurm_chunk_failed", batch=self.batch, chunk=chunk.index,
                            job_id=chunk.job_id, state=state.state, exit_code=state.exit_code,
                            reason=state.reason, attempt=chunk.failures)
-        if chunk.failures <= self.x.max_retries:
+        if chunk.failures <= chunk.limit:
             if state.state == "TIMEOUT":
                 chunk.walltime = self._longer(chunk.walltime)
-            self.progress(self.done, self.total, f"chunk {chunk.index} (job {chunk.key}) ended {what}; "
+            self.progress(self.done, self.total, f"chunk {chunk.index} (job {chunk.key}) ended "
+                                                 f"{describe_end(state.state, state.exit_code)}; "
                                                  f"resubmitting (attempt {chunk.failures + 1})")
             return True
         del self.active[chunk.index]
-        self.failures.append(
-            f"batch {self.batch} chunk {chunk.index}: job {chunk.key} ended {what}"
-            f" (exit code {state.exit_code or 'unknown'}"
-            + (f", reason {state.reason}" if state.reason else "")
-            + f") after {chunk.failures} attempt{'s' if chunk.failures > 1 else ''};"
-            f" log: {self.paths.chunk_log(chunk.index)}"
-        )
-        self.progress(self.done, self.total, f"chunk {chunk.index} FAILED: {what}")
+        self._give_up(chunk, state)
         return False
+
+    def _give_up(self, chunk: _Chunk, state: JobState) -> None:
+        what = describe_end(state.state, state.exit_code)
+        log = str(self.paths.chunk_log(chunk.index))
+        self.outcomes[chunk.index] = ChunkOutcome(chunk.index, False, chunk.failures, state.state, state.exit_code,
+                                                  log, (
+            f"batch {self.batch} chunk {chunk.index}: job {chunk.key} ended {what}"
+            + (f", reason {state.reason}" if state.reason else "")
+            + f" after {chunk.failures} attempt{'s' if chunk.failures > 1 else ''}; log: {log}"))
+        self.progress(self.done, self.total, f"chunk {chunk.index} FAILED: {what}")
 
     def _longer(self, walltime: int) -> int:
         longer = math.ceil(walltime * self.x.timeout_walltime_factor)
@@ -431,8 +461,9 @@ class _BatchRun:
         counts: dict[str, int] = {}
         for chunk in self.active.values():
             counts[chunk.state or "SUBMITTED"] = counts.get(chunk.state or "SUBMITTED", 0) + 1
-        if self.failures:
-            counts["FAILED"] = len(self.failures)  # out of retries; the others are in the queue again
+        failed = sum(1 for o in self.outcomes.values() if not o.done)
+        if failed:
+            counts["FAILED"] = failed  # out of retries; the others are in the queue again
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         jobs = ", ".join(sorted({c.job_id for c in self.active.values() if c.job_id}, key=int))
         self.progress(self.done, self.total, f"{self.done}/{self.total} chunks done"

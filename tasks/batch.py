@@ -5,14 +5,13 @@ import shlex
 
 import luigi
 
-from pipeline import atomic, batches, manifest, planning, split
+from pipeline import atomic, batches, bisect, manifest, ocr_pass, planning, split
 from pipeline.chunk_job import failure_of
 from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.engines import EngineSettings
-from pipeline.executor import ChunkRun, Executor, LocalExecutor
+from pipeline.executor import Executor, LocalExecutor, Progress
 from pipeline.finalize import Provenance, finalize_many
 from pipeline.jobscript import job_command, render
-from pipeline.layout import BatchPaths, identifier_of
 from pipeline.quarantine import quarantine, read_reasons
 from pipeline.slurm_executor import capped, configured_walltime
 
@@ -105,11 +104,13 @@ def make_executor(task: BatchTask) -> Executor:
         from pipeline.slurm_executor import SlurmExecutor
 
         return SlurmExecutor.from_config(task.layout, command)
-    return LocalExecutor(task.layout, render(batch=task.batch, command=command), ocr.parallel_chunks)
+    return LocalExecutor(task.layout, render(batch=task.batch, command=command), ocr.parallel_chunks,
+                         SlurmConfig().max_retries)
 
 
 class OCRBatch(BatchTask):
-    """Run the OCR engine for every chunk without a done marker, then retry missing PDFs once."""
+    """Run the OCR engine for every chunk without a done marker, retry missing PDFs once, and split
+    chunks that fail as a whole down to the documents that make them fail (quarantined)."""
 
     def requires(self) -> PlanChunks:
         return PlanChunks(batch=self.batch)
@@ -122,60 +123,24 @@ class OCRBatch(BatchTask):
 
     def output(self) -> list[luigi.LocalTarget]:
         paths = self.paths
-        targets = [luigi.LocalTarget(str(paths.ocr_marker))]
-        if paths.chunk_plan.exists():
-            plan = atomic.read_json(paths.chunk_plan)["chunks"]
-            targets += [luigi.LocalTarget(str(paths.done_marker(c["index"]))) for c in plan]
-        return targets
-
-    def _run_chunks(self, executor: Executor, chunks: list[dict], label: str) -> None:
-        paths = self.paths
-        todo = [ChunkRun(c["index"], c["pages"], len(c["documents"]))
-                for c in chunks if not paths.done_marker(c["index"]).exists()]
-        if not todo:
-            return
-        executor.run(paths, todo, lambda done, total, msg: self.report(done, total, f"{label}: {msg}"))
-        manifest.append(self.layout.events, [
-            manifest.event("chunk_done", batch=self.batch, chunk=c.index, pages=c.pages,
-                           missing=atomic.read_json(paths.done_marker(c.index))["missing"]) for c in todo
-        ])
+        return [luigi.LocalTarget(str(paths.ocr_marker))] + [
+            luigi.LocalTarget(str(paths.done_marker(c["index"]))) for c in bisect.settled_chunks(paths)]
 
     def run(self) -> None:
         paths = self.paths
-        plan = atomic.read_json(paths.chunk_plan)["chunks"]
-        executor = make_executor(self)
-        self._run_chunks(executor, plan, "chunks")
-        if not paths.retry_plan.exists():
-            atomic.write_json(paths.retry_plan, {"chunks": retry_chunks(paths, plan, walltime_model(self))})
-        retries = atomic.read_json(paths.retry_plan)["chunks"]
-        self._run_chunks(executor, retries, "retry of missing PDFs")
-        still_missing = sorted(m for c in retries for m in atomic.read_json(paths.done_marker(c["index"]))["missing"])
-        atomic.write_json(paths.ocr_marker, {
-            "batch": self.batch,
-            "chunks": len(plan),
-            "retry_chunks": [c["index"] for c in retries],
-            "missing_after_retry": still_missing,
-        })
-        self.report(1, 1, f"OCR done: {len(plan)} chunks; {len(still_missing)} PDFs without result after retry")
+        pages = {i: d["pages"] for i, d in atomic.read_json(paths.manifest)["documents"].items()}
+        context = bisect.Context(make_executor(self), self.layout, paths, pages, walltime_model(self),
+                                 OCRConfig().engine, say=lambda message: self.report(*self._counts, message))
+        record = ocr_pass.run_ocr(context, SlurmConfig().max_retries, self._progress)
+        self.report(1, 1, ocr_pass.describe(record))
 
+    _counts = (0, 1)  # the last chunks done / total shown, for messages between executor updates
 
-def retry_chunks(paths: BatchPaths, plan: list[dict], model: planning.WalltimeModel) -> list[dict]:
-    """One retry chunk per chunk whose results miss PDFs, numbered after the planned chunks."""
-    next_index = max((c["index"] for c in plan), default=-1) + 1
-    documents = atomic.read_json(paths.manifest)["documents"]
-    retries = []
-    for chunk in plan:
-        missing = atomic.read_json(paths.done_marker(chunk["index"]))["missing"]
-        if not missing:
-            continue
-        identifiers = sorted(identifier_of(m) for m in missing)
-        lines = "".join(f"{paths.pdf(i)}\n" for i in identifiers)
-        atomic.write_bytes(paths.chunk_list(next_index), lines.encode("utf-8"))
-        pages = sum(documents[i]["pages"] for i in identifiers if i in documents)
-        retries.append({"index": next_index, "retry_of": chunk["index"], "documents": identifiers,
-                        "pages": pages, "walltime_seconds": model.seconds(pages)})
-        next_index += 1
-    return retries
+    def _progress(self, label: str) -> Progress:
+        def progress(done: int, total: int, message: str) -> None:
+            self._counts = (done, total)
+            self.report(done, total, f"{label}: {message}")
+        return progress
 
 
 class SplitResults(BatchTask):
@@ -202,14 +167,14 @@ class SplitResults(BatchTask):
 
 
 def provenance_lookup(task: BatchTask):
-    """identifier -> Provenance, from the chunk plan, retries and done markers."""
+    """identifier -> Provenance, from the chunk plan, retries, halves and done markers."""
     paths = task.paths
     chunk_of: dict[str, int] = {}
-    for plan_file in (paths.chunk_plan, paths.retry_plan):
-        if plan_file.exists():
-            for chunk in atomic.read_json(plan_file)["chunks"]:
-                for identifier in chunk["documents"]:
-                    chunk_of[identifier] = chunk["index"]
+    for chunk in bisect.all_chunks(paths):  # in index order: a later chunk that is done wins
+        done = paths.done_marker(chunk["index"]).exists()
+        for identifier in chunk["documents"]:
+            if done or identifier not in chunk_of:
+                chunk_of[identifier] = chunk["index"]
     markers: dict[int, dict] = {}
 
     def lookup(identifier: str) -> Provenance:

@@ -13,8 +13,7 @@ import pytest
 
 from pipeline import atomic, manifest, metrics, samples
 from pipeline.layout import BatchPaths, Layout
-from pipeline.planning import WalltimeModel
-from tasks.batch import retry_chunks
+from pipeline.planning import WalltimeModel, retry_chunks
 
 PAGES = [100, 200, 300, 400, 500]
 ELAPSED = [241, 438, 640, 842, 1039]  # 40 + 2 * pages + [1, -2, 0, 2, -1]
@@ -209,12 +208,8 @@ def test_plan_chunks_writes_the_configured_walltime(make_site, tmp_path: Path, m
     assert (chunk["pages"], chunk["walltime_seconds"]) == (20, expected)
 
 
-def test_retry_chunks_carry_their_pages_and_walltime(tmp_path: Path) -> None:
-    paths = BatchPaths(Layout(tmp_path / "data", 2).batch_dir(4))
-    atomic.write_json(paths.manifest, {"documents": {"a": {"pages": 7}, "b": {"pages": 5}, "c": {"pages": 30}}})
-    atomic.write_json(paths.done_marker(0), {"chunk": 0, "missing": ["a.pdf", "b.pdf"]})
-    atomic.write_json(paths.done_marker(1), {"chunk": 1, "missing": []})
-    plan = [{"index": 0, "pages": 12, "documents": ["a", "b"]}, {"index": 1, "pages": 30, "documents": ["c"]}]
-    [retry] = retry_chunks(paths, plan, WalltimeModel(100, 2, 0.5))
+def test_retry_chunks_carry_their_pages_and_walltime() -> None:
+    pages = {"a": 7, "b": 5, "c": 30}
+    [retry] = retry_chunks([(0, ["b", "a"]), (1, [])], pages, 2, WalltimeModel(100, 2, 0.5))
     assert (retry["index"], retry["retry_of"], retry["documents"]) == (2, 0, ["a", "b"])
     assert (retry["pages"], retry["walltime_seconds"]) == (12, 186)  # (100 + 2 * 12) * 1.5

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from pipeline import manifest, slurm
-from pipeline.executor import ChunkFailed, ChunkRun
+from pipeline.executor import ChunkRun
 from pipeline.layout import BatchPaths, Layout
 from pipeline.planning import WalltimeModel
 from pipeline.slurm import JobState, SlurmError
@@ -187,13 +187,16 @@ def test_final_failure_names_everything(layout: Layout, paths: BatchPaths, monke
         lambda f: states(f.job(), c0="CANCELLED", c1="NODE_FAIL"),
     ])
     messages: list[str] = []
-    with pytest.raises(ChunkFailed) as failure:
-        fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda done, total, msg: messages.append(msg))
+    outcomes = fake_executor(layout, fake, max_retries=1).run(
+        paths, CHUNKS, lambda done, total, msg: messages.append(msg))
     assert "0/2 chunks done; 2 submitted (job 101)" in messages and messages[-1] == "0/2 chunks done; 2 failed"
-    message = str(failure.value)
+    assert sorted(outcomes) == [0, 1] and not any(o.done for o in outcomes.values())
+    assert [(o.state, o.exit_code, o.attempts, o.log) for o in outcomes.values()] == [
+        ("CANCELLED", "0:0", 2, str(paths.chunk_log(0))), ("NODE_FAIL", "0:0", 2, str(paths.chunk_log(1)))]
+    message = outcomes[0].message
     assert "batch 0007 chunk 0: job 101_0 ended CANCELLED (exit code 0:0) after 2 attempts" in message
-    assert "batch 0007 chunk 1: job 101_1 ended NODE_FAIL" in message
-    assert str(paths.chunk_log(0)) in message and str(paths.chunk_log(1)) in message
+    assert "batch 0007 chunk 1: job 101_1 ended NODE_FAIL" in outcomes[1].message
+    assert str(paths.chunk_log(0)) in message and str(paths.chunk_log(1)) in outcomes[1].message
     first = events(layout, "slurm_chunk_failed")[1]
     assert first["state"] == "COMPLETED"  # COMPLETED without a done marker is a failure too
 
@@ -263,6 +266,59 @@ def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths,
     assert [(s["indices"], s["time"]) for s in fake.submissions] == [([0, 1], 120)]
 
 
+def test_a_chunk_can_have_its_own_retry_limit(layout: Layout, paths: BatchPaths,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def finish(f: FakeCluster) -> dict[str, JobState]:
+        write_marker(paths, 1)
+        return states(f.job(), c1="COMPLETED")
+
+    fake = FakeCluster(monkeypatch, [lambda f: states(f.job(), c0="OUT_OF_MEMORY", c1="FAILED"), finish])
+    chunks = [ChunkRun(0, 10, 2, max_retries=0), ChunkRun(1, 20, 3)]
+    outcomes = fake_executor(layout, fake, max_retries=2).run(paths, chunks, lambda *a: None)
+    assert [s["indices"] for s in fake.submissions] == [[0, 1], [1]]
+    assert (outcomes[0].done, outcomes[0].state, outcomes[0].attempts) == (False, "OUT_OF_MEMORY", 1)
+    assert (outcomes[1].done, outcomes[1].attempts) == (True, 2)
+
+
+def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: BatchPaths,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # An earlier run saw chunk 0's first job fail and resubmitted it as job 78 with chunk 1; it was
+    # killed; both ended badly while nobody watched.
+    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
+    manifest.log_event(layout.events, "slurm_chunk_failed", batch="0007", chunk=0, job_id="77", state="FAILED",
+                       exit_code="1:0", attempt=1)
+    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="78", walltime=80)
+    fake = FakeCluster(monkeypatch, [lambda f: states("78", c0="FAILED", c1="FAILED"),
+                                     lambda f: states(f.job(), c1="FAILED")])
+    outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+    # Chunk 0 has had its two attempts; chunk 1 gets its second one, and fails again.
+    assert [s["indices"] for s in fake.submissions] == [[1]]
+    assert [(o.done, o.attempts, o.state) for o in outcomes.values()] == [(False, 2, "FAILED"), (False, 2, "FAILED")]
+    failed = events(layout, "slurm_chunk_failed")
+    assert [(e["chunk"], e["job_id"], e["attempt"]) for e in failed] == [
+        (0, "77", 1), (0, "78", 2), (1, "78", 1), (1, "100", 2)]
+
+    # A third run asks SLURM nothing: every chunk is decided.
+    fake = FakeCluster(monkeypatch, [])
+    outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+    assert fake.submissions == [] and fake.queries == []
+    assert "chunk 1: job 100_1 ended FAILED (exit code 5:0) after 2 attempts" in outcomes[1].message
+
+    # After a reset (the cause was fixed) the chunks start afresh; the failure of job 100 is not counted twice.
+    manifest.log_event(layout.events, "chunk_attempts_reset", batch="0007", chunks=[0, 1])
+
+    def finish(f: FakeCluster) -> dict[str, JobState]:
+        write_marker(paths, 0)
+        write_marker(paths, 1)
+        return states(f.job(), c0="COMPLETED", c1="COMPLETED")
+
+    fake = FakeCluster(monkeypatch, [lambda f: {**states("78", c0="FAILED"), **states("100", c1="FAILED")},
+                                     finish])
+    outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
+    assert [s["indices"] for s in fake.submissions] == [[0, 1]]
+    assert all(o.done and o.attempts == 1 for o in outcomes.values())
+
+
 # --- the real cluster -------------------------------------------------------------------------
 
 @pytest.mark.slurm
@@ -322,9 +378,8 @@ def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, 
                                                  job_command: list[str]) -> None:
     # One array for every way a job can end badly; the TIMEOUT runs on one CPU while the rest cycle.
     chunks = plan(paths, c0="ok", c1="fail ok", c2="fail", c3="nomarker", c4="cancel", c5="hang fail")
-    with pytest.raises(ChunkFailed) as failure:
-        real_executor(layout, job_command, max_retries=1, walltime=WalltimeModel(40, 0, 0)).run(
-            paths, chunks, lambda *a: None)
+    outcomes = real_executor(layout, job_command, max_retries=1, walltime=WalltimeModel(40, 0, 0)).run(
+        paths, chunks, lambda *a: None)
     first, *again = events(layout, "slurm_submitted")
     assert first["chunks"] == [0, 1, 2, 3, 4, 5] and first["walltime"] == 40
     assert sorted(c for e in again for c in e["chunks"]) == [1, 2, 3, 4, 5]
@@ -335,12 +390,14 @@ def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, 
     assert {c: [e["state"] for e in failed if e["chunk"] == c] for c in range(1, 6)} == {
         1: ["FAILED"], 2: ["FAILED", "FAILED"], 3: ["COMPLETED", "COMPLETED"], 4: ["CANCELLED", "CANCELLED"],
         5: ["TIMEOUT", "FAILED"]}
-    message = str(failure.value)
+    assert [outcomes[i].done for i in range(6)] == [True, True, False, False, False, False]
     for chunk, ending in ((2, "FAILED (exit code 1:0"), (3, "COMPLETED without writing its done marker"),
-                          (4, "CANCELLED (exit code"), (5, "FAILED (exit code 1:0")):
+                          (4, "CANCELLED"), (5, "FAILED (exit code 1:0")):
+        message = outcomes[chunk].message
         assert f"batch 0007 chunk {chunk}: job {last_job[chunk]}_{chunk} ended {ending}" in message, message
         assert f"after 2 attempts; log: {paths.chunk_log(chunk)}" in message
-    assert "chunk 0:" not in message and "chunk 1:" not in message
+        assert (outcomes[chunk].attempts, outcomes[chunk].log) == (2, str(paths.chunk_log(chunk)))
+    assert [outcomes[i].state for i in range(2, 6)] == ["FAILED", "COMPLETED", "CANCELLED", "FAILED"]
     assert [paths.done_marker(i).exists() for i in range(6)] == [True, True, False, False, False, False]
     # Both attempts of a chunk are in its log.
     assert [line for line in paths.chunk_log(5).read_text().splitlines() if "attempt" in line] == [
