@@ -243,6 +243,7 @@ TWO_POISONS = ["a_poison", "doc_b", "doc_c", "doc_d", "doc_e", "doc_f", "doc_g",
 def test_local_one_poison_document_is_quarantined_and_the_batch_completes(make_site, tmp_path: Path) -> None:
     site, calls = poison_site(make_site, tmp_path, NINE, ocr__pages_per_chunk=5, slurm__max_retries=1)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     result = site.luigi("Finalize", "--batch", "1")
     report = assert_bisected(site, calls, NINE, ["poison_5"], max_retries=1)
     assert f"extra jobs, bound {report['job_bound']}" in result.stderr
@@ -257,6 +258,7 @@ def test_local_two_poisons_in_one_chunk_killed_by_a_signal(make_site, tmp_path: 
     site, calls = poison_site(make_site, tmp_path, names, mode="abort", ocr__pages_per_chunk=9,
                               slurm__max_retries=0)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     site.luigi("Finalize", "--batch", "1")
     assert_bisected(site, calls, names, ["a_poison", "m_poison"], max_retries=0)
     # Both halves of the chunk failed (no other chunk had completed) and were split again.
@@ -275,6 +277,7 @@ def test_local_killed_during_bisection_then_rerun_resumes(make_site, tmp_path: P
     site, calls = poison_site(make_site, tmp_path, NINE, hold=hold, ocr__pages_per_chunk=9,
                               ocr__parallel_chunks=1, slurm__max_retries=0)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     first = site.popen("Finalize", "--batch", "1")
     deadline = time.monotonic() + 120
     while not any(len(r) <= 2 for r in read_calls(calls)):  # a half of two documents is waiting
@@ -305,6 +308,7 @@ def test_local_an_engine_failing_everywhere_fails_the_task_and_a_rerun_after_the
     names = ["poison_1", "poison_2", "poison_3", "poison_4"]  # the engine fails on every one of them
     site, calls = poison_site(make_site, tmp_path, names, ocr__pages_per_chunk=1, slurm__max_retries=1)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     result = site.luigi("Finalize", "--batch", "1", check=False)
     assert result.returncode != 0
     assert "OCR failed for every chunk of batch 0001 (4 failed, none completed)" in result.stderr
@@ -336,6 +340,7 @@ def test_slurm_one_poison_document_is_quarantined_and_the_batch_completes(cluste
                                                                           tmp_path: Path) -> None:
     site, calls = poison_site(make_site, tmp_path, NINE, ocr__pages_per_chunk=5, slurm__max_retries=1, **SLURM)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     result = site.luigi("Finalize", "--batch", "1")
     report = assert_bisected(site, calls, NINE, ["poison_5"], max_retries=1)
     assert f"extra jobs, bound {report['job_bound']}" in result.stderr
@@ -352,6 +357,7 @@ def test_slurm_two_poisons_in_one_chunk(cluster: None, make_site, tmp_path: Path
     site, calls = poison_site(make_site, tmp_path, names, mode="abort", ocr__pages_per_chunk=9,
                               slurm__max_retries=0, **SLURM)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     site.luigi("Finalize", "--batch", "1")
     assert_bisected(site, calls, names, ["a_poison", "m_poison"], max_retries=0)
 
@@ -363,6 +369,7 @@ def test_slurm_killed_during_bisection_reattaches_to_the_halves(cluster: None, m
     site, calls = poison_site(make_site, tmp_path, NINE, hold=hold, ocr__pages_per_chunk=9,
                               slurm__max_retries=0, **SLURM)
     site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
     paths = BatchPaths(site.layout.batch_dir(1))
     first = site.popen("Finalize", "--batch", "1")
     deadline = time.monotonic() + 180
