@@ -17,10 +17,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 TAIL_BYTES = 2048
 # Writers that pad files (NULs, a second %%EOF, appended junk) push startxref further from the end.
@@ -32,7 +33,9 @@ MAX_UNPREDICT = 1 << 22  # bytes of PNG-filtered rows decoded in Python (writers
 MAX_NESTING = 64  # arrays and dictionaries inside one another
 MAX_SECTIONS = 256  # cross-reference sections in a /Prev chain
 MAX_SUBSECTIONS = 1 << 16  # subsection headers over all xref tables
-PDFINFO_TIMEOUT = 60  # seconds; poppler is the last resort and gets a memory limit too
+# poppler is the last resort: its time grows with the file (it may rebuild the xref by scanning it)
+PDFINFO_TIMEOUT = 20  # seconds, plus one per PDFINFO_SCAN_RATE bytes of file
+PDFINFO_SCAN_RATE = 10 << 20
 PDFINFO_MEMORY = 2 << 30  # bytes of address space
 # An uncompressed page object takes well over this many bytes, so a larger count is not believed
 # in a file without object streams (where pages can compress to a few bytes each).
@@ -263,14 +266,19 @@ def _offset(value: Any) -> int | None:
     return value if isinstance(value, int) and value >= 0 else None
 
 
-def _inflate_once(data: bytes, wbits: int, limit: int) -> tuple[bytes, bool]:
-    """(output, whether the compressed data ended) of one zlib attempt; what came before an error."""
+def _inflate_once(data: bytes, wbits: int, limit: int, enough: bool) -> tuple[bytes, bool]:
+    """(output, whether the compressed data ended) of one zlib attempt; what came before an error.
+
+    Output beyond ``limit`` bytes is an error, or with ``enough`` the end of what is needed.
+    """
     inflater = zlib.decompressobj(wbits)
     out = bytearray()
     try:
         for start in range(0, len(data), 1 << 16):
             out += inflater.decompress(data[start:start + (1 << 16)], limit + 1 - len(out))
             if len(out) > limit:
+                if enough:
+                    return bytes(out[:limit]), True
                 raise _FastPathFailed(f"stream inflates to more than {limit} bytes")
             if inflater.eof:
                 break
@@ -279,7 +287,7 @@ def _inflate_once(data: bytes, wbits: int, limit: int) -> tuple[bytes, bool]:
     return bytes(out), inflater.eof
 
 
-def _inflate_tolerant(data: bytes, limit: int) -> bytes:
+def _inflate_tolerant(data: bytes, limit: int, enough: bool = False) -> bytes:
     """Inflate as tolerant readers do: bytes after the end of the data are ignored, and data that
     fails as zlib ("incorrect header check") is retried without leading whitespace or garbage, as
     raw deflate, and without its two-byte header (which also skips a wrong checksum)."""
@@ -290,7 +298,7 @@ def _inflate_tolerant(data: bytes, limit: int) -> bytes:
         attempts.append((stripped[header.start():], 15))
     best = b""
     for candidate, wbits in attempts:
-        out, complete = _inflate_once(candidate, wbits, limit)
+        out, complete = _inflate_once(candidate, wbits, limit, enough)
         if complete:
             return out
         best = max(best, out, key=len)
@@ -425,8 +433,11 @@ class _Resolver:
             subsections.append((start, count, first_row))
             first_row += count
         predictor, row_bytes, bpp = self._predictor(stream)
+        # Rows past /Index are never looked up: inflating stops there (a bomb costs nothing).
         expected = first_row * (sum(widths) + (predictor >= 10))
-        data = self._inflate(stream, min(MAX_INFLATE, expected + 1024))
+        if expected > MAX_INFLATE:
+            raise _FastPathFailed(f"xref stream of {first_row} entries")
+        data = self._inflate(stream, expected, enough=True)
         up_only = False
         if predictor >= 10:
             if row_bytes != sum(widths):
@@ -444,14 +455,14 @@ class _Resolver:
             self._merge_trailer(stream.dict)
 
     @staticmethod
-    def _inflate(stream: "_Stream", limit: int = MAX_INFLATE) -> bytes:
+    def _inflate(stream: "_Stream", limit: int = MAX_INFLATE, enough: bool = False) -> bytes:
         filters = stream.dict.get("Filter")
         filters = [filters] if isinstance(filters, str) else (filters or [])
-        if any(f != "FlateDecode" for f in filters):
+        if any(f != "FlateDecode" for f in filters) or len(filters) > 2:
             raise _FastPathFailed(f"unsupported filter {filters}")
         data = stream.raw
         for _ in filters:
-            data = _inflate_tolerant(data, limit)
+            data = _inflate_tolerant(data, limit, enough)
         return data
 
     @staticmethod
@@ -727,6 +738,28 @@ def _pypdf_count(src: ByteSource, known: int | None = None) -> tuple[int, bool]:
     return len(reader.pages), encrypted
 
 
+def _in_fresh_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` at the bottom of a new thread's stack.
+
+    pypdf recurses once per nesting level, so on deeply nested input whether it hits the recursion
+    limit, and so what it answers, would otherwise depend on how deep the caller's stack is.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # handed to the caller's thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="pdf-full-parse", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _declared_count(reader: Any) -> int | None:
     """/Root/Pages/Count of a locked file (integers are never encrypted), when it is plausible."""
     try:
@@ -744,16 +777,22 @@ def _pdfinfo(path: Path) -> tuple[int, bool]:
     prlimit = shutil.which("prlimit")
     if prlimit:  # poppler on a hostile file must not take the machine's memory
         argv = [prlimit, f"--as={PDFINFO_MEMORY}", "--", *argv]
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=PDFINFO_TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        raise _Undecided(f"pdfinfo took more than {PDFINFO_TIMEOUT} s") from exc
-    if "Incorrect password" in result.stderr:
+    timeout = PDFINFO_TIMEOUT + path.stat().st_size / PDFINFO_SCAN_RATE
+    # A damaged file can make poppler write an error line per token: tens of MB, kept out of memory.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=errors, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise _Undecided(f"pdfinfo took more than {timeout:.0f} s") from exc
+        size = errors.seek(0, io.SEEK_END)
+        messages = os.pread(errors.fileno(), 4096, max(0, size - 4096)).decode("utf-8", "replace").strip()
+    if "Incorrect password" in messages:
         raise _locked(None)
-    match = re.search(r"^Pages:\s+(\d+)", result.stdout, re.M)
+    stdout = result.stdout.decode("utf-8", "replace")
+    match = re.search(r"^Pages:\s+(\d+)", stdout, re.M)
     if result.returncode or not match or int(match.group(1)) < 1:
-        raise _Undecided(result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "no pages")
-    return int(match.group(1)), bool(re.search(r"^Encrypted:\s+yes", result.stdout, re.M))
+        raise _Undecided(messages.splitlines()[-1][:200] if messages else "no pages")
+    return int(match.group(1)), bool(re.search(r"^Encrypted:\s+yes", stdout, re.M))
 
 
 def _pdfinfo_count(src: ByteSource, local_path: Path | None) -> tuple[int, bool]:
@@ -805,7 +844,7 @@ def count_source(src: ByteSource, local_path: Path | None = None) -> PageCount:
         pass
     failures = []
     try:
-        pages, encrypted_now = _pypdf_count(src, known)
+        pages, encrypted_now = _in_fresh_thread(_pypdf_count, src, known)
         if pages > 0:
             return PageCount(pages, "parse", encrypted_now)
         failures.append("pypdf found no pages")
