@@ -6,8 +6,9 @@ stream is decompressed) and those objects. It never walks the page tree. When th
 number looks wrong it falls back to a full parse with pypdf, then to poppler's ``pdfinfo``. Only when
 every reader failed does a file count as truncated or not a PDF.
 
-Files are untrusted: every read, decompression, nesting level and loop here has a bound, so a hostile
-file costs a bounded time and memory and ends in a count or a PdfError, never anything else.
+Files are untrusted: every read, decompression, nesting level and loop of the fast path has a bound,
+pypdf works within its own limits (decompression, array and dictionary sizes, page tree cycles) and
+pdfinfo runs under a time and memory limit, so a hostile file ends in a count or a PdfError.
 """
 from __future__ import annotations
 
