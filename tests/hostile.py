@@ -4,7 +4,7 @@
     python -m tests.hostile sweep FOLDER             # count every PDF in FOLDER, a JSON line each
 
 The same seed gives the same bytes. ``pages`` is the page count a reader must find when the
-mutation leaves the page tree whole (a bomb in a content stream), else None. Mutations that
+mutation leaves the page tree whole (the bombs), else None. Mutations that
 change an object rebuild the cross-reference table, so readers reach the hostile object instead
 of stopping at a broken xref.
 """
@@ -290,7 +290,7 @@ MUTATIONS: dict[str, Mutation] = {
     "odd_names": odd_names,
     "loops": loops,
 }
-KEEPS_PAGE_TREE = {"flate_bomb"}
+KEEPS_PAGE_TREE = {"flate_bomb", "xref_stream_bomb"}
 BOMB_EVERY = 50
 
 

@@ -547,3 +547,24 @@ def test_nesting_deeper_than_the_fast_path_allows_is_read_by_another_reader(tmp_
     data = handmade_pdf(5).replace(b"<< /Type /Catalog", b"<< /Deep " + b"[" * depth + b"]" * depth + b" /Type /Catalog")
     path = write(tmp_path, "deep.pdf", data)
     assert pdf.count_pages(path) == pdf.PageCount(5, "parse")
+
+
+def test_an_xref_stream_that_inflates_to_gigabytes_is_read_from_its_first_rows(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from tests import hostile
+
+    data = handmade_pdf(40, xref="stream")
+    body = data.rindex(b">>\nstream\n") + len(b">>\nstream\n")
+    end = data.rindex(b"\nendstream")
+    payload = data[body:end]
+    bomb = hostile.zeros_bomb(zlib.decompress(payload))  # the real rows, then 2 GiB of zeros
+    path = write(tmp_path, "bomb.pdf", data[:body].replace(b"/Length %d" % len(payload), b"/Length %d" % len(bomb))
+                 + bomb + data[end:])
+    tracemalloc.start()
+    try:
+        assert pdf.count_pages(path) == pdf.PageCount(40, "count")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak} bytes held while counting"
