@@ -10,9 +10,7 @@ of stopping at a broken xref.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import random
 import re
 import resource
