@@ -3,7 +3,12 @@
 The fast path reads only what it needs to reach ``/Root/Pages/Count``: the file's tail (startxref),
 the cross-reference entries of the objects it follows (a fixed-width entry is read directly, an xref
 stream is decompressed) and those objects. It never walks the page tree. When that fails or the
-number looks wrong it falls back to a full parse with pypdf, then to poppler's ``pdfinfo``.
+number looks wrong it falls back to a full parse with pypdf, then to poppler's ``pdfinfo``. Only when
+every reader failed does a file count as truncated or not a PDF.
+
+Files are untrusted: every read, decompression, nesting level and loop of the fast path has a bound,
+pypdf works within its own limits (decompression, array and dictionary sizes, page tree cycles) and
+pdfinfo runs under a time and memory limit, so a hostile file ends in a count or a PdfError.
 """
 from __future__ import annotations
 
@@ -13,13 +18,26 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 TAIL_BYTES = 2048
+# Writers that pad files (NULs, a second %%EOF, appended junk) push startxref further from the end.
+MAX_TAIL_BYTES = 65536
 HEAD_BYTES = 1024
+# Bounds on what the fast path will do for one file; beyond them the full parse decides.
+MAX_INFLATE = 1 << 26  # bytes out of one xref or object stream
+MAX_UNPREDICT = 1 << 22  # bytes of PNG-filtered rows decoded in Python (writers use "Up", summed lazily)
+MAX_NESTING = 64  # arrays and dictionaries inside one another
+MAX_SECTIONS = 256  # cross-reference sections in a /Prev chain
+MAX_SUBSECTIONS = 1 << 16  # subsection headers over all xref tables
+# poppler is the last resort: its time grows with the file (it may rebuild the xref by scanning it)
+PDFINFO_TIMEOUT = 20  # seconds, plus one per PDFINFO_SCAN_RATE bytes of file
+PDFINFO_SCAN_RATE = 10 << 20
+PDFINFO_MEMORY = 2 << 30  # bytes of address space
 # An uncompressed page object takes well over this many bytes, so a larger count is not believed
 # in a file without object streams (where pages can compress to a few bytes each).
 MIN_BYTES_PER_PAGE = 20
@@ -90,11 +108,16 @@ class SourceReadError(OSError):
 
 
 class PdfError(Exception):
-    """A file that cannot be processed; ``reason`` is a short machine-readable word."""
+    """A file that cannot be processed; ``reason`` is a short machine-readable word.
 
-    def __init__(self, reason: str, message: str) -> None:
+    ``pages`` is the page count when it could still be read (a file locked with a password keeps
+    its page tree readable), else None.
+    """
+
+    def __init__(self, reason: str, message: str, pages: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.pages = pages
 
 
 class _FastPathFailed(Exception):
@@ -120,6 +143,7 @@ class _Parser:
     def __init__(self, data: bytes, pos: int = 0) -> None:
         self.data = data
         self.pos = pos
+        self.depth = 0
 
     def skip(self) -> None:
         data, n = self.data, len(self.data)
@@ -137,6 +161,15 @@ class _Parser:
         self.skip()
         if self.pos >= len(self.data):
             raise _FastPathFailed("object cut short")
+        if self.depth > MAX_NESTING:
+            raise _FastPathFailed(f"nested deeper than {MAX_NESTING}")
+        self.depth += 1
+        try:
+            return self._value()
+        finally:
+            self.depth -= 1
+
+    def _value(self) -> Any:
         data, c = self.data, self.data[self.pos]
         if data.startswith(b"<<", self.pos):
             self.pos += 2
@@ -223,28 +256,92 @@ class RefArray(list):
 
 # --- the fast path ----------------------------------------------------------------------------
 
+_OBJ = re.compile(rb"\s*(\d+)\s+(\d+)\s+obj")
+# A subsection header: leading blank lines or spaces, any spacing, any EOL (or none).
+_SUBSECTION = re.compile(rb"\s*(\d{1,10})[ \t]+(\d{1,10})[ \t]*(?:\r\n|\r|\n)?\s*")
+# One fixed-width entry with whatever ends its line (its width is measured from this).
+_ENTRY = re.compile(rb"(\d{10}) (\d{5}) ([nf])[ \t\r\n]*")
+
+
+def _offset(value: Any) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def _inflate_once(data: bytes, wbits: int, limit: int, enough: bool) -> tuple[bytes, bool]:
+    """(output, whether the compressed data ended) of one zlib attempt; what came before an error.
+
+    Output beyond ``limit`` bytes is an error, or with ``enough`` the end of what is needed.
+    """
+    inflater = zlib.decompressobj(wbits)
+    out = bytearray()
+    try:
+        for start in range(0, len(data), 1 << 16):
+            out += inflater.decompress(data[start:start + (1 << 16)], limit + 1 - len(out))
+            if len(out) > limit:
+                if enough:
+                    return bytes(out[:limit]), True
+                raise _FastPathFailed(f"stream inflates to more than {limit} bytes")
+            if inflater.eof:
+                break
+    except zlib.error:
+        return bytes(out), False
+    return bytes(out), inflater.eof
+
+
+def _inflate_tolerant(data: bytes, limit: int, enough: bool = False) -> bytes:
+    """Inflate as tolerant readers do: bytes after the end of the data are ignored, and data that
+    fails as zlib ("incorrect header check") is retried without leading whitespace or garbage, as
+    raw deflate, and without its two-byte header (which also skips a wrong checksum)."""
+    stripped = data.lstrip(_WS)
+    header = re.search(rb"\x78[\x01\x5e\x9c\xda]", stripped[:16])
+    attempts = [(data, 15), (stripped, 15), (stripped, -15), (stripped[2:], -15)]
+    if header and header.start():
+        attempts.append((stripped[header.start():], 15))
+    best = b""
+    for candidate, wbits in attempts:
+        out, complete = _inflate_once(candidate, wbits, limit, enough)
+        if complete:
+            return out
+        best = max(best, out, key=len)
+    if not best:
+        raise _FastPathFailed("stream data does not inflate")
+    return best  # cut short (a wrong /Length): whatever came out; the lookups check what they use
+
 class _Resolver:
     """Finds objects through the cross-reference sections, newest first, reading only what it needs."""
 
     def __init__(self, src: ByteSource) -> None:
         self.src = src
         self.trailer: dict[str, Any] = {}
-        self.sections: list[tuple[str, Any]] = []  # ("table", [(start, count, pos)]) or ("stream", _XRefRows)
+        # ("table", [(first object, count, position, entry width)]) or ("stream", _XRefRows)
+        self.sections: list[tuple[str, Any]] = []
         self.has_xref_stream = False
+        self.subsections = 0
         self._objstm: dict[int, tuple[bytes, dict[int, int]]] = {}
-        tail_start = max(0, src.size - TAIL_BYTES)
-        tail = src.read_at(tail_start, src.size - tail_start)
-        where = tail.rfind(b"startxref")
-        if where < 0:
-            raise _FastPathFailed("no startxref")
+        offset: int | None = self._startxref()
+        seen: set[int] = set()
+        while offset is not None and offset not in seen:
+            if len(seen) >= MAX_SECTIONS:
+                raise _FastPathFailed(f"more than {MAX_SECTIONS} cross-reference sections")
+            seen.add(offset)
+            offset = self._load_section(offset)
+
+    def _startxref(self) -> int:
+        """The offset after the last ``startxref``, looking further back when the end is padded."""
+        tail_bytes = TAIL_BYTES
+        while True:
+            tail_start = max(0, self.src.size - tail_bytes)
+            tail = self.src.read_at(tail_start, self.src.size - tail_start)
+            where = tail.rfind(b"startxref")
+            if where >= 0:
+                break
+            if tail_start == 0 or tail_bytes >= MAX_TAIL_BYTES:
+                raise _FastPathFailed("no startxref")
+            tail_bytes = MAX_TAIL_BYTES
         match = re.compile(rb"startxref\s+(\d+)").match(tail, where)
         if not match:
             raise _FastPathFailed("startxref without offset")
-        offset: int | None = int(match.group(1))
-        seen: set[int] = set()
-        while offset is not None and offset not in seen and len(seen) < 64:
-            seen.add(offset)
-            offset = self._load_section(offset)
+        return int(match.group(1))
 
     def _read(self, offset: int, length: int) -> bytes:
         if offset < 0 or offset >= self.src.size:
@@ -253,41 +350,58 @@ class _Resolver:
 
     def _load_section(self, offset: int) -> int | None:
         head = self._read(offset, 64)
-        if head.startswith(b"xref"):
-            return self._load_table(offset)
+        if head.lstrip(_WS).startswith(b"xref"):
+            return self._load_table(offset + head.index(b"xref") + len(b"xref"))
         number, obj, end = self._object_at(offset)
         if not isinstance(obj, _Stream) or obj.dict.get("Type") != "XRef":
             raise _FastPathFailed("startxref points at neither a table nor an xref stream")
         self._load_xref_stream(obj)
-        return obj.dict.get("Prev")
+        return _offset(obj.dict.get("Prev"))
 
-    def _load_table(self, offset: int) -> int | None:
+    def _load_table(self, pos: int) -> int | None:
+        """Read the subsection headers of the table at ``pos`` (just after ``xref``), not its entries.
+
+        Entries are 20 bytes by the standard, but writers also use 19 (a lone EOL) or 21 (space
+        and CRLF); each subsection's width is taken from its first entry and checked on its last.
+        """
         subsections = []
-        pos = offset + 4
-        header = re.compile(rb"\s*(\d+)\s+(\d+)[ \t]*\r?\n?")
         while True:
-            chunk = self._read(pos, 64)
-            if chunk.lstrip().startswith(b"trailer"):
-                pos += chunk.index(b"trailer") + len(b"trailer")
+            chunk = self._read(pos, 128)
+            stripped = chunk.lstrip(_WS)
+            if stripped.startswith(b"trailer"):
+                pos += len(chunk) - len(stripped) + len(b"trailer")
                 break
-            match = header.match(chunk)
+            match = _SUBSECTION.match(chunk)
             if not match:
                 raise _FastPathFailed("bad xref subsection header")
+            self.subsections += 1
+            if self.subsections > MAX_SUBSECTIONS:
+                raise _FastPathFailed(f"more than {MAX_SUBSECTIONS} xref subsections")
             start, count = int(match.group(1)), int(match.group(2))
             pos += match.end()
-            subsections.append((start, count, pos))
-            pos += 20 * count
+            width = 20
+            if count:
+                entry = _ENTRY.match(chunk, match.end())
+                if not entry:
+                    raise _FastPathFailed("malformed xref entry")
+                width = entry.end() - match.end()
+                # The last entry, read together with what follows the subsection.
+                chunk = self._read(pos + width * (count - 1), 128)
+                if not _ENTRY.match(chunk):
+                    raise _FastPathFailed("xref entries of uneven width")
+            subsections.append((start, count, pos, width))
+            pos += width * count
         trailer = self._dict_at(pos)
         self.sections.append(("table", subsections))
         self._merge_trailer(trailer)
         if "XRefStm" in trailer:
             # A hybrid file: objects the table lists as free live in this stream; it comes right
             # after the table in the search order and its own /Prev is ignored.
-            _, stream, _ = self._object_at(trailer["XRefStm"])
+            _, stream, _ = self._object_at(_offset(trailer["XRefStm"]) or 0)
             if not isinstance(stream, _Stream) or stream.dict.get("Type") != "XRef":
                 raise _FastPathFailed("/XRefStm points at no xref stream")
             self._load_xref_stream(stream, merge_trailer=False)
-        return trailer.get("Prev")
+        return _offset(trailer.get("Prev"))
 
     def _merge_trailer(self, trailer: dict[str, Any]) -> None:
         for key, value in trailer.items():
@@ -309,15 +423,22 @@ class _Resolver:
 
     def _load_xref_stream(self, stream: "_Stream", merge_trailer: bool = True) -> None:
         widths = stream.dict.get("W")
-        if not (isinstance(widths, list) and len(widths) == 3 and all(isinstance(w, int) for w in widths)):
+        if not (isinstance(widths, list) and len(widths) == 3
+                and all(isinstance(w, int) and 0 <= w <= 8 for w in widths)):
             raise _FastPathFailed("bad /W in xref stream")
         index = stream.dict.get("Index") or [0, stream.dict.get("Size", 0)]
+        if not (isinstance(index, list) and all(isinstance(i, int) and i >= 0 for i in index)):
+            raise _FastPathFailed("bad /Index in xref stream")
         subsections, first_row = [], 0
         for start, count in zip(index[::2], index[1::2]):
             subsections.append((start, count, first_row))
             first_row += count
-        data = self._inflate(stream)
         predictor, row_bytes, bpp = self._predictor(stream)
+        # Rows past /Index are never looked up: inflating stops there (a bomb costs nothing).
+        expected = first_row * (sum(widths) + (predictor >= 10))
+        if expected > MAX_INFLATE:
+            raise _FastPathFailed(f"xref stream of {first_row} entries")
+        data = self._inflate(stream, expected, enough=True)
         up_only = False
         if predictor >= 10:
             if row_bytes != sum(widths):
@@ -335,15 +456,14 @@ class _Resolver:
             self._merge_trailer(stream.dict)
 
     @staticmethod
-    def _inflate(stream: "_Stream") -> bytes:
+    def _inflate(stream: "_Stream", limit: int = MAX_INFLATE, enough: bool = False) -> bytes:
         filters = stream.dict.get("Filter")
         filters = [filters] if isinstance(filters, str) else (filters or [])
-        if any(f != "FlateDecode" for f in filters):
+        if any(f != "FlateDecode" for f in filters) or len(filters) > 2:
             raise _FastPathFailed(f"unsupported filter {filters}")
         data = stream.raw
         for _ in filters:
-            # Like other readers, accept trailing bytes after the end of the compressed data.
-            data = zlib.decompressobj().decompress(data)
+            data = _inflate_tolerant(data, limit, enough)
         return data
 
     @staticmethod
@@ -352,11 +472,16 @@ class _Resolver:
         parms = stream.dict.get("DecodeParms") or {}
         if isinstance(parms, list):
             parms = parms[0] or {}
+        if not isinstance(parms, dict):
+            raise _FastPathFailed("bad /DecodeParms")
         predictor = parms.get("Predictor", 1)
         if predictor not in (1, 10, 11, 12, 13, 14, 15):
             raise _FastPathFailed(f"unsupported predictor {predictor}")
-        bits = parms.get("Colors", 1) * parms.get("BitsPerComponent", 8)
-        return predictor, (parms.get("Columns", 1) * bits + 7) // 8, max(1, bits // 8)
+        colors, bpc, columns = (parms.get(k, d) for k, d in (("Colors", 1), ("BitsPerComponent", 8), ("Columns", 1)))
+        if not all(isinstance(v, int) and 0 < v <= 1 << 16 for v in (colors, bpc, columns)):
+            raise _FastPathFailed("bad predictor parameters")
+        bits = colors * bpc
+        return predictor, (columns * bits + 7) // 8, max(1, bits // 8)
 
     def _decode(self, stream: "_Stream") -> bytes:
         data = self._inflate(stream)
@@ -370,10 +495,9 @@ class _Resolver:
                 if found is not None:
                     return found
                 continue
-            for start, count, pos in section:
+            for start, count, pos, width in section:
                 if start <= num < start + count:
-                    raw = self._read(pos + 20 * (num - start), 20)
-                    match = re.match(rb"(\d{10}) (\d{5}) ([nf])", raw)
+                    match = _ENTRY.match(self._read(pos + width * (num - start), width))
                     if not match:
                         raise _FastPathFailed("malformed xref entry")
                     if match.group(3) == b"f":
@@ -384,7 +508,7 @@ class _Resolver:
     def _object_at(self, offset: int, length: int = 2048) -> tuple[int, Any, int]:
         while True:
             data = self._read(offset, length)
-            match = re.compile(rb"\s*(\d+)\s+(\d+)\s+obj").match(data)
+            match = _OBJ.match(data)
             if not match:
                 raise _FastPathFailed(f"no object at offset {offset}")
             parser = _Parser(data, match.end())
@@ -400,14 +524,29 @@ class _Resolver:
                 length *= 4  # the "stream" keyword may lie just past what was read
                 continue
             if isinstance(value, dict) and data.startswith(b"stream", parser.pos):
-                start = parser.pos + len(b"stream")
-                start += 2 if data.startswith(b"\r\n", start) else 1
-                length_value = self.resolve(value.get("Length"))
-                if not isinstance(length_value, int):
-                    raise _FastPathFailed("stream without a length")
-                raw = self._read(offset + start, length_value)
-                return int(match.group(1)), _Stream(value, raw), offset + start + length_value
+                start = offset + parser.pos + len(b"stream")
+                raw = self._stream_data(start, self.resolve(value.get("Length")))
+                return int(match.group(1)), _Stream(value, raw), start + len(raw)
             return int(match.group(1)), value, offset + parser.pos
+
+    def _stream_data(self, start: int, length: Any) -> bytes:
+        """A stream's bytes from just after ``stream``; ``endstream`` decides when /Length is wrong."""
+        head = self._read(start, 2)
+        start += 2 if head == b"\r\n" else 1 if head[:1] in (b"\n", b"\r") else 0
+        if isinstance(length, int) and 0 <= length <= MAX_INFLATE:
+            data = self._read(start, length + 32)
+            if data[length:].lstrip(_WS).startswith(b"endstream"):
+                return data[:length]
+        # A missing or wrong /Length (writers that rewrote the stream but not its dictionary).
+        window = TAIL_BYTES
+        while True:
+            data = self._read(start, window)
+            end = data.find(b"endstream")
+            if end >= 0:
+                return data[:end].rstrip(b"\r\n")
+            if len(data) < window or window >= MAX_INFLATE:
+                raise _FastPathFailed("stream without endstream")
+            window *= 8
 
     def resolve(self, value: Any, depth: int = 0) -> Any:
         while isinstance(value, Ref):
@@ -488,6 +627,8 @@ class _XRefRows:
 
 def _png_unpredict(data: bytes, row_bytes: int, bpp: int = 1) -> bytes:
     """Undo PNG row filters (predictors 10-15): each row starts with its filter type."""
+    if len(data) > MAX_UNPREDICT:
+        raise _FastPathFailed(f"{len(data)} bytes of PNG-filtered rows are too many to decode here")
     row = row_bytes + 1
     out = bytearray()
     prev = bytearray(row_bytes)
@@ -516,8 +657,31 @@ def _png_unpredict(data: bytes, row_bytes: int, bpp: int = 1) -> bytes:
     return bytes(out)
 
 
+class _Shifted:
+    """The bytes from ``shift`` on: offsets inside a PDF count from its %PDF- header."""
+
+    def __init__(self, src: ByteSource, shift: int) -> None:
+        self.src, self.shift, self.size = src, shift, src.size - shift
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self.src.read_at(offset + self.shift, length)
+
+
 def fast_page_count(src: ByteSource) -> tuple[int, bool]:
-    """(pages from /Root/Pages/Count, encrypted?) read with a few small reads; raises on anything odd."""
+    """(pages from /Root/Pages/Count, encrypted?) read with a few small reads; raises on anything odd.
+
+    A file with junk before its header (an HTTP response head, a mail header) is read from there.
+    """
+    try:
+        return _fast_page_count(src)
+    except _FastPathFailed:
+        shift = src.read_at(0, HEAD_BYTES).find(b"%PDF-")
+        if shift <= 0:
+            raise
+        return _fast_page_count(_Shifted(src, shift))
+
+
+def _fast_page_count(src: ByteSource) -> tuple[int, bool]:
     resolver = _Resolver(src)
     root = resolver.resolve(resolver.trailer.get("Root"))
     if not isinstance(root, dict):
@@ -547,34 +711,109 @@ class PageCount:
     encrypted: bool = False
 
 
-def _pypdf_count(src: ByteSource) -> tuple[int, bool]:
+class _Undecided(Exception):
+    """A reader could not count the file; the next one gets a chance."""
+
+
+def _locked(pages: int | None) -> PdfError:
+    known = f" ({pages} pages)" if pages else ""
+    return PdfError("encrypted", f"encrypted with a password{known}; ask the owner for an unlocked copy", pages)
+
+
+def _pypdf_count(src: ByteSource, known: int | None = None) -> tuple[int, bool]:
+    """(pages, encrypted?) from a full parse; raises PdfError when a password is needed.
+
+    ``known`` is the fast path's count, reported for a locked file whose page tree pypdf cannot reach.
+    """
     from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
 
     reader = PdfReader(io.BufferedReader(SourceFile(src), 1 << 16), strict=False)
     encrypted = reader.is_encrypted
     if encrypted:
         try:
             opened = reader.decrypt("")
-        except (NotImplementedError, PdfReadError, FileNotDecryptedError) as exc:
-            raise PdfError("encrypted", f"encrypted and cannot be opened: {exc}") from exc
+        except Exception as exc:  # an algorithm or security handler pypdf lacks: poppler may have it
+            raise _Undecided(f"pypdf cannot decrypt it: {exc}") from exc
         if not opened:
-            raise PdfError("encrypted", "encrypted with a password; ask the owner for an unlocked copy")
+            raise _locked(known if known is not None else _declared_count(reader))
     return len(reader.pages), encrypted
 
 
-def _pdfinfo_count(path: Path) -> int:
+def _in_fresh_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` at the bottom of a new thread's stack.
+
+    pypdf recurses once per nesting level, so on deeply nested input whether it hits the recursion
+    limit, and so what it answers, would otherwise depend on how deep the caller's stack is.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # handed to the caller's thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="pdf-full-parse", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _declared_count(reader: Any) -> int | None:
+    """/Root/Pages/Count of a locked file (integers are never encrypted), when it is plausible."""
+    try:
+        count = reader.trailer["/Root"]["/Pages"]["/Count"]
+        size = reader.trailer["/Size"]
+    except Exception:
+        return None
+    return int(count) if isinstance(count, int) and isinstance(size, int) and 0 < count < size else None
+
+
+def _pdfinfo(path: Path) -> tuple[int, bool]:
+    """(pages, encrypted?) from poppler, with a time and memory limit; raises PdfError when a
+    password is needed, _Undecided when poppler cannot read it either."""
+    argv = ["pdfinfo", "--", str(path)]
+    prlimit = shutil.which("prlimit")
+    if prlimit:  # poppler on a hostile file must not take the machine's memory
+        argv = [prlimit, f"--as={PDFINFO_MEMORY}", "--", *argv]
+    timeout = PDFINFO_TIMEOUT + path.stat().st_size / PDFINFO_SCAN_RATE
+    # A damaged file can make poppler write an error line per token: tens of MB, kept out of memory.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=errors, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise _Undecided(f"pdfinfo took more than {timeout:.0f} s") from exc
+        size = errors.seek(0, io.SEEK_END)
+        messages = os.pread(errors.fileno(), 4096, max(0, size - 4096)).decode("utf-8", "replace").strip()
+    if "Incorrect password" in messages:
+        raise _locked(None)
+    stdout = result.stdout.decode("utf-8", "replace")
+    match = re.search(r"^Pages:\s+(\d+)", stdout, re.M)
+    if result.returncode or not match or int(match.group(1)) < 1:
+        raise _Undecided(messages.splitlines()[-1][:200] if messages else "no pages")
+    return int(match.group(1)), bool(re.search(r"^Encrypted:\s+yes", stdout, re.M))
+
+
+def _pdfinfo_count(src: ByteSource, local_path: Path | None) -> tuple[int, bool]:
     if not shutil.which("pdfinfo"):
-        raise PdfError("unreadable", "pypdf cannot read it and pdfinfo (poppler-utils) is not installed")
-    result = subprocess.run(["pdfinfo", "--", str(path)], capture_output=True, text=True, timeout=120)
-    match = re.search(r"^Pages:\s+(\d+)", result.stdout, re.M)
-    if result.returncode or not match:
-        raise PdfError("unreadable", f"damaged beyond repair: {result.stderr.strip()[:200]}")
-    return int(match.group(1))
+        raise _Undecided("pdfinfo (poppler-utils) is not installed")
+    if local_path is not None:
+        return _pdfinfo(local_path)
+    with tempfile.NamedTemporaryFile(suffix=".pdf") as handle:  # a remote object: a local copy
+        for offset in range(0, src.size, 1 << 20):
+            handle.write(src.read_at(offset, 1 << 20))
+        handle.flush()
+        return _pdfinfo(Path(handle.name))
 
 
 def check_header(src: ByteSource) -> None:
-    """Raise PdfError for files that are empty, not PDFs or truncated (no %%EOF at the end)."""
+    """Raise PdfError for files that are empty, not PDFs or truncated (no %%EOF at the end).
+
+    Only a verdict on a file no reader could count: a PDF after junk, or cut after its last
+    cross-reference section, can still be read.
+    """
     if src.size == 0:
         raise PdfError("empty", "zero-byte file; download it again")
     if b"%PDF-" not in src.read_at(0, HEAD_BYTES):
@@ -587,33 +826,45 @@ def check_header(src: ByteSource) -> None:
 def count_source(src: ByteSource, local_path: Path | None = None) -> PageCount:
     """Validate and count pages of any ByteSource; raises PdfError with a reason for bad files.
 
-    A file the fast path reads is whole (its trailer, xref and catalog agree), so the header check
-    only runs when it fails; over ranged GETs that saves a request per document.
+    The fast path first, then pypdf, then poppler's pdfinfo; a file none of them can count is
+    empty, not a PDF, truncated, locked or unreadable, in that order of diagnosis. A locked file's
+    PdfError carries its page count when the page tree could be read.
     """
+    if src.size == 0:
+        check_header(src)
+    known: int | None = None
+    encrypted = False
     try:
-        count, encrypted = fast_page_count(src)
-        # Encrypted files need pypdf to tell whether the empty user password opens them.
+        known, encrypted = fast_page_count(src)
+        # Encrypted files need a full reader to tell whether the empty user password opens them.
         if not encrypted:
-            return PageCount(count, "count")
+            return PageCount(known, "count")
     except SourceReadError:
         raise
-    except Exception:  # damaged or unusual structure (any error type): the full parse decides
+    except Exception:  # damaged or unusual structure (any error type): the fuller readers decide
         pass
-    check_header(src)
+    failures = []
     try:
-        pages, encrypted = _pypdf_count(src)
+        pages, encrypted_now = _in_fresh_thread(_pypdf_count, src, known)
         if pages > 0:
-            return PageCount(pages, "parse", encrypted)
-    except PdfError:
+            return PageCount(pages, "parse", encrypted_now)
+        failures.append("pypdf found no pages")
+    except (PdfError, SourceReadError):
         raise
-    except Exception:  # pypdf raises many types on damaged files; pdfinfo gets a chance next
-        pass
-    if local_path is None:
-        with tempfile.NamedTemporaryFile(suffix=".pdf") as handle:
-            handle.write(src.read_at(0, src.size))
-            handle.flush()
-            return PageCount(_pdfinfo_count(Path(handle.name)), "pdfinfo")
-    return PageCount(_pdfinfo_count(local_path), "pdfinfo")
+    except Exception as exc:  # pypdf raises many types on damaged files; pdfinfo gets a chance next
+        failures.append(f"pypdf: {type(exc).__name__}: {str(exc)[:200]}")
+    try:
+        pages, encrypted_now = _pdfinfo_count(src, local_path)
+        return PageCount(pages, "pdfinfo", encrypted or encrypted_now)
+    except PdfError as exc:
+        exc.pages = known  # the fast path read the page tree that poppler would not open
+        raise
+    except _Undecided as exc:
+        failures.append(f"pdfinfo: {exc}")
+    if encrypted:
+        raise PdfError("encrypted", f"encrypted and no reader could open it ({'; '.join(failures)})", known)
+    check_header(src)
+    raise PdfError("unreadable", f"damaged beyond repair ({'; '.join(failures)})")
 
 
 def count_pages(path: Path | str) -> PageCount:

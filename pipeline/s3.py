@@ -12,7 +12,6 @@ import re
 import tempfile
 import threading
 import unicodedata
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -335,13 +334,13 @@ class MarkerTarget(luigi.Target):
 # --- ranged reads -------------------------------------------------------------------------------
 
 class RangedSource:
-    """A pdf.ByteSource over ranged GETs of one object, with a small block cache.
+    """A pdf.ByteSource over ranged GETs of one object that fetches each byte at most once.
 
     Reads are widened to ``block_size`` boundaries so neighbouring small reads (trailer, xref
-    entries, catalog) share one request. Once the misses would exceed ``budget`` bytes the
-    reader is doing a full parse (a damaged file), and one GET of the whole object is cheaper
-    than many ranges: the object is then spooled to a temp file and served from there.
-    ``bytes_fetched`` and ``requests`` count what went over the wire.
+    entries, catalog) share one request, and every fetched block is kept. Once the misses would
+    exceed ``budget`` bytes the reader is doing a full parse (a damaged file): the blocks not yet
+    fetched are then fetched, one GET per gap between those already here, into a temp file that
+    serves every later read. ``bytes_fetched`` and ``requests`` count what went over the wire.
     """
 
     def __init__(
@@ -353,18 +352,17 @@ class RangedSource:
         *,
         etag: str = "",
         block_size: int = 4096,
-        cache_blocks: int = 64,
         budget: int | None = None,
     ) -> None:
         self.client, self.bucket, self.key, self.size = client, bucket, key, size
         self.etag = etag
         self.block_size = block_size
-        self.cache_blocks = cache_blocks
+        # Blocks stay in memory up to the budget, so it bounds memory as well as wasted requests.
         self.budget = budget if budget is not None else max(4 * block_size, min(1 << 20, size // 4))
         self.bytes_fetched = 0
         self.requests = 0
         self.full_fetch = False
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._blocks: dict[int, bytes] = {}
         self._whole: BinaryIO | None = None
 
     def _get(self, **extra: Any) -> Any:
@@ -379,22 +377,45 @@ class RangedSource:
         except (ClientError, BotoCoreError) as exc:  # raised as the page counter's read error
             raise describe_error(exc, "GET", f"s3://{self.bucket}/{self.key}") from exc
 
-    def _fetch_range(self, start: int, end: int) -> bytes:
+    def _fetch_range(self, start: int, end: int) -> Iterator[bytes]:
+        """The bytes start..end-1 in pieces of at most 1 MiB."""
         with self._get(Range=f"bytes={start}-{end - 1}") as body:
-            data = body.read()
-        self.bytes_fetched += len(data)
-        return data
+            for piece in iter(lambda: body.read(1 << 20), b""):
+                self.bytes_fetched += len(piece)
+                yield piece
 
-    def _fetch_whole(self) -> BinaryIO:
+    def _fetch_rest(self) -> BinaryIO:
+        """A temp file with the whole object: the blocks held, and one GET for each gap between them."""
         spool = tempfile.TemporaryFile()
-        with self._get() as body:
-            for block in iter(lambda: body.read(1 << 20), b""):
-                spool.write(block)
-                self.bytes_fetched += len(block)
+        position = 0
+        for start, end in self._gaps():
+            for block in range(position // self.block_size, start // self.block_size):
+                spool.write(self._blocks[block])
+            spool.seek(start)
+            for piece in self._fetch_range(start, end):
+                spool.write(piece)
+            position = end
+        for block in range(position // self.block_size, -(-self.size // self.block_size)):
+            spool.write(self._blocks[block])
         spool.flush()
+        if os.fstat(spool.fileno()).st_size != self.size:
+            raise S3Error(f"GET s3://{self.bucket}/{self.key} returned a different size than listed; rerun")
         self.full_fetch = True
         self._blocks.clear()
         return spool
+
+    def _gaps(self) -> list[tuple[int, int]]:
+        """Byte ranges of the blocks not fetched yet, adjacent blocks merged."""
+        gaps: list[tuple[int, int]] = []
+        for block in range(-(-self.size // self.block_size)):
+            if block in self._blocks:
+                continue
+            start, end = block * self.block_size, min(self.size, (block + 1) * self.block_size)
+            if gaps and gaps[-1][1] == start:
+                gaps[-1] = (gaps[-1][0], end)
+            else:
+                gaps.append((start, end))
+        return gaps
 
     def read_at(self, offset: int, length: int) -> bytes:
         end = min(self.size, offset + max(0, length))
@@ -404,14 +425,10 @@ class RangedSource:
             first, last = offset // self.block_size, (end - 1) // self.block_size
             missing = [b for b in range(first, last + 1) if b not in self._blocks]
             if self.bytes_fetched + len(missing) * self.block_size > self.budget:
-                self._whole = self._fetch_whole()
+                self._whole = self._fetch_rest()
             else:
                 self._fill(missing)
                 data = b"".join(self._blocks[b] for b in range(first, last + 1))
-                for b in range(first, last + 1):
-                    self._blocks.move_to_end(b)
-                while len(self._blocks) > self.cache_blocks:
-                    self._blocks.popitem(last=False)
                 skip = offset - first * self.block_size
                 return data[skip:skip + end - offset]
         return os.pread(self._whole.fileno(), end - offset, offset)
@@ -426,7 +443,7 @@ class RangedSource:
                 runs.append([block])
         for run in runs:
             start = run[0] * self.block_size
-            data = self._fetch_range(start, min(self.size, (run[-1] + 1) * self.block_size))
+            data = b"".join(self._fetch_range(start, min(self.size, (run[-1] + 1) * self.block_size)))
             for i, block in enumerate(run):
                 self._blocks[block] = data[i * self.block_size:(i + 1) * self.block_size]
 

@@ -112,7 +112,7 @@ def count_document(storage: s3.Storage, item: s3.Listed, block_size: int = 4096)
             result = pdf.count_source(source, Path(item.uri))
         row.pages, row.method = result.pages, result.method
     except pdf.PdfError as exc:
-        row.error = f"{exc.reason}: {exc}"
+        row.pages, row.error = exc.pages, f"{exc.reason}: {exc}"  # a locked file keeps its count
     except FileNotFoundError:
         row.error = "missing: deleted after it was listed"
     except s3.S3Error as exc:

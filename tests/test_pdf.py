@@ -282,6 +282,39 @@ def test_encrypted_with_user_password_is_refused(tmp_path: Path) -> None:
     with pytest.raises(pdf.PdfError) as info:
         pdf.count_pages(path)
     assert info.value.reason == "encrypted"
+    assert info.value.pages == 1  # integers are not encrypted: the page tree is readable
+
+
+@needs_qpdf
+@pytest.mark.parametrize("algorithm", [["256"], ["128", "--use-aes=y"]], ids=["aes256", "aes128"])
+def test_locked_file_keeps_its_page_count(tmp_path: Path, algorithm: list[str]) -> None:
+    source = write(tmp_path, "in.pdf", samples.text_pdf([f"page {n}" for n in range(7)]))
+    path = qpdf(tmp_path, source, "locked.pdf", "--encrypt", "user-secret", "owner-secret", *algorithm, "--")
+    assert b"/ObjStm" not in path.read_bytes()
+    with pytest.raises(pdf.PdfError) as info:
+        pdf.count_pages(path)
+    assert (info.value.reason, info.value.pages) == ("encrypted", 7)
+    assert "password" in str(info.value)
+
+
+@needs_qpdf
+def test_locked_file_with_its_page_tree_in_encrypted_object_streams_has_no_count(tmp_path: Path) -> None:
+    source = write(tmp_path, "in.pdf", samples.text_pdf(["a", "b", "c"]))
+    path = qpdf(tmp_path, source, "locked.pdf", "--object-streams=generate",
+                "--encrypt", "user-secret", "owner-secret", "256", "--")
+    with pytest.raises(pdf.PdfError) as info:
+        pdf.count_pages(path)
+    assert (info.value.reason, info.value.pages) == ("encrypted", None)
+
+
+def test_unknown_security_handler_is_encrypted_with_its_count(tmp_path: Path) -> None:
+    data = samples.encrypted_pdf("owner-secret", user_password="")
+    assert data.count(b"/Filter /Standard") == 1
+    path = write(tmp_path, "handler.pdf", data.replace(b"/Filter /Standard", b"/Filter /Unknown1"))
+    with pytest.raises(pdf.PdfError) as info:
+        pdf.count_pages(path)
+    assert (info.value.reason, info.value.pages) == ("encrypted", 1)
+    assert "Unknown1" in str(info.value)  # what pypdf and poppler said
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -334,7 +367,7 @@ def test_damaged_xref_still_counted(tmp_path: Path, name: str) -> None:
 
 
 def test_pdfinfo_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def pypdf_fails(src: pdf.ByteSource) -> tuple[int, bool]:
+    def pypdf_fails(src: pdf.ByteSource, known: int | None = None) -> tuple[int, bool]:
         raise ValueError("simulated pypdf failure")
 
     monkeypatch.setattr(pdf, "_pypdf_count", pypdf_fails)
@@ -385,3 +418,153 @@ def test_reading_through_a_byte_source_matches_the_file(tmp_path: Path) -> None:
 
     assert pdf.count_source(Memory()) == pdf.PageCount(12, "count")
     assert len(PdfReader(io.BytesIO(data)).pages) == 12
+
+
+# --- real-world variants: the fast path reads them and agrees with poppler -------------------------
+
+def poppler_pages(path: Path) -> int:
+    result = subprocess.run(["pdfinfo", "--", str(path)], capture_output=True, text=True, timeout=60)
+    match = re.search(r"^Pages:\s+(\d+)$", result.stdout, re.M)
+    assert match, result.stderr
+    return int(match.group(1))
+
+
+def _xref_stream_variant(kind: str) -> bytes:
+    """handmade_pdf(40) with an xref stream (its last object) edited the way real writers get it wrong."""
+    data = handmade_pdf(40, xref="stream", objstm=True, row_kinds=[2])
+    body = data.rindex(b">>\nstream\n") + len(b">>\nstream\n")
+    end = data.rindex(b"\nendstream")
+    payload = data[body:end]
+    head, tail = data[:body], data[end:]
+    written = b"/Length %d" % len(payload)
+    assert head.count(written) == 1
+    if kind == "raw-deflate":  # no zlib header nor checksum
+        payload = payload[2:-4]
+    elif kind == "bad-checksum":
+        payload = payload[:-4] + bytes(b ^ 0xFF for b in payload[-4:])
+    elif kind == "space-before-eol":  # "stream \r\n": the space taken for the data's first byte
+        head = head[:-1] + b" \r\n"
+    elif kind == "garbage-before-data":
+        payload = b"\r\n\x00" + payload
+    length = b"/Length %d" % len(payload)
+    if kind == "length-too-long":
+        length = b"/Length %d" % (len(payload) + 9)
+    elif kind == "length-too-short":
+        length = b"/Length %d" % (len(payload) - 9)
+    elif kind == "length-indirect":  # points at an object that does not exist
+        length = b"/Length 999 0 R"
+    return head.replace(written, length) + payload + tail
+
+
+@pytest.mark.parametrize("kind,other_reader", [
+    ("space-before-eol", "pdfinfo"),  # zlib: "incorrect header check" when the space is taken as data
+    ("bad-checksum", "pdfinfo"),
+    ("length-too-long", "pdfinfo"),
+    ("length-too-short", "pdfinfo"),
+    ("length-indirect", "qpdf"),
+    ("raw-deflate", None),  # nothing else here reads these two; the fast path does, like tolerant viewers
+    ("garbage-before-data", None),
+])
+def test_xref_stream_data_that_zlib_refuses(tmp_path: Path, kind: str, other_reader: str | None) -> None:
+    path = write(tmp_path, f"{kind}.pdf", _xref_stream_variant(kind))
+    if other_reader == "pdfinfo":
+        assert poppler_pages(path) == 40
+    elif other_reader == "qpdf":
+        result = subprocess.run(["qpdf", "--show-npages", str(path)], capture_output=True, text=True, timeout=60)
+        assert result.stdout.strip() == "40"
+    assert pdf.count_pages(path) == pdf.PageCount(40, "count")
+
+
+def _xref_table_variant(kind: str) -> bytes:
+    """A reportlab PDF of 12 pages whose xref table is rewritten in a layout writers use."""
+    good = samples.text_pdf([f"page {n}" for n in range(12)])
+    table = good.rindex(b"\nxref") + 1
+    trailer = good.index(b"trailer", table)
+    entries = re.findall(rb"(\d{10}) (\d{5}) ([nf])", good[table:trailer])
+    line = {"19-byte": b"%s %s %s\n", "21-byte": b"%s %s %s \r\n", "cr": b"%s %s %s \r"}.get(kind, b"%s %s %s \n")
+    rows = [line % entry for entry in entries]
+    n = len(rows)
+    header = {
+        "spaced-header": b"xref\n  0   %d  \r\n" % n,
+        "header-without-eol": b"xref\n0 %d " % n,
+        "blank-lines": b"xref\r\n\r\n0 %d\r\n" % n,
+        "xref-and-header-on-one-line": b"xref 0 %d\n" % n,
+        "cr": b"xref\r0 %d\r" % n,
+    }.get(kind, b"xref\n0 %d\n" % n)
+    if kind == "subsections":  # one subsection per object, free entry apart
+        body = b"xref\n0 1\n" + rows[0] + b"".join(b"%d 1\n" % i + row for i, row in enumerate(rows) if i)
+    else:
+        body = header + b"".join(rows)
+    return good[:table] + body + good[trailer:]
+
+
+@pytest.mark.parametrize("kind", ["19-byte", "21-byte", "cr", "spaced-header", "header-without-eol",
+                                  "blank-lines", "xref-and-header-on-one-line", "subsections"])
+def test_xref_table_layouts(tmp_path: Path, kind: str) -> None:
+    path = write(tmp_path, f"{kind}.pdf", _xref_table_variant(kind))
+    assert poppler_pages(path) == 12
+    assert pdf.count_pages(path) == pdf.PageCount(12, "count")
+
+
+def test_xref_entries_of_uneven_width_go_to_the_full_parse(tmp_path: Path) -> None:
+    data = _xref_table_variant("19-byte")
+    assert data.count(b" 65535 f\n") == 1
+    path = write(tmp_path, "uneven.pdf", data.replace(b" 65535 f\n", b" 65535 f \n"))  # the first entry wider
+    assert pdf.count_pages(path) == pdf.PageCount(12, "parse")
+
+
+@pytest.mark.parametrize("junk", [b"\xef\xbb\xbf", b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n\r\n"])
+def test_junk_before_the_header(tmp_path: Path, junk: bytes) -> None:
+    path = write(tmp_path, "junk.pdf", junk + samples.text_pdf(["a", "b", "c"]))
+    assert poppler_pages(path) == 3
+    assert pdf.count_pages(path) == pdf.PageCount(3, "count")
+
+
+def test_padding_after_the_end(tmp_path: Path) -> None:
+    path = write(tmp_path, "padded.pdf", samples.text_pdf(["a", "b"]) + bytes(20000))
+    assert poppler_pages(path) == 2
+    assert pdf.count_pages(path) == pdf.PageCount(2, "count")
+
+
+# --- truncated and not_a_pdf are verdicts on files no reader could count ------------------------
+
+def test_a_file_without_eof_marker_that_parses_is_a_pdf(tmp_path: Path) -> None:
+    good = samples.blank_pdf(9)
+    without = good[:good.rindex(b"%%EOF")]
+    assert pdf.count_pages(write(tmp_path, "no-eof.pdf", without)) == pdf.PageCount(9, "count")
+    damaged = without[:without.rindex(b"startxref")] + b"startxref\n7\n"  # the fast path fails too
+    assert pdf.count_pages(write(tmp_path, "no-eof-bad-xref.pdf", damaged)).pages == 9
+
+
+def test_a_pdf_after_more_than_a_kilobyte_of_junk_is_counted(tmp_path: Path) -> None:
+    path = write(tmp_path, "late.pdf", b"x" * 3000 + b"\n" + samples.text_pdf(["a", "b", "c"]))
+    assert poppler_pages(path) == 3
+    assert pdf.count_pages(path).pages == 3
+
+
+def test_nesting_deeper_than_the_fast_path_allows_is_read_by_another_reader(tmp_path: Path) -> None:
+    depth = pdf.MAX_NESTING + 10
+    data = handmade_pdf(5).replace(b"<< /Type /Catalog", b"<< /Deep " + b"[" * depth + b"]" * depth + b" /Type /Catalog")
+    path = write(tmp_path, "deep.pdf", data)
+    assert pdf.count_pages(path) == pdf.PageCount(5, "parse")
+
+
+def test_an_xref_stream_that_inflates_to_gigabytes_is_read_from_its_first_rows(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from tests import hostile
+
+    data = handmade_pdf(40, xref="stream")
+    body = data.rindex(b">>\nstream\n") + len(b">>\nstream\n")
+    end = data.rindex(b"\nendstream")
+    payload = data[body:end]
+    bomb = hostile.zeros_bomb(zlib.decompress(payload))  # the real rows, then 2 GiB of zeros
+    path = write(tmp_path, "bomb.pdf", data[:body].replace(b"/Length %d" % len(payload), b"/Length %d" % len(bomb))
+                 + bomb + data[end:])
+    tracemalloc.start()
+    try:
+        assert pdf.count_pages(path) == pdf.PageCount(40, "count")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak} bytes held while counting"

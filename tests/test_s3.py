@@ -79,8 +79,49 @@ def test_a_damaged_object_is_fetched_whole_once(moto_endpoint, s3_client, bucket
     source = RangedSource(storage_at(moto_endpoint).client, bucket, "damaged.pdf", len(data))
     assert pdf.count_source(source) == pdf.PageCount(800, "parse")
     assert source.full_fetch
-    assert source.bytes_fetched <= source.budget + len(data)
+    assert source.bytes_fetched == len(data)
     assert source.requests <= 8
+
+
+def wire_log(client) -> list[int]:
+    """Content-Length of every GetObject response the client receives, as the server sent them."""
+    sizes: list[int] = []
+    client.meta.events.register(
+        "after-call.s3.GetObject", lambda http_response, **_: sizes.append(int(http_response.headers["content-length"])))
+    return sizes
+
+
+def test_scattered_reads_then_a_full_read_fetch_each_byte_once(moto_endpoint, s3_client, bucket):
+    data = bytes(range(256)) * 400
+    s3_client.put_object(Bucket=bucket, Key="blob", Body=data)
+    wire = wire_log(s3_client)
+    source = RangedSource(s3_client, bucket, "blob", len(data), block_size=1024, budget=4096)
+    assert source.read_at(10 * 1024 + 5, 10) == data[10 * 1024 + 5:10 * 1024 + 15]
+    assert source.read_at(50 * 1024, 1500) == data[50 * 1024:50 * 1024 + 1500]
+    assert source.read_at(0, len(data)) == data  # past the budget: the gaps only
+    assert source.read_at(77, 5000) == data[77:5077]
+    assert sum(wire) == source.bytes_fetched == len(data)
+    assert len(wire) == source.requests == 2 + 3  # the two reads, then the three gaps around them
+
+
+@pytest.mark.parametrize("damage", ["startxref", "junk-before-header", "html"])
+def test_a_damaged_object_is_fetched_at_most_once(moto_endpoint, s3_client, bucket, damage):
+    good = samples.blank_pdf(800)
+    data = {
+        "startxref": bad_startxref(good),  # pypdf reads it
+        "junk-before-header": b"x" * 3000 + b"\n" + good,  # pypdf fails, pdfinfo reads a temp copy
+        "html": b"<html>" + b"<p>not found</p>" * 9000 + b"</html>",  # every reader fails
+    }[damage]
+    s3_client.put_object(Bucket=bucket, Key="damaged.pdf", Body=data)
+    wire = wire_log(s3_client)
+    source = RangedSource(s3_client, bucket, "damaged.pdf", len(data))
+    if damage == "html":
+        with pytest.raises(pdf.PdfError) as caught:
+            pdf.count_source(source)
+        assert caught.value.reason == "not_a_pdf"
+    else:
+        assert pdf.count_source(source).pages == 800
+    assert sum(wire) == source.bytes_fetched <= len(data)
 
 
 def test_an_object_replaced_after_listing_is_reported_not_mixed(moto_endpoint, s3_client, bucket):
