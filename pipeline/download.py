@@ -7,6 +7,8 @@ download complete. A document already downloaded, finalized or quarantined is no
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -71,6 +73,8 @@ def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
             with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
         except Exception as exc:  # some messages quote the URL (http.client.InvalidURL): no secret in them
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the local disk, not the server: reported as such by download_one
             message = str(exc)
             for secret in (parts.query, parts.password, urllib.parse.unquote(parts.password or "")):
                 message = message.replace(secret, "***") if secret else message
@@ -118,12 +122,18 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
         raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
 
 
-def download_one(layout: Layout, item: SourceItem) -> str:
-    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
-    if layout.is_known(item.identifier):
+def download_one(layout: Layout, item: SourceItem, min_free_gb: float = 0.0) -> str:
+    """Fetch one document; returns 'fetched', 'skipped', 'quarantined' or 'paused' (too little space)."""
+    doc = layout.document(item.identifier)
+    # A PDF in 01 without its .meta.json is an attempt that stopped before the end (killed, disk
+    # full): it is not known yet, and fetching it again completes it.
+    unfinished = doc.downloaded_pdf.exists() and not doc.downloaded_meta.exists()
+    if layout.is_known(item.identifier) and not unfinished:
         return "skipped"
-    dest = layout.downloaded_pdf(item.identifier)
+    dest = doc.downloaded_pdf
     atomic.makedirs(dest.parent)
+    if free_gb(dest.parent) < min_free_gb:  # checked per document: the pool runs several at once
+        return "paused"
     prefix = f".{item.identifier}."
     # A killed earlier attempt of this document (mkstemp adds 8 random characters).
     for leftover in dest.parent.glob(glob.escape(prefix) + "?" * 8 + ".part"):
@@ -132,9 +142,10 @@ def download_one(layout: Layout, item: SourceItem) -> str:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        item.fetch(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        with atomic.reporting_disk_full(dest):
+            item.fetch(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         meta = {
             "identifier": item.identifier,
             "source": item.uri,
@@ -150,7 +161,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
         meta.update(pages=count.pages, page_count_method=count.method, encrypted=count.encrypted)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
-        atomic.write_json(layout.downloaded_meta(item.identifier), meta)
+        atomic.write_json(doc.downloaded_meta, meta)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -175,10 +186,17 @@ def download_all(
     summary = DownloadSummary()
     atomic.makedirs(layout.base)
     events: list[dict] = []
+    disk_full: list[atomic.DiskFull] = []
+    low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
 
     def settle(item: SourceItem, future) -> None:
         try:
             outcome = future.result()
+        except atomic.DiskFull as exc:  # every other document would fail the same way: stop
+            disk_full.append(exc)
+            events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
+                                         message=str(exc)[:500]))
+            return
         except Exception as exc:  # one unreachable document must not stop the others
             summary.failed += 1
             events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
@@ -191,6 +209,8 @@ def download_all(
             events.append(manifest.event("downloaded", identifier=item.identifier, source=item.uri))
         elif outcome == "quarantined":
             summary.quarantined += 1
+        elif outcome == "paused":
+            summary.paused = low_space
         else:
             summary.skipped += 1
         progress(summary)
@@ -203,13 +223,15 @@ def download_all(
                 events.append(manifest.event("rejected", message=str(item)))
                 print(f"download: skipped: {item}", flush=True)
                 continue
+            if disk_full or summary.paused:
+                break
             if waiting_now + summary.fetched + len(pending) >= max_waiting:
                 summary.paused = f"{max_waiting} documents are waiting for OCR ([backpressure] max_waiting_documents)"
                 break
             if free_gb(layout.base) < min_free_gb:
-                summary.paused = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
+                summary.paused = low_space
                 break
-            pending.append((item, pool.submit(download_one, layout, item)))
+            pending.append((item, pool.submit(download_one, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
                 settle(item0, future)
@@ -217,5 +239,9 @@ def download_all(
             settle(item, future)
     if summary.paused:
         events.append(manifest.event("backpressure", message=summary.paused))
+    if disk_full:
+        with contextlib.suppress(OSError):  # the log may not fit either; the error below still says it all
+            manifest.append(layout.events, events)
+        raise disk_full[0]
     manifest.append(layout.events, events)
     return summary
