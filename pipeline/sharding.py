@@ -404,6 +404,7 @@ class Outcome:
     error: str = ""
     attempts: int = 1
     seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
 
 
 def _set_source_file(paths: list[Path], uri: str) -> int:
@@ -479,8 +480,10 @@ def run_document(storage: s3.Storage, settings: ShardSettings, uri: str, previou
             uri=uri, shard=settings.shard, attempts=attempt, outputs=outputs, seconds=seconds))
         if previous_attempts:
             storage.delete(marker_uri(settings.status_prefix, uri, "failed"))
-        return Outcome(uri, True, attempts=attempt, seconds=seconds)
+        return Outcome(uri, True, attempts=attempt, seconds=seconds, outputs=outputs)
     except Exception as exc:  # one document's failure of any kind must not stop the shard
+        if isinstance(exc, s3.S3Error) and exc.unavailable:
+            raise  # S3 itself failed, not the document: no attempt is counted against it
         error = str(exc) or type(exc).__name__
         storage.write_bytes(marker_uri(settings.status_prefix, uri, "failed"), _marker(
             uri=uri, shard=settings.shard, attempts=attempt, error=error))
@@ -499,17 +502,25 @@ class ShardPlan:
     todo: list[tuple[str, int]]  # (uri, attempts so far)
     done: list[str]
     gave_up: list[str]  # failed document_attempts times already
+    redo: list[str] = field(default_factory=list)  # had a .done marker whose outputs are missing
 
 
 def plan_shard(storage: s3.Storage, settings: ShardSettings, uris: list[str]) -> ShardPlan:
-    """Sort the shard's documents by their markers (one LIST, one GET per .failed marker)."""
+    """Sort the shard's documents by their markers (one LIST, one GET per marker, one LIST of outputs).
+
+    A .done marker counts only when every output it lists exists: one whose outputs are gone (a
+    lost upload) is deleted and its document redone.
+    """
     done, failed = scan_markers(storage, settings.status_prefix)
+    missing = drop_unconfirmed(storage, settings, [uri for uri in uris if doc_key(uri) in done])
     plan = ShardPlan([], [], [])
     for uri in uris:
         key = doc_key(uri)
-        if key in done:
+        if key in done and uri not in missing:
             plan.done.append(uri)
             continue
+        if uri in missing:
+            plan.redo.append(uri)
         attempts = 0
         if key in failed:
             body = storage.read_optional(marker_uri(settings.status_prefix, uri, "failed"))
@@ -519,6 +530,39 @@ def plan_shard(storage: s3.Storage, settings: ShardSettings, uris: list[str]) ->
         else:
             plan.todo.append((uri, attempts))
     return plan
+
+
+def drop_unconfirmed(
+    storage: s3.Storage, settings: ShardSettings, uris: list[str], outputs: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """{uri: missing outputs} of the documents whose outputs are not all there; their .done markers
+    are deleted, so that no document counts as done without its outputs.
+
+    Each document's outputs are ``outputs[uri]`` (this run's uploads) or read from its .done marker;
+    they are looked up in one listing of the folder the documents' outputs share.
+    """
+    if not uris:
+        return {}
+    known = outputs or {}
+    shared = os.path.commonprefix([output_uri(settings.output_prefix, uri) for uri in uris])
+    listed = {item.uri for item in storage.list(shared[: shared.rfind("/") + 1])} if s3.is_s3(shared) else set()
+
+    def missing(uri: str) -> list[str]:
+        if uri in known:
+            listed_outputs = known[uri]
+        else:
+            body = storage.read_optional(marker_uri(settings.status_prefix, uri, "done"))
+            try:
+                listed_outputs = json.loads(body or b"")["outputs"]
+            except (ValueError, KeyError, TypeError):
+                return ["(the .done marker does not list its outputs)"]
+        gone = [o for o in listed_outputs if o not in listed and not (not s3.is_s3(o) and os.path.isfile(o))]
+        if gone:
+            storage.delete(marker_uri(settings.status_prefix, uri, "done"))
+        return gone
+
+    with ThreadPoolExecutor(16, thread_name_prefix="verify") as pool:
+        return {uri: gone for uri, gone in zip(uris, pool.map(missing, uris)) if gone}
 
 
 def shard_work_dir(settings: ShardSettings) -> Path:
@@ -540,9 +584,13 @@ def run_documents(
     with ThreadPoolExecutor(max(1, settings.parallel), thread_name_prefix="document") as pool:
         futures = [pool.submit(run_document, storage, settings, uri, attempts) for uri, attempts in todo]
         outcomes = []
-        for future in futures:
-            outcomes.append(future.result())
-            on_done(outcomes[-1])
+        try:
+            for future in futures:
+                outcomes.append(future.result())
+                on_done(outcomes[-1])
+        except s3.S3Error:  # S3 is down: the documents not started would fail the same way
+            pool.shutdown(cancel_futures=True)
+            raise
     return outcomes
 
 
