@@ -5,7 +5,7 @@ import shlex
 
 import luigi
 
-from pipeline import atomic, batches, manifest, planning, split
+from pipeline import atomic, batches, integrity, manifest, planning, split
 from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.engines import EngineSettings
 from pipeline.executor import ChunkRun, Executor, LocalExecutor
@@ -130,6 +130,7 @@ class OCRBatch(BatchTask):
                 for c in chunks if not paths.done_marker(c["index"]).exists()]
         if not todo:
             return
+        integrity.repair_chunk_lists(self.layout, paths, [c for c in chunks if not paths.done_marker(c["index"]).exists()])
         executor.run(paths, todo, lambda done, total, msg: self.report(done, total, f"{label}: {msg}"))
         manifest.append(self.layout.events, [
             manifest.event("chunk_done", batch=self.batch, chunk=c.index, pages=c.pages,
@@ -174,6 +175,19 @@ def retry_chunks(paths: BatchPaths, plan: list[dict], model: planning.WalltimeMo
     return retries
 
 
+class RedoChunks(OCRBatch):
+    """Run again chunks whose done marker was withdrawn because their results were cut short or gone."""
+
+    chunks = luigi.ListParameter(description="chunk numbers")
+
+    def output(self) -> list[luigi.LocalTarget]:
+        return [luigi.LocalTarget(str(self.paths.done_marker(i))) for i in self.chunks]
+
+    def run(self) -> None:
+        redo = [c for c in integrity.planned_chunks(self.paths) if c["index"] in set(self.chunks)]
+        self._run_chunks(make_executor(self), redo, "chunks run again")
+
+
 class SplitResults(BatchTask):
     """One 04_ocr_completed/<ab>/<id>.ocr.jsonl per document, and the batch's split report."""
 
@@ -187,6 +201,11 @@ class SplitResults(BatchTask):
         paths = self.paths
         identifiers = set(atomic.read_json(paths.manifest)["documents"])
         plan = split.plan_split(paths.results, identifiers)
+        untrusted = integrity.untrusted_markers(paths, integrity.planned_chunks(paths), set(plan.winners))
+        if untrusted:  # results cut short or gone: OCR those chunks again, then split what is there
+            integrity.withdraw(self.layout, paths, untrusted)
+            yield RedoChunks(batch=self.batch, chunks=sorted(untrusted))
+            plan = split.plan_split(paths.results, identifiers)
         written = split.write_split(plan, self.layout.completed_jsonl)
         result = split.report(plan, identifiers, written)
         manifest.log_event(self.layout.events, "split", batch=self.batch, documents=result["split"],

@@ -42,9 +42,12 @@ def reference_texts(site: Site, name: str = "reference") -> dict[str, str]:
     root.mkdir()
     config = root / "luigi.cfg"
     config.write_text(site.config.read_text().replace(f"base_dir = {site.base}", f"base_dir = {root / 'data'}"))
-    reference = Site(root, config)
-    reference.luigi("ProcessAll", "--run-id", "reference")
-    return finalized_texts(reference.layout)
+    return undisturbed_texts(Site(root, config))
+
+
+def undisturbed_texts(site: Site) -> dict[str, str]:
+    site.luigi("ProcessAll", "--run-id", "reference")
+    return finalized_texts(site.layout)
 
 
 def finalized_texts(layout: Layout) -> dict[str, str]:
@@ -92,4 +95,7 @@ def assert_end_state(layout: Layout, expected: dict[str, str], quarantined: dict
         paths = BatchPaths(layout.batch_dir(number))
         assert paths.finalized.is_file(), f"batch {number} not finalized"
         assert not paths.pdfs(), f"batch {number} still holds PDFs"
+        for marker in (paths.workspace / "done").glob("chunk_*.done"):
+            for name in json.loads(marker.read_text())["results"]:
+                assert (paths.results / name).is_file(), f"{marker} vouches for {name}, which is not there"
     assert leftovers(layout.base) == []

@@ -60,7 +60,7 @@ def assert_clear_disk_full(result: subprocess.CompletedProcess, stage_folder: st
 def test_disk_full_during_download_stops_clearly_and_a_rerun_converges(make_site, tmp_path, small_disk):
     source = tmp_path / "incoming"
     names = make_inputs(source, 6, pad_bytes=PAD)
-    site = make_site(source=source, backpressure__min_free_gb=0)
+    site = make_site(source=source, backpressure__min_free_gb=0, core__lock_pid_dir=tmp_path / "locks")
     expected = reference_texts(site)
     small_disk(site.base, 4)
     filler = fill(site.base, 3 * PAD)
@@ -90,7 +90,7 @@ def test_disk_full_during_split_or_finalize_deletes_nothing_and_a_rerun_converge
         make_site, tmp_path, small_disk, stage, done_before, folder):
     source = tmp_path / "incoming"
     names = make_inputs(source, 6)
-    site = make_site(source=source, backpressure__min_free_gb=0)
+    site = make_site(source=source, backpressure__min_free_gb=0, core__lock_pid_dir=tmp_path / "locks")
     expected = reference_texts(site)
     small_disk(site.base, 4)
     site.luigi("Download", "--run-id", "d")
@@ -120,7 +120,8 @@ def test_backpressure_stops_downloads_before_the_disk_fills(make_site, tmp_path,
     source = tmp_path / "incoming"
     make_inputs(source, 12, pad_bytes=PAD)
     # Four downloads run at once: the threshold leaves room for all four to land.
-    site = make_site(source=source, backpressure__min_free_gb=0.0012, pipeline__workers=4)
+    site = make_site(source=source, backpressure__min_free_gb=0.0012, pipeline__workers=4,
+                     core__lock_pid_dir=tmp_path / "locks")
     expected = reference_texts(site)
     small_disk(site.base, 3)
 
