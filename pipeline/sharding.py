@@ -276,7 +276,25 @@ def shard_file_bytes(uris: list[str]) -> bytes:
 
 
 def parse_shard_file(data: bytes) -> list[str]:
-    return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+    # Split on '\n' only, as written: a key may hold other line separators (\u2028, \x1c, ...).
+    return [line for line in data.decode("utf-8").split("\n") if line.strip()]
+
+
+def uri_problem(uri: str) -> str:
+    """Why a shard file line cannot name a document ('' when it can): an s3://bucket/key URI or an
+    absolute local path, no NUL, no '..' in a local path (it would read outside the collection)."""
+    if "\x00" in uri:
+        return "contains a NUL byte"
+    if s3.is_s3(uri):
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not bucket or not key or key.endswith("/"):
+            return "is not an s3://bucket/key URI of an object"
+        return ""
+    if not os.path.isabs(uri):
+        return "is neither an s3:// URI nor an absolute path"
+    if ".." in uri.split("/"):
+        return "is a local path with '..' (it would read outside its folder)"
+    return ""
 
 
 def shard_summary(
@@ -324,8 +342,10 @@ def doc_key(uri: str) -> str:
         segments = [bucket, *key.split("/")]
     else:
         segments = ["_local", *os.path.abspath(uri).lstrip("/").split("/")]
-    escaped = {"": "%", ".": "%2E", "..": "%2E%2E"}
-    return "/".join(escaped.get(s, s.replace("%", "%25")) for s in segments)
+    return "/".join(_DOT_SEGMENTS.get(s, s.replace("%", "%25")) for s in segments)
+
+
+_DOT_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
 
 
 def marker_uri(status_prefix: str, uri: str, kind: str) -> str:
@@ -338,8 +358,10 @@ def shard_marker_uri(status_prefix: str, shard: int) -> str:
 
 
 def output_uri(output_prefix: str, uri: str) -> str:
-    key = doc_key(uri)
-    return s3.join(output_prefix, key[:-4] if key.lower().endswith(".pdf") else key)
+    folder, _, name = doc_key(uri).rpartition("/")
+    stem = name[:-4] if name.lower().endswith(".pdf") else name
+    # '..pdf' loses its suffix here: its stem is escaped like any '..' segment.
+    return s3.join(output_prefix, folder, _DOT_SEGMENTS.get(stem, stem))
 
 
 def scan_markers(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str]]:
@@ -503,6 +525,7 @@ class ShardPlan:
     done: list[str]
     gave_up: list[str]  # failed document_attempts times already
     redo: list[str] = field(default_factory=list)  # had a .done marker whose outputs are missing
+    rejected: list[dict[str, str]] = field(default_factory=list)  # lines that name no document: {line, reason}
 
 
 def plan_shard(storage: s3.Storage, settings: ShardSettings, uris: list[str]) -> ShardPlan:
@@ -511,9 +534,11 @@ def plan_shard(storage: s3.Storage, settings: ShardSettings, uris: list[str]) ->
     A .done marker counts only when every output it lists exists: one whose outputs are gone (a
     lost upload) is deleted and its document redone.
     """
+    plan = ShardPlan([], [], [])
+    plan.rejected = [{"line": uri, "reason": f"{uri!r} {uri_problem(uri)}"} for uri in uris if uri_problem(uri)]
+    uris = [uri for uri in uris if not uri_problem(uri)]  # never used as a key or a path
     done, failed = scan_markers(storage, settings.status_prefix)
     missing = drop_unconfirmed(storage, settings, [uri for uri in uris if doc_key(uri) in done])
-    plan = ShardPlan([], [], [])
     for uri in uris:
         key = doc_key(uri)
         if key in done and uri not in missing:
@@ -601,7 +626,7 @@ def shard_status(shards: dict[int, list[str]], pages: dict[str, int], done: set[
     rows = []
     for shard, uris in sorted(shards.items()):
         row = {"shard": shard, **{f"{s}_{u}": 0 for s in ("done", "failed", "remaining", "total") for u in ("documents", "pages")}}
-        for uri in uris:
+        for uri in filter(lambda u: not uri_problem(u), uris):  # RunShard rejects the others
             key = doc_key(uri)
             state = "done" if key in done else "failed" if key in failed else "remaining"
             for prefix in (state, "total"):

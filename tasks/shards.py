@@ -218,6 +218,8 @@ class RunShard(luigi.Task):
         uris = sharding.parse_shard_file(self.input().read())
         plan = sharding.plan_shard(storage, settings, uris)
         progress = _Progress(self)
+        for line in plan.rejected:
+            log.warning("RunShard %s: shard file line rejected: %s", self.shard, line["reason"])
         if plan.redo:
             log.warning("RunShard %s: %s documents had a .done marker but not all its outputs (first: %s); "
                         "they are run again", self.shard, len(plan.redo), plan.redo[0])
@@ -255,8 +257,9 @@ class RunShard(luigi.Task):
         self.output().write((json.dumps({
             "shard": self.shard,
             "documents": len(uris),
-            "done": len(uris) - len(gave_up),
+            "done": len(uris) - len(gave_up) - len(plan.rejected),
             "failed": gave_up,
+            "rejected": plan.rejected,
         }, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         progress(100, f"shard {self.shard}: finished, {len(gave_up)} documents failed for good", force=True)
 
