@@ -122,18 +122,12 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
         raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
 
 
-def download_one(layout: Layout, item: SourceItem, min_free_gb: float = 0.0) -> str:
-    """Fetch one document; returns 'fetched', 'skipped', 'quarantined' or 'paused' (too little space)."""
-    doc = layout.document(item.identifier)
-    # A PDF in 01 without its .meta.json is an attempt that stopped before the end (killed, disk
-    # full): it is not known yet, and fetching it again completes it.
-    unfinished = doc.downloaded_pdf.exists() and not doc.downloaded_meta.exists()
-    if layout.is_known(item.identifier) and not unfinished:
+def download_one(layout: Layout, item: SourceItem) -> str:
+    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
+    if layout.is_known(item.identifier):
         return "skipped"
-    dest = doc.downloaded_pdf
+    dest = layout.downloaded_pdf(item.identifier)
     atomic.makedirs(dest.parent)
-    if free_gb(dest.parent) < min_free_gb:  # checked per document: the pool runs several at once
-        return "paused"
     prefix = f".{item.identifier}."
     # A killed earlier attempt of this document (mkstemp adds 8 random characters).
     for leftover in dest.parent.glob(glob.escape(prefix) + "?" * 8 + ".part"):
@@ -161,7 +155,7 @@ def download_one(layout: Layout, item: SourceItem, min_free_gb: float = 0.0) -> 
         meta.update(pages=count.pages, page_count_method=count.method, encrypted=count.encrypted)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
-        atomic.write_json(doc.downloaded_meta, meta)
+        atomic.write_json(layout.downloaded_meta(item.identifier), meta)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -170,6 +164,14 @@ def download_one(layout: Layout, item: SourceItem, min_free_gb: float = 0.0) -> 
 
 def free_gb(path: Path) -> float:
     return shutil.disk_usage(path).free / 1e9
+
+
+def download_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -> str:
+    """download_one, or 'paused' when the free space is below the threshold as this download starts:
+    the pool runs several downloads at once, and those queued behind them must not fill the disk."""
+    if free_gb(layout.base) < min_free_gb:
+        return "paused"
+    return download_one(layout, item)
 
 
 def download_all(
@@ -231,7 +233,7 @@ def download_all(
             if free_gb(layout.base) < min_free_gb:
                 summary.paused = low_space
                 break
-            pending.append((item, pool.submit(download_one, layout, item, min_free_gb)))
+            pending.append((item, pool.submit(download_unless_full, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
                 settle(item0, future)

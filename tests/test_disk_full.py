@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import snapshot
-from .end_state import (assert_end_state, assert_nothing_lost, leftovers, make_inputs, reference_texts)
+from .end_state import leftovers, make_inputs, reference_of
+from .invariants import assert_converged, assert_safe
 
 PAD = 200_000  # bytes added to each input PDF, so a few fill a small disk
 
@@ -60,15 +61,17 @@ def assert_clear_disk_full(result: subprocess.CompletedProcess, stage_folder: st
 def test_disk_full_during_download_stops_clearly_and_a_rerun_converges(make_site, tmp_path, small_disk):
     source = tmp_path / "incoming"
     names = make_inputs(source, 6, pad_bytes=PAD)
-    site = make_site(source=source, backpressure__min_free_gb=0, core__lock_pid_dir=tmp_path / "locks")
-    expected = reference_texts(site)
+    # One download at a time: the disk fills while a PDF is copied, the same way on every run.
+    site = make_site(source=source, backpressure__min_free_gb=0, pipeline__workers=1,
+                     core__lock_pid_dir=tmp_path / "locks")
+    expected = reference_of(site)
     small_disk(site.base, 4)
     filler = fill(site.base, 3 * PAD)
 
     result = site.luigi("ProcessAll", "--run-id", "full", check=False)
 
     assert_clear_disk_full(result, "01_downloaded")
-    assert_nothing_lost(site.layout, names, source)
+    assert_safe(site.base)
     assert leftovers(site.base) == []
     assert not (site.base / "05_processed").exists()
     events = [json.loads(line) for line in site.layout.events.read_text().splitlines()]
@@ -76,7 +79,7 @@ def test_disk_full_during_download_stops_clearly_and_a_rerun_converges(make_site
 
     filler.unlink()
     site.luigi("ProcessAll", "--run-id", "after")
-    assert_end_state(site.layout, expected)
+    assert_converged(site.base, expected)
     before = snapshot(site.base)
     site.luigi("ProcessAll", "--run-id", "after")
     assert snapshot(site.base) == before
@@ -91,7 +94,7 @@ def test_disk_full_during_split_or_finalize_deletes_nothing_and_a_rerun_converge
     source = tmp_path / "incoming"
     names = make_inputs(source, 6)
     site = make_site(source=source, backpressure__min_free_gb=0, core__lock_pid_dir=tmp_path / "locks")
-    expected = reference_texts(site)
+    expected = reference_of(site)
     small_disk(site.base, 4)
     site.luigi("Download", "--run-id", "d")
     site.luigi(done_before, "--batch", "1")
@@ -104,13 +107,13 @@ def test_disk_full_during_split_or_finalize_deletes_nothing_and_a_rerun_converge
 
     assert_clear_disk_full(result, folder)
     assert sorted(p.name for p in batch.glob("*.pdf")) == pdfs_before  # nothing deleted
-    assert_nothing_lost(site.layout, names)
+    assert_safe(site.base)
     assert leftovers(site.base) == []
     assert not (batch / "finalized.json").exists()
 
     filler.unlink()
     site.luigi("Finalize", "--batch", "1")
-    assert_end_state(site.layout, expected)
+    assert_converged(site.base, expected)
     before = snapshot(site.base)
     site.luigi("Finalize", "--batch", "1")
     assert snapshot(site.base) == before
@@ -122,7 +125,7 @@ def test_backpressure_stops_downloads_before_the_disk_fills(make_site, tmp_path,
     # Four downloads run at once: the threshold leaves room for all four to land.
     site = make_site(source=source, backpressure__min_free_gb=0.0012, pipeline__workers=4,
                      core__lock_pid_dir=tmp_path / "locks")
-    expected = reference_texts(site)
+    expected = reference_of(site)
     small_disk(site.base, 3)
 
     passes = []
@@ -135,8 +138,8 @@ def test_backpressure_stops_downloads_before_the_disk_fills(make_site, tmp_path,
     assert "disk full" not in result.stdout + result.stderr
     assert passes[0]["paused"].startswith("less than 0.0012 GB free") and 0 < passes[0]["fetched"] < 12
     assert sum(p["fetched"] for p in passes) == 12 and all(p["failed"] == 0 for p in passes)
-    assert_end_state(site.layout, expected)
+    assert_converged(site.base, expected)
 
 
-def finalized_all(site, expected: dict[str, str]) -> bool:
-    return all(site.layout.processed_ocr(i).is_file() for i in expected)
+def finalized_all(site, expected) -> bool:
+    return all(site.layout.processed_ocr(i).is_file() for i in expected.texts)
