@@ -208,10 +208,19 @@ class Storage:
     def read_bytes(self, uri: str) -> bytes:
         if not is_s3(uri):
             return Path(uri).read_bytes()
+        from botocore.exceptions import BotoCoreError
+
         bucket, key = split(uri)
-        body = self._call("GET", uri, "get_object", Bucket=bucket, Key=key)["Body"]
-        with body:
-            return body.read()
+        attempts, attempt = self.client.meta.config.retries.get("total_max_attempts", 3), 1
+        while True:
+            body = self._call("GET", uri, "get_object", Bucket=bucket, Key=key)["Body"]
+            try:
+                with body:
+                    return body.read()
+            except BotoCoreError as exc:  # the answer broke off mid-body: botocore retries no such read
+                if attempt >= attempts:
+                    raise describe_error(exc, "GET", uri) from exc
+                attempt += 1
 
     def read_optional(self, uri: str) -> bytes | None:
         """The bytes, or None when there is no such object."""

@@ -74,6 +74,9 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if action == "cut":  # nothing to cut short: the request went through untouched
+                    with proxy._lock:
+                        proxy.injected.remove(("cut", self.command, self.path))
                 self._answer(response.status, kept, data)
 
             def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
