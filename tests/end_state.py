@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline import samples
 
-from .conftest import Site
+from .conftest import Site, write_config
 from .invariants import Reference, reference
 
 
@@ -36,20 +36,29 @@ def make_inputs(folder: Path, count: int, pad_bytes: int = 0) -> list[str]:
     return names
 
 
-def reference_of(site: Site, name: str = "reference") -> Reference:
-    """The outcome of an undisturbed ProcessAll of the same source and settings, beside ``site``."""
-    root = site.root.parent / name
-    root.mkdir()
+def undisturbed(root: Path, source: Path) -> Reference:
+    """The outcome of an undisturbed ProcessAll of ``source`` (text engine) in a new site at ``root``."""
     config = root / "luigi.cfg"
-    config.write_text(site.config.read_text().replace(f"base_dir = {site.base}", f"base_dir = {root / 'data'}"))
-    return undisturbed(Site(root, config))
-
-
-def undisturbed(site: Site) -> Reference:
+    root.mkdir(parents=True)
+    write_config(config, {
+        "core": {"autoload_range": "false", "lock_pid_dir": root / "locks"},
+        "retcode": {"task_failed": 30, "unhandled_exception": 40},
+        "pipeline": {"base_dir": root / "data"},
+        "download": {"source": source},
+        "ocr": {"executor": "local", "engine": "text", "engine_workers": 1},
+        "backpressure": {"min_free_gb": 0},
+    })
+    site = Site(root, config)
     site.luigi("ProcessAll", "--run-id", "reference")
     ref = reference(site.base)
     assert ref.texts and all(ref.texts.values()), "the reference run finalized nothing"
     return ref
+
+
+def only(ref: Reference, identifiers: list[str]) -> Reference:
+    """The part of ``ref`` about these documents."""
+    return Reference({i: ref.texts[i] for i in identifiers if i in ref.texts},
+                     {i: ref.quarantined[i] for i in identifiers if i in ref.quarantined})
 
 
 def leftovers(base: Path) -> list[Path]:

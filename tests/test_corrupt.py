@@ -11,7 +11,7 @@ import pytest
 from pipeline import manifest, samples
 from pipeline.layout import BatchPaths
 
-from .conftest import Site, snapshot, write_config
+from .conftest import Site, snapshot
 from .end_state import make_inputs, undisturbed
 from .invariants import Reference, assert_converged, assert_safe, check_converged
 
@@ -23,17 +23,7 @@ def inputs(tmp_path_factory) -> tuple[Path, list[str], Reference]:
     """(source folder, identifiers, outcome of an undisturbed run), shared by the module."""
     root = tmp_path_factory.mktemp("corrupt_inputs")
     names = make_inputs(root / "incoming", DOCUMENTS)
-    config = root / "reference" / "luigi.cfg"
-    config.parent.mkdir()
-    write_config(config, {
-        "core": {"autoload_range": "false", "lock_pid_dir": root / "locks"},
-        "retcode": {"task_failed": 30, "unhandled_exception": 40},
-        "pipeline": {"base_dir": root / "reference" / "data"},
-        "download": {"source": root / "incoming"},
-        "ocr": {"executor": "local", "engine": "text", "engine_workers": 1},
-        "backpressure": {"min_free_gb": 0},
-    })
-    return root / "incoming", names, undisturbed(Site(config.parent, config))
+    return root / "incoming", names, undisturbed(root / "reference", root / "incoming")
 
 
 def batch_site(make_site, source: Path) -> tuple[Site, BatchPaths]:
