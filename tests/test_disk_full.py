@@ -20,9 +20,9 @@ PAD = 200_000  # bytes added to each input PDF, so a few fill a small disk
 
 @pytest.fixture(scope="module")
 def expected(tmp_path_factory) -> Reference:
-    """An undisturbed run of twelve documents (the padding changes no text, so it is left out)."""
+    """An undisturbed run of sixteen documents (the padding changes no text, so it is left out)."""
     root = tmp_path_factory.mktemp("disk_full_reference")
-    make_inputs(root / "incoming", 12)
+    make_inputs(root / "incoming", 16)
     return undisturbed(root / "site", root / "incoming")
 
 
@@ -127,7 +127,7 @@ def test_disk_full_during_split_or_finalize_deletes_nothing_and_a_rerun_converge
 
 def test_backpressure_stops_downloads_before_the_disk_fills(make_site, tmp_path, small_disk, expected):
     source = tmp_path / "incoming"
-    names = make_inputs(source, 12, pad_bytes=PAD)
+    names = make_inputs(source, 16, pad_bytes=PAD)  # 3.2 MB: more than the disk holds
     # Four downloads run at once: the threshold leaves room for all four to land.
     site = make_site(source=source, backpressure__min_free_gb=0.0012, pipeline__workers=4,
                      core__lock_pid_dir=tmp_path / "locks")
@@ -141,8 +141,8 @@ def test_backpressure_stops_downloads_before_the_disk_fills(make_site, tmp_path,
                                  .read_text()))
         if finalized_all(site, names):
             break
-    assert passes[0]["paused"].startswith("less than 0.0012 GB free") and 0 < passes[0]["fetched"] < 12
-    assert sum(p["fetched"] for p in passes) == 12 and all(p["failed"] == 0 for p in passes)
+    assert passes[0]["paused"].startswith("less than 0.0012 GB free") and 0 < passes[0]["fetched"] < 16, passes
+    assert sum(p["fetched"] for p in passes) == 16 and all(p["failed"] == 0 for p in passes)
     assert_converged(site.base, only(expected, names))
 
 
