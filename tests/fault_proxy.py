@@ -5,8 +5,8 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 # What to do with one request: None forwards it; 500 / 503 answer that status; "drop" closes the
 # connection without an answer; "cut" forwards and sends half the answer's body, then closes;

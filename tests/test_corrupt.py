@@ -19,11 +19,11 @@ DOCUMENTS = 6
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> tuple[Path, list[str], Reference]:
-    """(source folder, identifiers, outcome of an undisturbed run), shared by the module."""
+def inputs(tmp_path_factory) -> tuple[Path, Reference]:
+    """(source folder, outcome of an undisturbed run), shared by the module."""
     root = tmp_path_factory.mktemp("corrupt_inputs")
-    names = make_inputs(root / "incoming", DOCUMENTS)
-    return root / "incoming", names, undisturbed(root / "reference", root / "incoming")
+    make_inputs(root / "incoming", DOCUMENTS)
+    return root / "incoming", undisturbed(root / "reference", root / "incoming")
 
 
 def batch_site(make_site, source: Path) -> tuple[Site, BatchPaths]:
@@ -34,7 +34,7 @@ def batch_site(make_site, source: Path) -> tuple[Site, BatchPaths]:
     return site, BatchPaths(site.layout.batch_dir("1"))
 
 
-def converges(site: Site, paths: BatchPaths, names: list[str], expected: Reference, event: str) -> None:
+def converges(site: Site, expected: Reference, event: str) -> None:
     """Finalize ends where the undisturbed run ended, says what it redid, and a rerun changes nothing."""
     site.luigi("Finalize", "--batch", "1")
     assert_converged(site.base, expected)
@@ -50,7 +50,7 @@ def results_of_chunk(paths: BatchPaths, index: int) -> Path:
 
 
 def test_results_damaged_under_their_done_markers_are_redone(make_site, inputs):
-    source, names, expected = inputs
+    source, expected = inputs
     site, paths = batch_site(make_site, source)
     site.luigi("OCRBatch", "--batch", "1")
     whole = {}
@@ -72,11 +72,11 @@ def test_results_damaged_under_their_done_markers_are_redone(make_site, inputs):
     assert {p: p.read_bytes() for p in whole} == whole  # the chunks ran again: whole records, no half text
     redone = [e for e in manifest.read(site.layout.events) if e["event"] == "chunk_redone"]
     assert sorted(e["chunk"] for e in redone) == [0, 1, 2] and all("no whole record" in e["reason"] for e in redone)
-    converges(site, paths, names, expected, "chunk_redone")
+    converges(site, expected, "chunk_redone")
 
 
 def test_chunk_lists_edited_by_hand_are_written_again_from_the_plan(make_site, inputs, tmp_path):
-    source, names, expected = inputs
+    source, expected = inputs
     site, paths = batch_site(make_site, source)
     site.luigi("PlanChunks", "--batch", "1")
     intruder = tmp_path / "intruder.pdf"
@@ -95,7 +95,7 @@ def test_chunk_lists_edited_by_hand_are_written_again_from_the_plan(make_site, i
             lines.insert(1, "\x00garbage ../../etc/passwd")
         chunk_list.write_text("".join(f"{line}\n" for line in lines))
 
-    converges(site, paths, names, expected, "chunk_list_repaired")
+    converges(site, expected, "chunk_list_repaired")
 
     assert {p: p.read_bytes() for p in planned} == planned
     repaired = [e for e in manifest.read(site.layout.events) if e["event"] == "chunk_list_repaired"]
@@ -105,8 +105,8 @@ def test_chunk_lists_edited_by_hand_are_written_again_from_the_plan(make_site, i
 
 
 def test_garbage_in_the_event_log_is_skipped_and_left_alone(make_site, inputs):
-    source, names, expected = inputs
-    site, paths = batch_site(make_site, source)
+    source, expected = inputs
+    site, _ = batch_site(make_site, source)
     garbage = b'not json at all\n\xff\xfe\x00 binary\n["a", "list"]\n42\n{"event": "torn'
     with open(site.layout.events, "ab") as handle:
         handle.write(garbage)

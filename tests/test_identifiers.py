@@ -283,7 +283,6 @@ def test_hostile_keys_are_counted_sharded_and_run_without_becoming_paths(tmp_pat
 
 
 def test_shard_file_lines_that_name_no_document_are_rejected_never_read(tmp_path, moto_endpoint, s3_client, bucket):
-    from pipeline import sharding
     from tests.s3server import run_luigi
     from tests.test_shards import get, keys, make_cfg, put_shard
 
