@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,33 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
+
+
+class DiskFull(OSError):
+    """No space (or quota) left where the pipeline writes: one line naming the path, the free bytes
+    and the fix. Whatever was being written is discarded whole; nothing was deleted for it."""
+
+    def __init__(self, path: Path) -> None:
+        existing = Path(path)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            free = f"{shutil.disk_usage(existing).free:,} bytes free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(errno.ENOSPC, f"disk full writing {path} ({free} on that volume); nothing was "
+                         "deleted: free space there (or move base_dir to a larger volume), then rerun")
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: Path) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT raised inside the block into DiskFull naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, DiskFull):
+            raise DiskFull(path) from exc
+        raise
 
 
 def fsync_dir(folder: Path) -> None:
@@ -73,7 +101,7 @@ def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
             return False
     except FileNotFoundError:
         pass
-    with _replacing(path, sync_dir=sync_dir) as handle:
+    with reporting_disk_full(path), _replacing(path, sync_dir=sync_dir) as handle:
         handle.write(data)
     return True
 
@@ -93,7 +121,7 @@ def read_json(path: Path) -> Any:
 
 def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (for staging across filesystems)."""
-    with _replacing(Path(dst)) as out, open(src, "rb") as inp:
+    with reporting_disk_full(dst), _replacing(Path(dst)) as out, open(src, "rb") as inp:
         shutil.copyfileobj(inp, out, 1 << 20)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import atomic, manifest
+from . import atomic, integrity, manifest
 from .executor import ATTEMPTS_RESET_EVENT, ChunkOutcome, ChunkRun, Executor, Progress, failed_attempts
 from .layout import BatchPaths, Layout
 from .planning import WalltimeModel
@@ -188,6 +188,7 @@ def run_with_bisection(ctx: Context, roots: list[dict[str, Any]], progress: Prog
         todo = to_run(family, bisection, done)
         if not todo:
             break
+        integrity.repair_chunk_lists(ctx.layout, paths, todo)
         outcomes = ctx.executor.run(paths, [ChunkRun(c["index"], c["pages"], len(c["documents"]), retries_of(c))
                                             for c in todo], progress)
         manifest.append(ctx.layout.events, [

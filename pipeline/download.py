@@ -7,6 +7,8 @@ download complete. A document already downloaded, finalized or quarantined is no
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -71,6 +73,8 @@ def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
             with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
         except Exception as exc:  # some messages quote the URL (http.client.InvalidURL): no secret in them
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the local disk, not the server: reported as such by download_one
             message = str(exc)
             for secret in (parts.query, parts.password, urllib.parse.unquote(parts.password or "")):
                 message = message.replace(secret, "***") if secret else message
@@ -132,9 +136,10 @@ def download_one(layout: Layout, item: SourceItem) -> str:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        item.fetch(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        with atomic.reporting_disk_full(dest):
+            item.fetch(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         meta = {
             "identifier": item.identifier,
             "source": item.uri,
@@ -161,6 +166,14 @@ def free_gb(path: Path) -> float:
     return shutil.disk_usage(path).free / 1e9
 
 
+def download_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -> str:
+    """download_one, or 'paused' when the free space is below the threshold as this download starts:
+    the pool runs several downloads at once, and those queued behind them must not fill the disk."""
+    if free_gb(layout.base) < min_free_gb:
+        return "paused"
+    return download_one(layout, item)
+
+
 def download_all(
     layout: Layout,
     items: Iterable[SourceItem | InvalidIdentifier],
@@ -175,10 +188,17 @@ def download_all(
     summary = DownloadSummary()
     atomic.makedirs(layout.base)
     events: list[dict] = []
+    disk_full: list[atomic.DiskFull] = []
+    low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
 
     def settle(item: SourceItem, future) -> None:
         try:
             outcome = future.result()
+        except atomic.DiskFull as exc:  # every other document would fail the same way: stop
+            disk_full.append(exc)
+            events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
+                                         message=str(exc)[:500]))
+            return
         except Exception as exc:  # one unreachable document must not stop the others
             summary.failed += 1
             events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
@@ -191,6 +211,8 @@ def download_all(
             events.append(manifest.event("downloaded", identifier=item.identifier, source=item.uri))
         elif outcome == "quarantined":
             summary.quarantined += 1
+        elif outcome == "paused":
+            summary.paused = low_space
         else:
             summary.skipped += 1
         progress(summary)
@@ -203,13 +225,15 @@ def download_all(
                 events.append(manifest.event("rejected", message=str(item)))
                 print(f"download: skipped: {item}", flush=True)
                 continue
+            if disk_full or summary.paused:
+                break
             if waiting_now + summary.fetched + len(pending) >= max_waiting:
                 summary.paused = f"{max_waiting} documents are waiting for OCR ([backpressure] max_waiting_documents)"
                 break
             if free_gb(layout.base) < min_free_gb:
-                summary.paused = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
+                summary.paused = low_space
                 break
-            pending.append((item, pool.submit(download_one, layout, item)))
+            pending.append((item, pool.submit(download_unless_full, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
                 settle(item0, future)
@@ -217,5 +241,9 @@ def download_all(
             settle(item, future)
     if summary.paused:
         events.append(manifest.event("backpressure", message=summary.paused))
+    if disk_full:
+        with contextlib.suppress(OSError):  # the log may not fit either; the error below still says it all
+            manifest.append(layout.events, events)
+        raise disk_full[0]
     manifest.append(layout.events, events)
     return summary

@@ -94,11 +94,16 @@ def get_client(settings: S3Settings) -> Any:
 
 
 class S3Error(pdf.SourceReadError):
-    """An S3 request that failed after botocore's retries, with what to check; ``code`` is S3's."""
+    """An S3 request that failed after botocore's retries, with what to check; ``code`` is S3's.
 
-    def __init__(self, message: str, code: str = "") -> None:
+    ``unavailable``: the service or the network failed (5xx, throttling, connection, timeout), not
+    the request: no object is to blame for it.
+    """
+
+    def __init__(self, message: str, code: str = "", unavailable: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.unavailable = unavailable
 
 
 def describe_error(exc: Exception, action: str, uri: str) -> S3Error:
@@ -107,11 +112,17 @@ def describe_error(exc: Exception, action: str, uri: str) -> S3Error:
     meta = response.get("ResponseMetadata", {})
     attempts = meta.get("RetryAttempts", 0) + 1 if meta else "all"
     what = f"{error.get('Code', '')} {error.get('Message', '')}".strip() or f"{type(exc).__name__}: {exc}"
+    status = int(meta.get("HTTPStatusCode") or 0)
     return S3Error(
         f"{action} {uri} failed after {attempts} attempts: {what}; "
         "check the endpoint, the network and the credentials' permissions, then rerun",
         error_code(exc),
+        unavailable=not response or status >= 500 or error_code(exc) in _UNAVAILABLE_CODES,
     )
+
+
+# Throttling and server-side errors that S3 and compatible servers answer with a 4xx status.
+_UNAVAILABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"}
 
 
 def error_code(exc: Exception) -> str:
@@ -196,10 +207,19 @@ class Storage:
     def read_bytes(self, uri: str) -> bytes:
         if not is_s3(uri):
             return Path(uri).read_bytes()
+        from botocore.exceptions import BotoCoreError
+
         bucket, key = split(uri)
-        body = self._call("GET", uri, "get_object", Bucket=bucket, Key=key)["Body"]
-        with body:
-            return body.read()
+        attempts, attempt = self.client.meta.config.retries.get("total_max_attempts", 3), 1
+        while True:
+            body = self._call("GET", uri, "get_object", Bucket=bucket, Key=key)["Body"]
+            try:
+                with body:
+                    return body.read()
+            except BotoCoreError as exc:  # the answer broke off mid-body: botocore retries no such read
+                if attempt >= attempts:
+                    raise describe_error(exc, "GET", uri) from exc
+                attempt += 1
 
     def read_optional(self, uri: str) -> bytes | None:
         """The bytes, or None when there is no such object."""

@@ -276,7 +276,25 @@ def shard_file_bytes(uris: list[str]) -> bytes:
 
 
 def parse_shard_file(data: bytes) -> list[str]:
-    return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+    # Split on '\n' only, as written: a key may hold other line separators (\u2028, \x1c, ...).
+    return [line for line in data.decode("utf-8").split("\n") if line.strip()]
+
+
+def uri_problem(uri: str) -> str:
+    """Why a shard file line cannot name a document ('' when it can): an s3://bucket/key URI or an
+    absolute local path, no NUL, no '..' in a local path (it would read outside the collection)."""
+    if "\x00" in uri:
+        return "contains a NUL byte"
+    if s3.is_s3(uri):
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not bucket or not key or key.endswith("/"):
+            return "is not an s3://bucket/key URI of an object"
+        return ""
+    if not os.path.isabs(uri):
+        return "is neither an s3:// URI nor an absolute path"
+    if ".." in uri.split("/"):
+        return "is a local path with '..' (it would read outside its folder)"
+    return ""
 
 
 def shard_summary(
@@ -324,8 +342,10 @@ def doc_key(uri: str) -> str:
         segments = [bucket, *key.split("/")]
     else:
         segments = ["_local", *os.path.abspath(uri).lstrip("/").split("/")]
-    escaped = {"": "%", ".": "%2E", "..": "%2E%2E"}
-    return "/".join(escaped.get(s, s.replace("%", "%25")) for s in segments)
+    return "/".join(_DOT_SEGMENTS.get(s, s.replace("%", "%25")) for s in segments)
+
+
+_DOT_SEGMENTS = {"": "%", ".": "%2E", "..": "%2E%2E"}
 
 
 def marker_uri(status_prefix: str, uri: str, kind: str) -> str:
@@ -338,8 +358,10 @@ def shard_marker_uri(status_prefix: str, shard: int) -> str:
 
 
 def output_uri(output_prefix: str, uri: str) -> str:
-    key = doc_key(uri)
-    return s3.join(output_prefix, key[:-4] if key.lower().endswith(".pdf") else key)
+    folder, _, name = doc_key(uri).rpartition("/")
+    stem = name[:-4] if name.lower().endswith(".pdf") else name
+    # '..pdf' loses its suffix here: its stem is escaped like any '..' segment.
+    return s3.join(output_prefix, folder, _DOT_SEGMENTS.get(stem, stem))
 
 
 def scan_markers(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str]]:
@@ -404,6 +426,7 @@ class Outcome:
     error: str = ""
     attempts: int = 1
     seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
 
 
 def _set_source_file(paths: list[Path], uri: str) -> int:
@@ -479,8 +502,10 @@ def run_document(storage: s3.Storage, settings: ShardSettings, uri: str, previou
             uri=uri, shard=settings.shard, attempts=attempt, outputs=outputs, seconds=seconds))
         if previous_attempts:
             storage.delete(marker_uri(settings.status_prefix, uri, "failed"))
-        return Outcome(uri, True, attempts=attempt, seconds=seconds)
+        return Outcome(uri, True, attempts=attempt, seconds=seconds, outputs=outputs)
     except Exception as exc:  # one document's failure of any kind must not stop the shard
+        if isinstance(exc, s3.S3Error) and exc.unavailable:
+            raise  # S3 itself failed, not the document: no attempt is counted against it
         error = str(exc) or type(exc).__name__
         storage.write_bytes(marker_uri(settings.status_prefix, uri, "failed"), _marker(
             uri=uri, shard=settings.shard, attempts=attempt, error=error))
@@ -499,17 +524,28 @@ class ShardPlan:
     todo: list[tuple[str, int]]  # (uri, attempts so far)
     done: list[str]
     gave_up: list[str]  # failed document_attempts times already
+    redo: list[str] = field(default_factory=list)  # had a .done marker whose outputs are missing
+    rejected: list[dict[str, str]] = field(default_factory=list)  # lines that name no document: {line, reason}
 
 
 def plan_shard(storage: s3.Storage, settings: ShardSettings, uris: list[str]) -> ShardPlan:
-    """Sort the shard's documents by their markers (one LIST, one GET per .failed marker)."""
-    done, failed = scan_markers(storage, settings.status_prefix)
+    """Sort the shard's documents by their markers (one LIST, one GET per marker, one LIST of outputs).
+
+    A .done marker counts only when every output it lists exists: one whose outputs are gone (a
+    lost upload) is deleted and its document redone.
+    """
     plan = ShardPlan([], [], [])
+    plan.rejected = [{"line": uri, "reason": f"{uri!r} {uri_problem(uri)}"} for uri in uris if uri_problem(uri)]
+    uris = [uri for uri in uris if not uri_problem(uri)]  # never used as a key or a path
+    done, failed = scan_markers(storage, settings.status_prefix)
+    missing = drop_unconfirmed(storage, settings, [uri for uri in uris if doc_key(uri) in done])
     for uri in uris:
         key = doc_key(uri)
-        if key in done:
+        if key in done and uri not in missing:
             plan.done.append(uri)
             continue
+        if uri in missing:
+            plan.redo.append(uri)
         attempts = 0
         if key in failed:
             body = storage.read_optional(marker_uri(settings.status_prefix, uri, "failed"))
@@ -519,6 +555,39 @@ def plan_shard(storage: s3.Storage, settings: ShardSettings, uris: list[str]) ->
         else:
             plan.todo.append((uri, attempts))
     return plan
+
+
+def drop_unconfirmed(
+    storage: s3.Storage, settings: ShardSettings, uris: list[str], outputs: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """{uri: missing outputs} of the documents whose outputs are not all there; their .done markers
+    are deleted, so that no document counts as done without its outputs.
+
+    Each document's outputs are ``outputs[uri]`` (this run's uploads) or read from its .done marker;
+    they are looked up in one listing of the folder the documents' outputs share.
+    """
+    if not uris:
+        return {}
+    known = outputs or {}
+    shared = os.path.commonprefix([output_uri(settings.output_prefix, uri) for uri in uris])
+    listed = {item.uri for item in storage.list(shared[: shared.rfind("/") + 1])} if s3.is_s3(shared) else set()
+
+    def missing(uri: str) -> list[str]:
+        if uri in known:
+            listed_outputs = known[uri]
+        else:
+            body = storage.read_optional(marker_uri(settings.status_prefix, uri, "done"))
+            try:
+                listed_outputs = json.loads(body or b"")["outputs"]
+            except (ValueError, KeyError, TypeError):
+                return ["(the .done marker does not list its outputs)"]
+        gone = [o for o in listed_outputs if o not in listed and not (not s3.is_s3(o) and os.path.isfile(o))]
+        if gone:
+            storage.delete(marker_uri(settings.status_prefix, uri, "done"))
+        return gone
+
+    with ThreadPoolExecutor(16, thread_name_prefix="verify") as pool:
+        return {uri: gone for uri, gone in zip(uris, pool.map(missing, uris)) if gone}
 
 
 def shard_work_dir(settings: ShardSettings) -> Path:
@@ -540,9 +609,13 @@ def run_documents(
     with ThreadPoolExecutor(max(1, settings.parallel), thread_name_prefix="document") as pool:
         futures = [pool.submit(run_document, storage, settings, uri, attempts) for uri, attempts in todo]
         outcomes = []
-        for future in futures:
-            outcomes.append(future.result())
-            on_done(outcomes[-1])
+        try:
+            for future in futures:
+                outcomes.append(future.result())
+                on_done(outcomes[-1])
+        except s3.S3Error:  # S3 is down: the documents not started would fail the same way
+            pool.shutdown(cancel_futures=True)
+            raise
     return outcomes
 
 
@@ -553,7 +626,7 @@ def shard_status(shards: dict[int, list[str]], pages: dict[str, int], done: set[
     rows = []
     for shard, uris in sorted(shards.items()):
         row = {"shard": shard, **{f"{s}_{u}": 0 for s in ("done", "failed", "remaining", "total") for u in ("documents", "pages")}}
-        for uri in uris:
+        for uri in filter(lambda u: not uri_problem(u), uris):  # RunShard rejects the others
             key = doc_key(uri)
             state = "done" if key in done else "failed" if key in failed else "remaining"
             for prefix in (state, "total"):

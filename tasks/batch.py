@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import shlex
+from typing import Callable
 
 import luigi
 
-from pipeline import atomic, batches, bisect, manifest, ocr_pass, planning, split
+from pipeline import atomic, batches, bisect, integrity, manifest, ocr_pass, planning, split
 from pipeline.chunk_job import failure_of
 from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.engines import EngineSettings
@@ -127,10 +128,7 @@ class OCRBatch(BatchTask):
             luigi.LocalTarget(str(paths.done_marker(c["index"]))) for c in bisect.settled_chunks(paths)]
 
     def run(self) -> None:
-        paths = self.paths
-        pages = {i: d["pages"] for i, d in atomic.read_json(paths.manifest)["documents"].items()}
-        context = bisect.Context(make_executor(self), self.layout, paths, pages, walltime_model(self),
-                                 OCRConfig().engine, say=lambda message: self.report(*self._counts, message))
+        context = ocr_context(self, lambda message: self.report(*self._counts, message))
         record = ocr_pass.run_ocr(context, SlurmConfig().max_retries, self._progress)
         self.report(1, 1, ocr_pass.describe(record))
 
@@ -141,6 +139,13 @@ class OCRBatch(BatchTask):
             self._counts = (done, total)
             self.report(done, total, f"{label}: {message}")
         return progress
+
+
+def ocr_context(task: BatchTask, say: Callable[[str], None]) -> bisect.Context:
+    """What running chunks of the task's batch needs: the executor, page counts, walltime model, engine."""
+    pages = {i: d["pages"] for i, d in atomic.read_json(task.paths.manifest)["documents"].items()}
+    return bisect.Context(make_executor(task), task.layout, task.paths, pages, walltime_model(task),
+                          OCRConfig().engine, say)
 
 
 class SplitResults(BatchTask):
@@ -156,6 +161,13 @@ class SplitResults(BatchTask):
         paths = self.paths
         identifiers = set(atomic.read_json(paths.manifest)["documents"])
         plan = split.plan_split(paths.results, identifiers)
+        untrusted = integrity.untrusted_markers(paths, bisect.settled_chunks(paths), set(plan.winners))
+        if untrusted:  # results cut short or gone: OCR those chunks again, then split what is there
+            integrity.withdraw(self.layout, paths, untrusted)
+            redo = [c for c in bisect.all_chunks(paths) if c["index"] in untrusted]
+            bisect.run_with_bisection(ocr_context(self, self.set_status_message), redo,
+                                      lambda done, total, message: self.report(done, total, f"chunks run again: {message}"))
+            plan = split.plan_split(paths.results, identifiers)
         written = split.write_split(plan, self.layout.completed_jsonl)
         result = split.report(plan, identifiers, written)
         manifest.log_event(self.layout.events, "split", batch=self.batch, documents=result["split"],

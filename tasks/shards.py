@@ -219,6 +219,11 @@ class RunShard(luigi.Task):
         uris = sharding.parse_shard_file(self.input().read())
         plan = sharding.plan_shard(storage, settings, uris)
         progress = _Progress(self)
+        for line in plan.rejected:
+            log.warning("RunShard %s: shard file line rejected: %s", self.shard, line["reason"])
+        if plan.redo:
+            log.warning("RunShard %s: %s documents had a .done marker but not all its outputs (first: %s); "
+                        "they are run again", self.shard, len(plan.redo), plan.redo[0])
         progress(100 * len(plan.done) / max(1, len(uris)),
                  f"shard {self.shard}: {len(uris):,} documents, {len(plan.done):,} done, "
                  f"{len(plan.gave_up):,} failed for good, {len(plan.todo):,} to run", force=True)
@@ -234,6 +239,14 @@ class RunShard(luigi.Task):
                      f"shard {self.shard}: {finished:,}/{len(uris):,} done, {counts['failed']:,} failed this run")
 
         outcomes = sharding.run_documents(storage, settings, plan.todo, on_done)
+        ran = {o.uri: o.outputs for o in outcomes if o.ok}
+        lost = sharding.drop_unconfirmed(storage, settings, list(ran), ran)
+        if lost:
+            uri, missing = next(iter(lost.items()))
+            raise RuntimeError(
+                f"shard {self.shard}: the uploaded outputs of {len(lost)} documents are not in storage "
+                f"(first: {uri}: {missing[0]}); their .done markers were removed; rerun RunShard "
+                f"--shard {self.shard} to run them again")
         retry = [o for o in outcomes if not o.ok and o.attempts < settings.attempts]
         if retry:
             raise RuntimeError(
@@ -245,8 +258,9 @@ class RunShard(luigi.Task):
         self.output().write((json.dumps({
             "shard": self.shard,
             "documents": len(uris),
-            "done": len(uris) - len(gave_up),
+            "done": len(uris) - len(gave_up) - len(plan.rejected),
             "failed": gave_up,
+            "rejected": plan.rejected,
         }, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         progress(100, f"shard {self.shard}: finished, {len(gave_up)} documents failed for good", force=True)
 

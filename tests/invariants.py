@@ -185,7 +185,7 @@ def check_converged(base: Path, ref: Reference, shard_width: int = 2) -> list[st
                 record = json.loads(line)
             except ValueError:
                 continue
-            if record.get("event") == "finalized":
+            if isinstance(record, dict) and record.get("event") == "finalized":
                 counts[record["identifier"]] = counts.get(record["identifier"], 0) + 1
         problems += [f"{i}: finalized {n} times (events.ndjson)" for i, n in sorted(counts.items()) if n > 1]
 

@@ -224,3 +224,99 @@ def test_batch_7_and_0007_are_one_batch_on_the_command_line(make_site):
     assert [p.name for p in (site.base / "03_ocr_processing").iterdir() if p.is_dir()] == ["batch_0007"]
     assert "already" in result.stdout + result.stderr or "complete" in result.stdout + result.stderr
     assert os.path.exists(site.base / "03_ocr_processing" / "batch_0007" / "batch.json")
+
+
+# --- S3 keys through CountPages, ShardManifest and RunShard -------------------------------------------
+
+HOSTILE_KEYS = [
+    "raw/../../escape.pdf",
+    "raw/./dot.pdf",
+    "raw/.hidden.pdf",
+    "raw/..pdf",
+    "raw//double slash.pdf",
+    "/leading slash.pdf",
+    "raw/%2E%2E/encoded.pdf",
+    "raw/line\u2028separator.pdf",
+    "raw/group\x1cseparator.pdf",
+    "raw/tab\there.pdf",
+    "raw/$(touch PWNED).pdf",
+]
+
+
+def test_hostile_keys_are_counted_sharded_and_run_without_becoming_paths(tmp_path, moto_endpoint, s3_client, bucket):
+    from pipeline import s3, sharding
+    from tests.s3server import run_luigi
+    from tests.test_shards import get, keys, make_cfg
+
+    docs = {key: samples.text_pdf([f"Text of key number {n}"] * (n % 3 + 1)) for n, key in enumerate(HOSTILE_KEYS)}
+    for key, data in docs.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    cfg = make_cfg(tmp_path, moto_endpoint, bucket, engine="text", document_attempts=1)
+    before = files_under(tmp_path)
+
+    counted = run_luigi(cfg, "CountPages", "--source", f"s3://{bucket}/", "--output", f"s3://{bucket}/pc.csv")
+    assert counted.returncode == 0, counted.stdout[-3000:]
+    rows = {r["key"]: r for r in sharding.csv_rows(get(s3_client, bucket, "pc.csv"))}
+    assert {k: int(r["pages"]) for k, r in rows.items()} == {
+        f"s3://{bucket}/{k}": n % 3 + 1 for n, k in enumerate(HOSTILE_KEYS)}
+
+    sharded = run_luigi(cfg, "ShardManifest", "--page-counts", f"s3://{bucket}/pc.csv", "--shards", "1")
+    assert sharded.returncode == 0, sharded.stdout[-3000:]
+    summary = json.loads(get(s3_client, bucket, "manifests/shards/shard_summary.json"))
+    assert summary["skipped"] == [] and summary["documents"] == len(HOSTILE_KEYS)
+    uris = sharding.parse_shard_file(get(s3_client, bucket, "manifests/shards/shard_1.txt"))
+    assert sorted(uris) == sorted(f"s3://{bucket}/{k}" for k in HOSTILE_KEYS)  # one line per key, none split
+
+    ran = run_luigi(cfg, "RunShard", "--shard", "1")
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    for n, key in enumerate(HOSTILE_KEYS):
+        uri = f"s3://{bucket}/{key}"
+        (output,) = json.loads(get(s3_client, bucket, f"status/{sharding.doc_key(uri)}.done"))["outputs"]
+        assert output.startswith(f"s3://{bucket}/outputs/{bucket}/")
+        assert "/../" not in output and "/./" not in output and "//" not in output[len("s3://"):]
+        record = json.loads(get(s3_client, bucket, s3.split(output)[1]))
+        assert record["metadata"]["Source-File"] == uri and f"Text of key number {n}" in record["text"]
+    stored = keys(s3_client, bucket, "")
+    assert all(k in docs or k.startswith(("status/", "outputs/", "manifests/", "pc.csv", "pc_parts/")) for k in stored)
+    assert files_under(tmp_path) - before == set()  # the work folder is emptied; nothing landed beside it
+    assert not [p for p in files_under(tmp_path) if p.name == "PWNED"]
+
+
+def test_shard_file_lines_that_name_no_document_are_rejected_never_read(tmp_path, moto_endpoint, s3_client, bucket):
+    from tests.s3server import run_luigi
+    from tests.test_shards import get, keys, make_cfg, put_shard
+
+    s3_client.put_object(Bucket=bucket, Key="raw/good.pdf", Body=samples.text_pdf(["Good document"]))
+    bait = tmp_path / "relative" / "bait.pdf"  # RunShard's working folder is tmp_path
+    bait.parent.mkdir()
+    bait.write_bytes(samples.text_pdf(["Local file that no shard line may read"]))
+    (tmp_path / "collection").mkdir()
+    bad = {
+        "relative/bait.pdf": "neither an s3:// URI nor an absolute path",
+        f"{tmp_path}/collection/../relative/bait.pdf": "'..'",
+        "s3:///nobucket.pdf": "not an s3://bucket/key URI",
+        f"s3://{bucket}/": "not an s3://bucket/key URI",
+        f"s3://{bucket}": "not an s3://bucket/key URI",
+        f"s3://{bucket}/raw/nul\x00byte.pdf": "NUL",
+    }
+    put_shard(s3_client, bucket, 1, [f"s3://{bucket}/raw/good.pdf", *bad])
+    cfg = make_cfg(tmp_path, moto_endpoint, bucket, engine="text")
+
+    result = run_luigi(cfg, "RunShard", "--shard", "1")
+
+    assert result.returncode == 0, result.stdout[-3000:]
+    marker = json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))
+    assert marker["done"] == 1 and marker["failed"] == []
+    assert [r["line"] for r in marker["rejected"]] == list(bad)
+    for entry, why in zip(marker["rejected"], bad.values()):
+        assert why in entry["reason"], entry
+        assert f"line rejected: {entry['reason']}" in result.stdout
+    assert sorted(keys(s3_client, bucket, "status/")) == [
+        "status/_shards/shard_1.done", f"status/{bucket}/raw/good.pdf.done"]
+    assert not list((tmp_path / "work").rglob("*.pdf"))
+    s3_client.put_object(Bucket=bucket, Key="manifests/shards/shard_summary.json",
+                         Body=json.dumps({"shards": [{"shard": 1}]}).encode())
+    status = run_luigi(cfg, "ShardStatus")
+    assert status.returncode == 0, status.stdout[-2000:]
+    row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["1"])
+    assert (row[1], row[3], row[5]) == ("1", "0", "0")  # done, failed, remaining: rejected lines are not work
