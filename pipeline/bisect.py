@@ -157,11 +157,6 @@ def settled_chunks(paths: BatchPaths) -> list[dict[str, Any]]:
     return [c for c in all_chunks(paths) if c["index"] not in bisection.split and c["index"] not in bisection.failed]
 
 
-def write_chunk_list(paths: BatchPaths, chunk: dict[str, Any]) -> None:
-    lines = "".join(f"{paths.pdf(i)}\n" for i in chunk["documents"])
-    atomic.write_bytes(paths.chunk_list(chunk["index"]), lines.encode("utf-8"))
-
-
 # --- the loop ---------------------------------------------------------------------------------
 
 @dataclass
@@ -224,7 +219,7 @@ def record_failures(ctx: Context, bisection: Bisection, failed: list[tuple[dict[
         children = split_chunk(chunk, next_index, ctx.pages, ctx.model)
         next_index += len(children)
         for child in children:
-            write_chunk_list(paths, child)  # before bisect.json names them
+            integrity.write_chunk_list(paths, child)  # before bisect.json names them
         bisection.chunks += children
         events.append(manifest.event(
             "chunk_split", batch=paths.number, chunk=chunk["index"], state=outcome.state,

@@ -14,8 +14,13 @@ from .layout import BatchPaths, InvalidIdentifier, Layout, identifier_of
 
 
 def chunk_list_bytes(paths: BatchPaths, identifiers: list[str]) -> bytes:
-    """The chunk list of these documents: one absolute PDF path a line, in identifier order."""
-    return "".join(f"{paths.pdf(i)}\n" for i in sorted(identifiers)).encode("utf-8")
+    """The chunk list of these documents: one absolute PDF path a line, in the plan's order."""
+    return "".join(f"{paths.pdf(i)}\n" for i in identifiers).encode("utf-8")
+
+
+def write_chunk_list(paths: BatchPaths, chunk: dict[str, Any]) -> None:
+    """The chunk list of a planned chunk, derived from its record in a plan (the one place they are made)."""
+    atomic.write_bytes(paths.chunk_list(chunk["index"]), chunk_list_bytes(paths, chunk["documents"]))
 
 
 def repair_chunk_lists(layout: Layout, paths: BatchPaths, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import atomic, bisect, manifest, planning
+from . import atomic, bisect, integrity, manifest, planning
 from .executor import Progress
 from .layout import identifier_of
 
@@ -32,7 +32,7 @@ def run_ocr(ctx: bisect.Context, max_retries: int, progress: Callable[[str], Pro
         missing = [(i, [identifier_of(m) for m in names]) for i, names in missing_of(ctx, bisect.load(paths).family(plan))]
         retries = planning.retry_chunks(missing, ctx.pages, first, ctx.model)
         for chunk in retries:
-            bisect.write_chunk_list(paths, chunk)
+            integrity.write_chunk_list(paths, chunk)
         atomic.write_json(paths.retry_plan, {"chunks": retries})
     retries = atomic.read_json(paths.retry_plan)["chunks"]
     bisect.run_with_bisection(ctx, retries, progress("retry of missing PDFs"))

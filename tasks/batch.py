@@ -54,15 +54,15 @@ class PlanChunks(BatchTask):
         model = walltime_model(self)
         plan = []
         for chunk in chunks:
-            lines = "".join(f"{paths.pdf(i)}\n" for i in sorted(chunk.identifiers))
-            atomic.write_bytes(paths.chunk_list(chunk.index), lines.encode("utf-8"))
-            plan.append({
+            record = {
                 "index": chunk.index,
                 "pages": chunk.pages,
                 "documents": sorted(chunk.identifiers),
                 "walltime_seconds": model.seconds(chunk.pages),
                 "file": str(paths.chunk_list(chunk.index).relative_to(paths.dir)),
-            })
+            }
+            integrity.write_chunk_list(paths, record)
+            plan.append(record)
         manifest.append(self.layout.events, [
             manifest.event("chunk_planned", batch=self.batch, chunk=c["index"], pages=c["pages"],
                            documents=len(c["documents"])) for c in plan

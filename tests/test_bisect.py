@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import atomic, bisect, manifest, samples
+from pipeline import atomic, bisect, integrity, manifest, samples
 from pipeline.executor import ChunkOutcome, ChunkRun
 from pipeline.layout import BatchPaths, Layout
 from pipeline.planning import WalltimeModel
@@ -125,7 +125,7 @@ def in_process_batch(tmp_path: Path, names: list[str], chunk_size: int) -> tuple
     plan = []
     for index, start in enumerate(range(0, len(names), chunk_size)):
         chunk = {"index": index, "documents": names[start:start + chunk_size], "pages": 1}
-        bisect.write_chunk_list(paths, chunk)
+        integrity.write_chunk_list(paths, chunk)
         plan.append(chunk)
     for name in names:
         atomic.write_bytes(paths.pdf(name), samples.text_pdf([f"Page of {name}"]))
