@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
+from . import faults
+
 
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -53,7 +55,9 @@ def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("atomic.rename.before", path)
         os.replace(tmp, path)
+        faults.point("atomic.rename.after", path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -118,6 +122,7 @@ def link_or_copy(src: Path, dst: Path) -> str:
     except OSError:
         copy_file(src, dst)
         return "copy"
+    faults.point("atomic.link.after", dst)
     fsync_dir(Path(dst).parent)
     return method
 
@@ -138,10 +143,12 @@ def remove_files(paths: Iterable[Path], *, sync: bool = True) -> list[Path]:
     """
     removed = []
     for path in paths:
+        faults.point("atomic.delete.before", path)
         try:
             os.unlink(path)
         except FileNotFoundError:
             continue
+        faults.point("atomic.delete.after", path)
         removed.append(Path(path))
     if sync:
         fsync_dirs(p.parent for p in removed)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import atomic, manifest, pdf
+from . import atomic, faults, manifest, pdf
 from .layout import InvalidIdentifier, Layout, identifier_of
 from .quarantine import quarantine
 
@@ -148,6 +148,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
             quarantine(layout, item.identifier, [tmp], exc.reason, str(exc), stage="download", download=meta)
             return "quarantined"
         meta.update(pages=count.pages, page_count_method=count.method, encrypted=count.encrypted)
+        faults.point("download.rename.before", dest)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
         atomic.write_json(layout.downloaded_meta(item.identifier), meta)
