@@ -4,8 +4,9 @@ The durable-write primitives (atomic renames and deletes, event-log appends, S3 
 ``point(name, detail)``. With the environment unset this is one global check and nothing else.
 
     PIPELINE_FAULT_DIR=/some/folder    count and trace every point reached, across processes
-    PIPELINE_PAUSE_AT=<pattern>:<n>    the process reaching the n-th point matching the
-                                       fnmatch pattern (``*`` = any point) stops itself
+    PIPELINE_PAUSE_AT=<pattern>:<n>    the process reaching the n-th point whose
+                                       "<point> <detail>" matches the fnmatch pattern stops
+                                       itself ('*' = any point; 'atomic.delete.before */01_*')
 
 Every process that inherits the environment (luigi, its chunk jobs, their engines) shares one
 counter in the fault folder, under a file lock, so "the n-th point" is one global sequence.
@@ -77,7 +78,7 @@ def point(name: str, detail: object = "") -> None:
 
 
 def _reach(settings: Settings, name: str, detail: str) -> None:
-    matches = settings.pattern is not None and fnmatch.fnmatchcase(name, settings.pattern)
+    matches = settings.pattern is not None and fnmatch.fnmatchcase(f"{name} {detail}", settings.pattern)
     with _lock, open(settings.folder / COUNTER, "a+b") as counter:
         fcntl.flock(counter, fcntl.LOCK_EX)
         counter.seek(0)
