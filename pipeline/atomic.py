@@ -49,7 +49,9 @@ def makedirs(folder: Path, *, sync: bool = True) -> list[Path]:
 def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder."""
     makedirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
+    prefix = f".{path.name[:50]}."
+    _remove_leftovers(path.parent, prefix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -64,6 +66,21 @@ def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def _remove_leftovers(folder: Path, prefix: str) -> None:
+    """Remove temp files of this target that a writer killed before its rename left behind.
+
+    Only this target's names (prefix + mkstemp's 8 characters + .tmp): the folder may be shared
+    with live writers of other files. A live writer of the same target loses its temp file and
+    fails loudly at its rename; two writers of one file at once are a fault of their own.
+    """
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".tmp") and len(name) == len(prefix) + 12:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
