@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import faults, samples
+from pipeline import faults, samples, sharding
 
 from . import invariants
 from .conftest import Site, luigi_executable, snapshot, write_config
+from .s3server import luigi_command, run_luigi, write_luigi_cfg
 
 MODES = ("luigi", "group", "paused")
 
@@ -62,7 +63,9 @@ def new_site(root: Path, incoming: Path) -> Site:
     config = root / "luigi.cfg"
     # One chunk and one document at a time: the order of points, and so each kill, is reproducible.
     write_config(config, {
-        "core": {"autoload_range": "false"},
+        # Luigi's pid lock is per command line; other runs of the same command on this machine
+        # must not make a kill run exit "already running".
+        "core": {"autoload_range": "false", "lock_pid_dir": root / "locks"},
         "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
                     "scheduling_error": 35, "unhandled_exception": 40},
         "pipeline": {"base_dir": root / "data", "workers": 1},
@@ -118,14 +121,13 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def kill_at(site: Site, args: tuple[str, ...], kill: Kill, fault_dir: Path) -> dict:
-    """Run ``luigi args`` until it pauses at ``kill``, check the live tree, kill, wait for the rest."""
+def kill_at(argv: list[str], env: dict[str, str], cwd: Path, kill: Kill, fault_dir: Path, check) -> dict:
+    """Run ``argv`` until a process pauses at ``kill``; ``check()`` the live state, kill, wait, check again."""
     shutil.rmtree(fault_dir, ignore_errors=True)
     fault_dir.mkdir(parents=True)
-    env = {**site.env(), faults.FAULT_DIR: str(fault_dir), faults.PAUSE_AT: kill.spec}
+    env = {**env, faults.FAULT_DIR: str(fault_dir), faults.PAUSE_AT: kill.spec}
     log = open(fault_dir / "luigi.log", "wb")
-    process = subprocess.Popen([luigi_executable(), "--module", "pipeline", *args, "--local-scheduler"], env=env,
-                               cwd=site.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     paused_file = fault_dir / faults.PAUSED
     try:
         wait_for(lambda: paused_file.exists() or process.poll() is not None, 120, f"{kill} to be reached")
@@ -134,7 +136,7 @@ def kill_at(site: Site, args: tuple[str, ...], kill: Kill, fault_dir: Path) -> d
                                  f"log: {(fault_dir / 'luigi.log').read_text()[-3000:]}")
         paused = json.loads(paused_file.read_text())
         wait_for(lambda: (paused["pid"], "T") in group_members(process.pid), 30, "the paused process to stop")
-        invariants.assert_safe(site.base)  # at the instant of the kill
+        check()  # at the instant of the kill
         chunk_job = paused["pid"] != process.pid
         if kill.mode == "group":
             os.killpg(process.pid, signal.SIGKILL)
@@ -151,7 +153,7 @@ def kill_at(site: Site, args: tuple[str, ...], kill: Kill, fault_dir: Path) -> d
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
-    invariants.assert_safe(site.base)  # after the kill
+    check()  # after the kill
     return paused
 
 
@@ -159,8 +161,9 @@ def run_chain(site: Site, args: tuple[str, ...], kills: list[Kill], ref: invaria
               fault_dir: Path) -> list[dict]:
     """Kill at each point in turn on one base_dir, then rerun: converged, and a second rerun is a no-op."""
     reached = []
+    argv = [luigi_executable(), "--module", "pipeline", *args, "--local-scheduler"]
     for kill in kills:
-        paused = kill_at(site, args, kill, fault_dir)
+        paused = kill_at(argv, site.env(), site.root, kill, fault_dir, lambda: invariants.assert_safe(site.base))
         reached.append({"kill": kill, "point": paused["point"], "detail": paused["detail"],
                         "chunk_job": paused["pid"] != paused["pgid"]})
     site.luigi(*args)
@@ -224,12 +227,16 @@ CHAINS: dict[str, list[Kill]] = {
 }
 
 
-def test_the_reduced_sweep_has_30_distinct_points_over_every_file_stage():
-    points = {(k.pattern, k.n) for kills in CHAINS.values() for k in kills}
-    stages = {k.stage for kills in CHAINS.values() for k in kills}
-    assert len(points) >= 30
-    assert stages >= {"Download", "CreateBatch", "PlanChunks", "OCRBatch", "SplitResults", "Finalize", "ProcessAll"}
-    assert {k.mode for kills in CHAINS.values() for k in kills} == set(MODES)
+def all_kills() -> list[Kill]:
+    return [k for kills in CHAINS.values() for k in kills] + SHARD_KILLS + COUNT_KILLS
+
+
+def test_the_reduced_sweep_has_30_distinct_points_over_every_stage():
+    kills = all_kills()
+    assert len({(k.pattern, k.n) for k in kills}) >= 30
+    assert {k.stage for k in kills} == {"Download", "CreateBatch", "PlanChunks", "OCRBatch", "SplitResults",
+                                        "Finalize", "ProcessAll", "RunShard", "CountPages"}
+    assert {k.mode for k in kills} == set(MODES)
 
 
 @pytest.mark.parametrize("chain", sorted(CHAINS))
@@ -239,3 +246,156 @@ def test_killed_at_each_point_of_a_chain_and_rerun_loses_nothing(chain, tmp_path
     assert len(reached) == len(CHAINS[chain])
     if any(k.mode == "paused" for k in CHAINS[chain]):  # the chunk-job kills did hit a chunk job
         assert all(r["chunk_job"] for r in reached if r["kill"].mode == "paused")
+
+
+# --- cloud shards on S3: RunShard and CountPages ------------------------------------------------------
+
+SHARD_KILLS = [
+    Kill("RunShard", "atomic.rename.after */work/*", n=1, mode="group"),
+    Kill("RunShard", "s3.put.before */outputs/*", n=1, mode="luigi"),
+    Kill("RunShard", "s3.put.after */outputs/*", n=1, mode="group"),
+    Kill("RunShard", "s3.put.before */status/*.done", n=1, mode="luigi"),
+    Kill("RunShard", "s3.put.after */status/*.done", n=2, mode="group"),
+    Kill("RunShard", "s3.put.after */status/*.failed", n=1, mode="luigi"),
+    Kill("RunShard", "s3.put.before */status/_shards/shard_1.done", mode="group"),
+]
+
+COUNT_KILLS = [
+    Kill("CountPages", "s3.put.before */pc_parts/listing.csv", mode="group"),
+    Kill("CountPages", "s3.put.after */pc_parts/listing.csv", mode="luigi"),
+    Kill("CountPages", "s3.put.before */pc_parts/part_*", n=2, mode="group"),
+    Kill("CountPages", "s3.put.after */pc_parts/part_*", n=2, mode="luigi"),
+    Kill("CountPages", "s3.put.before */counts/pc.csv", mode="group"),
+]
+
+
+def shard_docs() -> dict[str, bytes]:
+    docs = {f"raw/doc {i}.pdf": samples.text_pdf([f"Document {i} page {p} ledger" for p in range(i % 3 + 1)])
+            for i in range(5)}
+    docs["raw/cut.pdf"] = samples.text_pdf(["x"] * 3)[:700] + b"\n%%EOF\n"  # no record: failed with a reason
+    return docs
+
+
+def shard_cfg(folder: Path, endpoint: str, bucket: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_luigi_cfg(folder / "luigi.cfg", {"core": {"autoload_range": "false", "lock_pid_dir": folder / "locks"}, "s3": {
+        "endpoint_url": endpoint, "max_attempts": 3, "engine": "text", "parallel_documents": 1,
+        "document_attempts": 1, "work_dir": folder / "work",
+        "shard_prefix": f"s3://{bucket}/manifests/shards", "status_prefix": f"s3://{bucket}/status",
+        "output_prefix": f"s3://{bucket}/outputs"}})
+
+
+def s3_state(client, bucket: str) -> dict[str, tuple[str, object]]:
+    return {k: (v["ETag"], v["LastModified"]) for k, v in invariants.s3_objects(client, f"s3://{bucket}/").items()}
+
+
+def test_run_shard_killed_at_each_point_and_rerun_loses_nothing(tmp_path, moto_endpoint, s3_client, bucket):
+    docs = shard_docs()
+    reference_bucket = f"{bucket}-reference"
+    s3_client.create_bucket(Bucket=reference_bucket)
+    for name in (bucket, reference_bucket):
+        for key, data in docs.items():
+            s3_client.put_object(Bucket=name, Key=key, Body=data)
+        s3_client.put_object(Bucket=name, Key=f"manifests/shards/{sharding.shard_name(1)}",
+                             Body=sharding.shard_file_bytes([f"s3://{name}/{k}" for k in docs]))
+    reference_cfg = shard_cfg(tmp_path / "reference", moto_endpoint, reference_bucket)
+    assert run_luigi(reference_cfg, "RunShard", "--shard", "1").returncode == 0
+    ref = invariants.shard_reference(s3_client, f"s3://{reference_bucket}/status",
+                                     [f"s3://{reference_bucket}/{k}" for k in docs])
+    assert len(ref.texts) == 5 and list(ref.quarantined) == ["raw/cut.pdf"]
+
+    cfg = shard_cfg(tmp_path / "node", moto_endpoint, bucket)
+    uris = [f"s3://{bucket}/{k}" for k in docs]
+    status, outputs = f"s3://{bucket}/status", f"s3://{bucket}/outputs"
+    argv, env = luigi_command(cfg, "RunShard", "--shard", "1")
+
+    def safe() -> None:
+        problems = invariants.check_shard_safe(s3_client, status, uris)
+        assert not problems, problems
+
+    for kill in SHARD_KILLS:
+        kill_at(argv, env, cfg.parent, kill, tmp_path / "faults", safe)
+    assert run_luigi(cfg, "RunShard", "--shard", "1").returncode == 0
+    problems = invariants.check_shard_converged(s3_client, status, outputs, 1, uris, ref, tmp_path / "node" / "work")
+    assert not problems, problems
+    before = s3_state(s3_client, bucket)
+    assert run_luigi(cfg, "RunShard", "--shard", "1").returncode == 0
+    assert s3_state(s3_client, bucket) == before
+
+
+def test_count_pages_killed_at_each_point_and_rerun_gives_the_same_csv(tmp_path, moto_endpoint, s3_client, bucket):
+    for key, data in shard_docs().items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    cfg = shard_cfg(tmp_path, moto_endpoint, bucket)
+    common = ("--source", f"s3://{bucket}/raw/", "--max-workers", "1", "--chunk-size", "2")
+    reference = f"s3://{bucket}/reference/pc.csv"
+    assert run_luigi(cfg, "CountPages", *common, "--output", reference).returncode == 0
+    expected = invariants.s3_objects(s3_client, f"s3://{bucket}/reference")
+    master = s3_client.get_object(Bucket=bucket, Key="reference/pc.csv")["Body"].read()
+    assert len(sharding.csv_rows(master)) == 6
+
+    argv, env = luigi_command(cfg, "CountPages", *common, "--output", f"s3://{bucket}/counts/pc.csv")
+
+    def safe() -> None:  # whatever is written is whole and the same as in the undisturbed run
+        for key in invariants.s3_objects(s3_client, f"s3://{bucket}/counts"):
+            same = "reference/" + key.removeprefix("counts/")
+            assert same in expected, key
+            got = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert got == s3_client.get_object(Bucket=bucket, Key=same)["Body"].read(), key
+
+    for kill in COUNT_KILLS:
+        kill_at(argv, env, tmp_path, kill, tmp_path / "faults", safe)
+    assert run_luigi(cfg, "CountPages", *common, "--output", f"s3://{bucket}/counts/pc.csv").returncode == 0
+    safe()
+    written = invariants.s3_objects(s3_client, f"s3://{bucket}/counts")
+    assert sorted(k.removeprefix("counts/") for k in written) == sorted(k.removeprefix("reference/") for k in expected)
+    before = s3_state(s3_client, bucket)
+    assert run_luigi(cfg, "CountPages", *common, "--output", f"s3://{bucket}/counts/pc.csv").returncode == 0
+    assert s3_state(s3_client, bucket) == before
+
+
+# --- the full sweep: every few points of a whole ProcessAll, each followed by a kill in the recovery ---
+
+def traced_points(site: Site, fault_dir: Path) -> list[tuple[str, str]]:
+    """(point, detail) of every point an undisturbed ProcessAll reaches, in order."""
+    fault_dir.mkdir(parents=True)
+    env = {**site.env(), faults.FAULT_DIR: str(fault_dir)}
+    subprocess.run([luigi_executable(), "--module", "pipeline", *PROCESS_ALL, "--local-scheduler"], env=env,
+                   cwd=site.root, check=True, capture_output=True)
+    return [tuple(line.split("\t")[2:4]) for line in (fault_dir / faults.TRACE).read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_full_sweep_killed_at_every_few_points_then_in_the_recovery(tmp_path, incoming, reference):
+    """Every KILL_SWEEP_STEP-th point (default 3) of ProcessAll, the kill modes in turn; the rerun
+    after it is itself killed at a point that varies with the case; then a clean rerun converges."""
+    step = int(os.environ.get("KILL_SWEEP_STEP", "3"))
+    points = traced_points(new_site(tmp_path / "traced", incoming), tmp_path / "trace")
+    assert len(points) > 100, len(points)
+    survived, recovery_kills, failures = 0, 0, []
+    for case, t in enumerate(range(1, len(points) + 1, step)):
+        site = new_site(tmp_path / f"case{t}", incoming)
+        argv = [luigi_executable(), "--module", "pipeline", *PROCESS_ALL, "--local-scheduler"]
+        first = Kill("sweep", "*", t, MODES[case % 3])
+        second = Kill("sweep", "*", 1 + (t * 7) % 60, MODES[(case + 1) % 3])
+        try:
+            kill_at(argv, site.env(), site.root, first, tmp_path / "faults", lambda: invariants.assert_safe(site.base))
+            try:
+                kill_at(argv, site.env(), site.root, second, tmp_path / "faults",
+                        lambda: invariants.assert_safe(site.base))
+                recovery_kills += 1
+            except AssertionError as exc:
+                if "without reaching the point" not in str(exc):  # a short recovery may end first
+                    raise
+            site.luigi(*PROCESS_ALL)
+            invariants.assert_converged(site.base, reference)
+            before = snapshot(site.base)
+            site.luigi(*PROCESS_ALL)
+            assert snapshot(site.base) == before, "a rerun of finished work changed files"
+            survived += 1
+        except AssertionError as exc:
+            failures.append(f"kill at point {t} {points[t - 1]} ({first.mode}): {str(exc)[:1500]}")
+        shutil.rmtree(site.root, ignore_errors=True)
+    print(f"full sweep: {survived} of {len(range(1, len(points) + 1, step))} kill points survived, "
+          f"{recovery_kills} kills during the recovery; {len(points)} points in a ProcessAll")
+    assert not failures, "\n".join(failures)
