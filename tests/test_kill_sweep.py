@@ -28,6 +28,7 @@ from pipeline import faults, samples, sharding
 from . import invariants
 from .conftest import Site, luigi_executable, snapshot, write_config
 from .s3server import luigi_command, run_luigi, write_luigi_cfg
+from .test_slurm import cluster  # noqa: F401  (the fixture)
 
 MODES = ("luigi", "group", "paused")
 
@@ -58,11 +59,11 @@ def make_collection(folder: Path) -> None:
     (folder / "cut.pdf").write_bytes(samples.text_pdf(["x"] * 3)[:500])
 
 
-def new_site(root: Path, incoming: Path) -> Site:
+def new_site(root: Path, incoming: Path, **extra: dict[str, object]) -> Site:
     root.mkdir(parents=True)
     config = root / "luigi.cfg"
     # One chunk and one document at a time: the order of points, and so each kill, is reproducible.
-    write_config(config, {
+    sections: dict[str, dict[str, object]] = {
         # Luigi's pid lock is per command line; other runs of the same command on this machine
         # must not make a kill run exit "already running".
         "core": {"autoload_range": "false", "lock_pid_dir": root / "locks"},
@@ -73,7 +74,10 @@ def new_site(root: Path, incoming: Path) -> Site:
         "ocr": {"executor": "local", "engine": "text", "pages_per_chunk": 4, "parallel_chunks": 1,
                 "engine_workers": 1},
         "backpressure": {"min_free_gb": 0.1},
-    })
+    }
+    for section, values in extra.items():
+        sections[section] = {**sections.get(section, {}), **values}
+    write_config(config, sections)
     return Site(root, config)
 
 
@@ -113,6 +117,15 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
     return members
 
 
+def process_state(pid: int) -> str:
+    """The state letter of a process ('T' stopped, 'Z' zombie), '' when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -135,17 +148,17 @@ def kill_at(argv: list[str], env: dict[str, str], cwd: Path, kill: Kill, fault_d
             raise AssertionError(f"{kill}: the run ended ({process.returncode}) without reaching the point; "
                                  f"log: {(fault_dir / 'luigi.log').read_text()[-3000:]}")
         paused = json.loads(paused_file.read_text())
-        wait_for(lambda: (paused["pid"], "T") in group_members(process.pid), 30, "the paused process to stop")
+        wait_for(lambda: process_state(paused["pid"]) == "T", 30, "the paused process to stop")
         check()  # at the instant of the kill
         chunk_job = paused["pid"] != process.pid
         if kill.mode == "group":
             os.killpg(process.pid, signal.SIGKILL)
         elif kill.mode == "luigi" or not chunk_job:
             os.kill(process.pid, signal.SIGKILL)
-            if chunk_job:
-                os.kill(paused["pid"], signal.SIGCONT)  # it runs on as an orphan
         else:
             os.kill(paused["pid"], signal.SIGKILL)
+        if process_state(paused["pid"]) == "T":  # a chunk job the kill spared (a SLURM job is in no group of ours)
+            os.kill(paused["pid"], signal.SIGCONT)  # runs on as an orphan
         process.wait(timeout=120)
         wait_for(lambda: not group_members(process.pid), 120, "orphaned chunk jobs to finish")
     finally:
@@ -158,15 +171,18 @@ def kill_at(argv: list[str], env: dict[str, str], cwd: Path, kill: Kill, fault_d
 
 
 def run_chain(site: Site, args: tuple[str, ...], kills: list[Kill], ref: invariants.Reference,
-              fault_dir: Path) -> list[dict]:
+              fault_dir: Path, settle=lambda: None) -> list[dict]:
     """Kill at each point in turn on one base_dir, then rerun: converged, and a second rerun is a no-op."""
     reached = []
     argv = [luigi_executable(), "--module", "pipeline", *args, "--local-scheduler"]
-    for kill in kills:
-        paused = kill_at(argv, site.env(), site.root, kill, fault_dir, lambda: invariants.assert_safe(site.base))
+    for number, kill in enumerate(kills):
+        # A folder per kill: a SLURM job orphaned by one kill goes on counting in its own.
+        paused = kill_at(argv, site.env(), site.root, kill, fault_dir / f"kill{number:02d}",
+                         lambda: invariants.assert_safe(site.base))
         reached.append({"kill": kill, "point": paused["point"], "detail": paused["detail"],
-                        "chunk_job": paused["pid"] != paused["pgid"]})
+                        "chunk_job": paused["argv"][0].endswith("chunk_job.py")})
     site.luigi(*args)
+    settle()
     invariants.assert_converged(site.base, ref)
     before = snapshot(site.base)
     site.luigi(*args)
@@ -211,10 +227,6 @@ CHAINS: dict[str, list[Kill]] = {
         Kill("Finalize", "atomic.delete.before */01_downloaded/*.pdf", n=2, mode="luigi"),
         Kill("Finalize", "atomic.delete.after */01_downloaded/*.meta.json", n=2, mode="group"),
     ],
-    "chunk-jobs": [
-        Kill("OCRBatch", "atomic.rename.after */results/results/output_*", n=1, mode="luigi"),
-        Kill("OCRBatch", "atomic.rename.after */done/chunk_001.done", mode="paused"),
-    ],
     "finalize-and-summary": [
         Kill("Finalize", "atomic.rename.after */05_processed/*.ocr.json", n=2, mode="group"),
         Kill("Finalize", "atomic.rename.before */05_processed/*.metadata.json", n=3, mode="luigi"),
@@ -223,6 +235,18 @@ CHAINS: dict[str, list[Kill]] = {
         Kill("Finalize", "atomic.rename.before */batch_*/finalized.json", mode="luigi"),
         Kill("Finalize", "manifest.append.before events.ndjson:batch_finalized", mode="group"),
         Kill("ProcessAll", "atomic.rename.before */_manifests/runs/process_all_r.json", mode="luigi"),
+    ],
+}
+
+
+# Chains only the full (slow) sweep runs.
+SLOW_CHAINS: dict[str, list[Kill]] = {
+    "chunk-jobs": [
+        Kill("OCRBatch", "atomic.rename.after */results/results/output_*", n=1, mode="luigi"),
+        Kill("OCRBatch", "atomic.rename.after */done/chunk_001.done", mode="paused"),
+        Kill("OCRBatch", "atomic.rename.after */done/ocr_batch.done", mode="group"),
+        Kill("SplitResults", "manifest.append.after events.ndjson:split", mode="luigi"),
+        Kill("Finalize", "atomic.delete.after */01_downloaded/*.pdf", n=4, mode="group"),
     ],
 }
 
@@ -239,13 +263,14 @@ def test_the_reduced_sweep_has_30_distinct_points_over_every_stage():
     assert {k.mode for k in kills} == set(MODES)
 
 
-@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("chain", [*sorted(CHAINS), *(pytest.param(c, marks=pytest.mark.slow) for c in SLOW_CHAINS)])
 def test_killed_at_each_point_of_a_chain_and_rerun_loses_nothing(chain, tmp_path, incoming, reference):
+    kills = {**CHAINS, **SLOW_CHAINS}[chain]
     site = new_site(tmp_path / "site", incoming)
-    reached = run_chain(site, PROCESS_ALL, CHAINS[chain], reference, tmp_path / "faults")
-    assert len(reached) == len(CHAINS[chain])
-    if any(k.mode == "paused" for k in CHAINS[chain]):  # the chunk-job kills did hit a chunk job
-        assert all(r["chunk_job"] for r in reached if r["kill"].mode == "paused")
+    reached = run_chain(site, PROCESS_ALL, kills, reference, tmp_path / "faults")
+    assert len(reached) == len(kills)
+    # The kills meant for a chunk job did hit one, not luigi.
+    assert all(r["chunk_job"] for r in reached if r["kill"].mode == "paused")
 
 
 # --- cloud shards on S3: RunShard and CountPages ------------------------------------------------------
@@ -399,3 +424,52 @@ def test_full_sweep_killed_at_every_few_points_then_in_the_recovery(tmp_path, in
     print(f"full sweep: {survived} of {len(range(1, len(points) + 1, step))} kill points survived, "
           f"{recovery_kills} kills during the recovery; {len(points)} points in a ProcessAll")
     assert not failures, "\n".join(failures)
+
+
+# --- OCRBatch on the dev SLURM cluster ---------------------------------------------------------------
+
+SLURM_CHAINS: dict[str, list[Kill]] = {
+    # luigi dies right after logging the submission: the rerun re-attaches to the jobs still
+    # queued or running (or finds them done), and is itself killed before the batch's OCR marker.
+    "reattach": [
+        Kill("OCRBatch", "manifest.append.after events.ndjson:slurm_submitted", mode="luigi"),
+        Kill("OCRBatch", "atomic.rename.before */done/ocr_batch.done", mode="group"),
+    ],
+    # Submitted, but killed before the submission reached the event log: the rerun cannot know
+    # the jobs and submits again; both copies of a chunk write the same results.
+    "unlogged-submission": [
+        Kill("OCRBatch", "manifest.append.before events.ndjson:slurm_submitted", mode="group"),
+    ],
+    # The job of chunk 1 dies on the node just before its done marker: SLURM reports it failed
+    # and the executor submits it again.
+    "job-killed": [
+        Kill("OCRBatch", "atomic.rename.before */done/chunk_001.done", mode="paused"),
+    ],
+}
+
+
+def jobs_from(folder: Path) -> list[str]:
+    """Ids of the queued or running SLURM jobs submitted from ``folder`` (their working directory)."""
+    listing = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True, check=True).stdout
+    return [line.split(" ", 1)[0] for line in listing.splitlines() if line.split(" ", 1)[1:] == [str(folder)]]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.parametrize("chain", sorted(SLURM_CHAINS))
+def test_ocr_on_slurm_killed_and_rerun_loses_nothing(chain, cluster, tmp_path, incoming, reference):
+    site = new_site(tmp_path / "site", incoming, ocr={"executor": "slurm"}, slurm={
+        "poll_initial_seconds": 0.5, "poll_max_seconds": 1, "poll_growth": 1, "cpus_per_task": 1,
+        "mem": "200M", "walltime_base_seconds": 120})
+
+    def no_jobs_left() -> None:  # jobs orphaned by a kill may still be writing
+        wait_for(lambda: not jobs_from(site.root), 300, "the orphaned SLURM jobs to end")
+
+    try:
+        reached = run_chain(site, PROCESS_ALL, SLURM_CHAINS[chain], reference, tmp_path / "faults", no_jobs_left)
+    finally:
+        leftover = jobs_from(site.root)
+        if leftover:
+            subprocess.run(["scancel", *leftover], check=False)
+    assert len(reached) == len(SLURM_CHAINS[chain])
+    assert all(r["chunk_job"] for r in reached if r["kill"].mode == "paused")
