@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
+from . import faults
+
 
 class DiskFull(OSError):
     """No space (or quota) left where the pipeline writes: one line naming the path, the free bytes
@@ -75,19 +77,38 @@ def makedirs(folder: Path, *, sync: bool = True) -> list[Path]:
 def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder."""
     makedirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
+    prefix = f".{path.name[:50]}."
+    _remove_leftovers(path.parent, prefix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        faults.point("atomic.rename.before", path)
         os.replace(tmp, path)
+        faults.point("atomic.rename.after", path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def _remove_leftovers(folder: Path, prefix: str) -> None:
+    """Remove temp files of this target that a writer killed before its rename left behind.
+
+    Only this target's names (prefix + mkstemp's 8 characters + .tmp): the folder may be shared
+    with live writers of other files. A live writer of the same target loses its temp file and
+    fails loudly at its rename; two writers of one file at once are a fault of their own.
+    """
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(".tmp") and len(name) == len(prefix) + 12:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
@@ -146,6 +167,7 @@ def link_or_copy(src: Path, dst: Path) -> str:
     except OSError:
         copy_file(src, dst)
         return "copy"
+    faults.point("atomic.link.after", dst)
     fsync_dir(Path(dst).parent)
     return method
 
@@ -166,10 +188,12 @@ def remove_files(paths: Iterable[Path], *, sync: bool = True) -> list[Path]:
     """
     removed = []
     for path in paths:
+        faults.point("atomic.delete.before", path)
         try:
             os.unlink(path)
         except FileNotFoundError:
             continue
+        faults.point("atomic.delete.after", path)
         removed.append(Path(path))
     if sync:
         fsync_dirs(p.parent for p in removed)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from . import atomic, manifest, pdf
+from . import atomic, faults, manifest, pdf
 from .layout import InvalidIdentifier, Layout, identifier_of
 from .quarantine import quarantine
 
@@ -124,14 +124,14 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
 
 def download_one(layout: Layout, item: SourceItem) -> str:
     """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
-    if layout.is_known(item.identifier):
-        return "skipped"
     dest = layout.downloaded_pdf(item.identifier)
-    atomic.makedirs(dest.parent)
     prefix = f".{item.identifier}."
-    # A killed earlier attempt of this document (mkstemp adds 8 random characters).
-    for leftover in dest.parent.glob(glob.escape(prefix) + "?" * 8 + ".part"):
-        leftover.unlink(missing_ok=True)
+    if layout.is_known(item.identifier):
+        if layout.quarantine_reason(item.identifier).exists():
+            _remove_partials(dest.parent, prefix)  # quarantined by a run killed before it removed its temp file
+        return "skipped"
+    atomic.makedirs(dest.parent)
+    _remove_partials(dest.parent, prefix)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -153,6 +153,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
             quarantine(layout, item.identifier, [tmp], exc.reason, str(exc), stage="download", download=meta)
             return "quarantined"
         meta.update(pages=count.pages, page_count_method=count.method, encrypted=count.encrypted)
+        faults.point("download.rename.before", dest)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
         atomic.write_json(layout.downloaded_meta(item.identifier), meta)
@@ -160,6 +161,12 @@ def download_one(layout: Layout, item: SourceItem) -> str:
         if tmp.exists():
             tmp.unlink()
     return "fetched"
+
+
+def _remove_partials(folder: Path, prefix: str) -> None:
+    """Temp files a killed earlier attempt of this document left (mkstemp adds 8 random characters)."""
+    for leftover in folder.glob(glob.escape(prefix) + "?" * 8 + ".part"):
+        leftover.unlink(missing_ok=True)
 
 
 def free_gb(path: Path) -> float:

@@ -167,12 +167,15 @@ class Layout:
         return sorted(found)
 
     def is_known(self, identifier: str) -> bool:
-        """True when the document was already downloaded, finalized or quarantined."""
+        """True when the document was already downloaded, finalized or quarantined.
+
+        A PDF in 01_downloaded without its .meta.json does not count: the .meta.json marks a
+        download complete, and a run killed between the two must fetch the document again.
+        """
         return any(
             p.exists()
             for p in (
                 self.downloaded_meta(identifier),
-                self.downloaded_pdf(identifier),
                 self.processed_metadata(identifier),
                 self.quarantine_reason(identifier),
             )

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import atomic
+from . import atomic, faults
 
 
 def now_iso() -> str:
@@ -20,6 +20,8 @@ def append(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> N
         return
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
     atomic.makedirs(Path(path).parent)
+    what = f"{Path(path).name}:{records[0].get('event', '')}"  # names the point for fault injection
+    faults.point("manifest.append.before", what)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -30,6 +32,7 @@ def append(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> N
             os.fsync(fd)
     finally:
         os.close(fd)
+    faults.point("manifest.append.after", what)
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:

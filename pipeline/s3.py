@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Iterator
 
 import luigi
 
-from . import atomic, pdf
+from . import atomic, faults, pdf
 
 _CLIENTS: dict[tuple[int, "S3Settings"], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -237,7 +237,9 @@ class Storage:
             atomic.write_bytes(Path(uri), data)
             return
         bucket, key = split(uri)
+        faults.point("s3.put.before", uri)
         self._call("PUT", uri, "put_object", Bucket=bucket, Key=key, Body=data)
+        faults.point("s3.put.after", uri)
 
     def delete(self, uri: str) -> None:
         if not is_s3(uri):
@@ -255,10 +257,12 @@ class Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split(uri)
+        faults.point("s3.put.before", uri)
         try:
             self.client.upload_file(str(path), bucket, key)
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise describe_error(exc, "upload to", uri) from exc
+        faults.point("s3.put.after", uri)
 
     def download(self, uri: str, path: Path) -> None:
         """Copy ``uri`` to a local file (s3transfer writes a temp name and renames it)."""

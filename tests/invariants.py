@@ -224,3 +224,110 @@ def assert_safe(base: Path, shard_width: int = 2) -> None:
 def assert_converged(base: Path, ref: Reference, shard_width: int = 2) -> None:
     problems = check_converged(base, ref, shard_width)
     assert not problems, "did not converge to the undisturbed result:\n  " + "\n  ".join(problems)
+
+
+# --- cloud shards (RunShard on S3) ----------------------------------------------------------------
+#
+# The same promises for a shard: a document's .done marker is trusted only with every output it
+# lists uploaded; after a rerun each document of the shard is done with the undisturbed run's text
+# or failed with a reason, the shard marker says so, no output is left that no marker lists, no
+# file is left in the node's work folder, and the source PDFs are all still there.
+
+def s3_objects(client, uri: str) -> dict[str, dict]:
+    """key -> listing entry of every object under an s3:// prefix."""
+    from pipeline import s3
+
+    bucket, prefix = s3.split(uri)
+    found: dict[str, dict] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        found |= {item["Key"]: item for item in page.get("Contents", [])}
+    return found
+
+
+def _s3_get(client, uri: str) -> bytes | None:
+    from pipeline import s3
+
+    bucket, key = s3.split(uri)
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+def shard_reference(client, status_prefix: str, uris: list[str]) -> Reference:
+    """The outcome of an undisturbed RunShard: source key -> text, source key -> 'failed'."""
+    from pipeline import s3, sharding
+
+    ref = Reference()
+    for uri in uris:
+        key = s3.split(uri)[1]
+        done = _s3_get(client, sharding.marker_uri(status_prefix, uri, "done"))
+        if done is None:
+            ref.quarantined[key] = "failed"
+            continue
+        ref.texts[key] = "".join(json.loads(line)["text"] for o in json.loads(done)["outputs"]
+                                 for line in (_s3_get(client, o) or b"").splitlines() if line.strip())
+    return ref
+
+
+def check_shard_safe(client, status_prefix: str, uris: list[str]) -> list[str]:
+    """At any instant: every .done marker whole with its outputs uploaded; every source still there."""
+    from pipeline import s3
+
+    problems = []
+    for key, item in sorted(s3_objects(client, status_prefix).items()):
+        uri = f"s3://{s3.split(status_prefix)[0]}/{key}"
+        try:
+            marker = json.loads(_s3_get(client, uri) or b"")
+        except ValueError:
+            problems.append(f"{uri}: marker is not whole JSON")
+            continue
+        for output in marker.get("outputs", []) if key.endswith(".done") and "/_shards/" not in key else ():
+            if _s3_get(client, output) is None:
+                problems.append(f"{uri}: lists {output}, which was not uploaded")
+    for uri in uris:
+        if _s3_get(client, uri) is None:
+            problems.append(f"{uri}: source PDF is gone")
+    return problems
+
+
+def check_shard_converged(client, status_prefix: str, output_prefix: str, shard: int, uris: list[str],
+                          ref: Reference, work_dir: Path) -> list[str]:
+    """The end state of a shard after a rerun, against the undisturbed run ``ref`` (by source key)."""
+    from pipeline import s3, sharding
+
+    problems = check_shard_safe(client, status_prefix, uris)
+    listed: set[str] = set()
+    for uri in uris:
+        key = s3.split(uri)[1]
+        done = _s3_get(client, sharding.marker_uri(status_prefix, uri, "done"))
+        failed = _s3_get(client, sharding.marker_uri(status_prefix, uri, "failed"))
+        if key in ref.texts:
+            if done is None:
+                problems.append(f"{uri}: lost (no .done marker)")
+                continue
+            outputs = json.loads(done)["outputs"]
+            listed.update(outputs)
+            records = [json.loads(line) for o in outputs for line in (_s3_get(client, o) or b"").splitlines()
+                       if line.strip()]
+            if "".join(r["text"] for r in records) != ref.texts[key]:
+                problems.append(f"{uri}: text differs from the undisturbed run")
+            if [r["metadata"]["Source-File"] for r in records] != [uri]:
+                problems.append(f"{uri}: expected one record naming it, found {len(records)}")
+            if failed is not None:
+                problems.append(f"{uri}: done, and a .failed marker is left")
+        elif done is not None or failed is None or not json.loads(failed).get("error"):
+            problems.append(f"{uri}: expected failed with a reason, as in the undisturbed run")
+    bucket = s3.split(output_prefix)[0]
+    problems += [f"s3://{bucket}/{k}: an output no .done marker lists" for k in s3_objects(client, output_prefix)
+                 if f"s3://{bucket}/{k}" not in listed]
+    summary = _s3_get(client, sharding.shard_marker_uri(status_prefix, shard))
+    if summary is None:
+        problems.append(f"shard {shard}: no shard marker")
+    else:
+        record = json.loads(summary)
+        expected_failed = sorted(u for u in uris if s3.split(u)[1] in ref.quarantined)
+        if record["done"] != len(ref.texts) or sorted(record["failed"]) != expected_failed:
+            problems.append(f"shard {shard}: marker says {record['done']} done, failed {record['failed']}")
+    problems += [f"{p}: left in the work folder" for p in Path(work_dir).rglob("*") if p.is_file()]
+    return problems
