@@ -19,6 +19,8 @@ from pipeline.layout import Layout
 pytest_plugins = ["tests.s3server"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests marked slow run everywhere in a reduced size; FULL_CAMPAIGN=1 gives them their full size.
+FULL_CAMPAIGN = os.environ.get("FULL_CAMPAIGN") == "1"
 
 
 def luigi_executable() -> str:

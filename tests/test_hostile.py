@@ -23,6 +23,7 @@ from pipeline import pdf
 from pipeline.layout import Layout
 
 from . import hostile
+from .conftest import FULL_CAMPAIGN
 
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds for one file, counted twice: pdfinfo's own limit (it is the last reader) twice, and more.
@@ -96,7 +97,7 @@ def report(results: list[dict]) -> None:
           f"pdfinfo {max(r['children_maxrss_kb'] for r in results) / 1024:.0f} MiB")
 
 
-@pytest.mark.parametrize("count", [300, pytest.param(3000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("count", [300, pytest.param(3000 if FULL_CAMPAIGN else 600, marks=pytest.mark.slow)])
 def test_page_counter_survives_hostile_files(tmp_path: Path, count: int) -> None:
     files = hostile.generate(tmp_path / "hostile", count, seed=7)
     assert {f.mutation for f in files} == set(hostile.MUTATIONS)
