@@ -65,6 +65,10 @@ class Site:
     root: Path
     config: Path
 
+    def __post_init__(self) -> None:
+        # A site's base_dir exists: the pipeline never creates it unless [pipeline] create_base_dir says so.
+        self.base.mkdir(parents=True, exist_ok=True)
+
     @property
     def base(self) -> Path:
         return self.root / "data"
@@ -128,7 +132,6 @@ def make_site(tmp_path: Path):
             sections.setdefault(section, {})[name] = value
         config = root / "luigi.cfg"
         write_config(config, sections)
-        (root / "data").mkdir(exist_ok=True)  # a site's base_dir exists ([pipeline] create_base_dir = false)
         return Site(root, config)
 
     return make

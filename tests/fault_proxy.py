@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,10 +17,20 @@ Rule = Callable[[int, str, str], "int | str | None"]  # (request number from 0, 
 ERROR_CODES = {500: b"InternalError", 502: b"BadGateway", 503: b"SlowDown"}
 
 
+def answer_status(status: int, when: Callable[[int], bool]) -> Rule:
+    """A rule that answers ``status`` to request ``n`` (counted from 0) while ``when(n)``."""
+    return lambda n, method, path: status if when(n) else None
+
+
 class FaultProxy:
-    def __init__(self, upstream: str, rule: Rule = lambda n, method, path: None) -> None:
+    """Forwards HTTP to ``upstream``, doing to each request what ``rule`` says; ``delay`` seconds are
+    added to every forwarded request. ``requests``, ``injected`` and ``log`` ((method, path) of each
+    request) tell what happened."""
+
+    def __init__(self, upstream: str, rule: Rule = lambda n, method, path: None, delay: float = 0.0) -> None:
         self.upstream = upstream.removeprefix("http://")
         self.rule = rule
+        self.delay = delay
         self.requests = 0
         self.injected: list[tuple[str, str, str]] = []  # (action, method, path)
         self.log: list[tuple[str, str]] = []
@@ -55,6 +66,7 @@ class FaultProxy:
                 if action == "lose" and self.command == "PUT":
                     self._answer(200, [("ETag", '"00000000000000000000000000000000"')], b"")
                     return
+                time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -94,6 +106,11 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def failed(self) -> int:
+        """Requests answered with a fault instead of being forwarded whole."""
+        return len(self.injected)
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()

@@ -10,16 +10,13 @@ or answers 5xx to chosen ones; and ``run_luigi``: the real ``luigi`` command lin
 """
 from __future__ import annotations
 
-import http.client
 import itertools
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -99,82 +96,6 @@ def bucket(s3_client) -> str:
     name = f"test-bucket-{os.getpid()}-{next(_BUCKETS)}"
     s3_client.create_bucket(Bucket=name)
     return name
-
-
-class FlakyProxy:
-    """Forwards HTTP to ``upstream``; answers ``status`` instead while ``should_fail(n)`` is true.
-
-    ``n`` counts requests from 0; ``requests``, ``failed`` and ``log`` ((method, path) of each
-    request) tell what happened; ``delay`` seconds are added to every forwarded request.
-    """
-
-    def __init__(self, upstream: str, should_fail=lambda n: False, status: int = 503, delay: float = 0.0) -> None:
-        self.upstream = upstream.removeprefix("http://")
-        self.should_fail = should_fail
-        self.status = status
-        self.delay = delay
-        self.requests = 0
-        self.failed = 0
-        self.log: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                with proxy._lock:
-                    number = proxy.requests
-                    proxy.requests += 1
-                    fail = proxy.should_fail(number)
-                    proxy.failed += fail
-                    proxy.log.append((self.command, self.path))
-                if fail:
-                    payload = (
-                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-                        b"<Message>Injected failure</Message></Error>"
-                    )
-                    self.send_response(proxy.status)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                time.sleep(proxy.delay)
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FlakyProxy":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def noise_pdf(pages: int, side: int = 1200, seed: int = 0) -> bytes:

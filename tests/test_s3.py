@@ -13,7 +13,8 @@ from pipeline.s3 import (
     Listed, MarkerTarget, RangedSource, S3Error, S3Settings, Storage, folder, get_client, inside,
     iter_download_items, local_name,
 )
-from tests.s3server import FlakyProxy, bad_startxref, noise_pdf, run_luigi, write_luigi_cfg
+from tests.fault_proxy import FaultProxy, answer_status
+from tests.s3server import bad_startxref, noise_pdf, run_luigi, write_luigi_cfg
 
 
 def storage_at(endpoint: str, **settings) -> Storage:
@@ -150,7 +151,7 @@ def test_storage_round_trip_on_s3_and_local(moto_endpoint, bucket, tmp_path):
 def test_marker_target_is_one_head_and_many_markers_one_list_per_thousand(moto_endpoint, s3_client, bucket):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"status/m{i:05d}.done", Body=b""), range(1001)))
-    with FlakyProxy(moto_endpoint) as proxy:
+    with FaultProxy(moto_endpoint) as proxy:
         storage = storage_at(proxy.endpoint, connect_timeout=9.5)
         assert MarkerTarget(f"s3://{bucket}/status/m00007.done", storage).exists()
         assert not MarkerTarget(f"s3://{bucket}/status/nope.done", storage).exists()
@@ -185,14 +186,14 @@ def test_inside_refuses_paths_out_of_the_work_folder(tmp_path):
 
 def test_server_errors_are_retried(moto_endpoint, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="k", Body=b"payload")
-    with FlakyProxy(moto_endpoint, should_fail=lambda n: n < 2, status=503) as proxy:
+    with FaultProxy(moto_endpoint, answer_status(503, lambda n: n < 2)) as proxy:
         storage = storage_at(proxy.endpoint, max_attempts=4)
         assert storage.read_bytes(f"s3://{bucket}/k") == b"payload"
     assert proxy.failed == 2 and proxy.requests == 3
 
 
 def test_a_server_that_keeps_failing_gives_a_clear_error(moto_endpoint, bucket):
-    with FlakyProxy(moto_endpoint, should_fail=lambda n: True, status=500) as proxy:
+    with FaultProxy(moto_endpoint, answer_status(500, lambda n: True)) as proxy:
         storage = storage_at(proxy.endpoint, max_attempts=3)
         with pytest.raises(S3Error) as caught:
             storage.read_bytes(f"s3://{bucket}/k")

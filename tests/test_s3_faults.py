@@ -16,16 +16,19 @@ FAULTS = (503, "cut", "drop", 500)
 
 
 class EveryFourth:
-    """One request in four of each method fails, with each kind of fault in turn (answers are cut
-    short only where they have a body: GETs)."""
+    """One request in four fails, with each kind of fault in turn (an answer is cut short only where
+    it has a body, a GET: a cut waits for the next GET while the other kinds go on)."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self.order = list(FAULTS)
 
     def __call__(self, n: int, method: str, path: str):
-        count = self.counts[method] = self.counts.get(method, -1) + 1
-        faults = FAULTS if method == "GET" else tuple(f for f in FAULTS if f != "cut")
-        return faults[(count // 4) % len(faults)] if count % 4 == 1 else None
+        if n % 4 != 1:
+            return None
+        fault = next(f for f in self.order if method == "GET" or f != "cut")
+        self.order.remove(fault)
+        self.order.append(fault)
+        return fault
 
 
 class Outage:

@@ -15,7 +15,8 @@ import pytest
 from pypdf import PdfReader
 
 from pipeline import pdf, s3, samples, sharding
-from tests.s3server import FlakyProxy, bad_startxref, luigi_command, noise_pdf, run_luigi, write_luigi_cfg
+from tests.fault_proxy import FaultProxy, answer_status
+from tests.s3server import bad_startxref, luigi_command, noise_pdf, run_luigi, write_luigi_cfg
 
 
 def make_cfg(tmp_path: Path, endpoint: str, bucket: str = "", **s3_values: object) -> Path:
@@ -146,7 +147,7 @@ def test_count_pages_killed_after_some_parts_resumes_with_the_missing_ones(tmp_p
     parts_prefix = "counts/pc_parts/"
     args = ("CountPages", "--source", f"s3://{bucket}/raw/", "--output", f"s3://{bucket}/counts/pc.csv",
             "--max-workers", "1", "--chunk-size", "2")
-    with FlakyProxy(moto_endpoint, delay=0.08) as slow:
+    with FaultProxy(moto_endpoint, delay=0.08) as slow:
         argv, env = luigi_command(make_cfg(tmp_path, slow.endpoint), *args)
         process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -162,7 +163,7 @@ def test_count_pages_killed_after_some_parts_resumes_with_the_missing_ones(tmp_p
     done_parts = [k for k in before if k.split("/")[-1].startswith("part_")]
     assert 3 <= len(done_parts) < 8 and "counts/pc.csv" not in keys(s3_client, bucket, "counts/")
 
-    with FlakyProxy(moto_endpoint) as watch:
+    with FaultProxy(moto_endpoint) as watch:
         result = run_luigi(make_cfg(tmp_path, watch.endpoint), *args)
     assert result.returncode == 0, result.stdout
     after = keys(s3_client, bucket, parts_prefix)
@@ -178,13 +179,13 @@ def test_count_pages_killed_after_some_parts_resumes_with_the_missing_ones(tmp_p
 def test_count_pages_retries_server_errors_then_fails_clearly(tmp_path, moto_endpoint, s3_client, bucket):
     upload(s3_client, bucket, {"raw/a.pdf": samples.text_pdf(["a", "b"])})
     args = ("CountPages", "--source", f"s3://{bucket}/raw/", "--output", f"s3://{bucket}/pc.csv")
-    with FlakyProxy(moto_endpoint, should_fail=lambda n: n < 3, status=503) as flaky:
+    with FaultProxy(moto_endpoint, answer_status(503, lambda n: n < 3)) as flaky:
         result = run_luigi(make_cfg(tmp_path, flaky.endpoint, max_attempts=5), *args)
     assert result.returncode == 0, result.stdout
     assert flaky.failed == 3
     assert sharding.csv_rows(get(s3_client, bucket, "pc.csv"))[0]["pages"] == "2"
 
-    with FlakyProxy(moto_endpoint, should_fail=lambda n: True, status=500) as down:
+    with FaultProxy(moto_endpoint, answer_status(500, lambda n: True)) as down:
         result = run_luigi(make_cfg(tmp_path, down.endpoint, max_attempts=2), *args[:-1], f"s3://{bucket}/pc2.csv")
     assert result.returncode != 0
     assert "failed after 2 attempts" in result.stdout and "check the endpoint" in result.stdout
@@ -318,7 +319,7 @@ def test_run_shard_with_the_text_engine_end_to_end(tmp_path, moto_endpoint, s3_c
     assert table.returncode == 0, table.stdout
     line = next(line for line in table.stdout.splitlines() if line.split()[:1] == ["1"]).split()
     assert line[1:7] == ["5", "15", "1", "6", "0", "0"]
-    with FlakyProxy(moto_endpoint) as watch:
+    with FaultProxy(moto_endpoint) as watch:
         cli = subprocess.run(
             [sys.executable, "-m", "pipeline.sharding", "status", "--json",
              "--shard-prefix", f"s3://{bucket}/manifests/shards", "--status-prefix", f"s3://{bucket}/status"],
