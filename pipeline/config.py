@@ -60,8 +60,8 @@ class OCRConfig(_Section):
     max_page_error_rate = luigi.FloatParameter(default=0.004)
     document_timeout = luigi.FloatParameter(default=120.0, description="seconds of in-process work on one PDF "
                                             "(text layer, page count) before it fails alone; 0 = no limit")
-    document_memory_mb = luigi.IntParameter(default=2048, description="memory (MiB) of that work on one PDF; "
-                                            "0 = no limit")
+    document_memory_mb = luigi.IntParameter(default=2048, description="memory (MiB) of that work on one PDF, "
+                                            "and of each pdftoppm/tesseract process; 0 = no limit")
 
 
 class BackpressureConfig(_Section):

@@ -129,6 +129,24 @@ def zeros_bomb(prefix: bytes = b"", size: int = BOMB_BYTES) -> bytes:
     return head + repeat * (blocks - 1) + b"\x03\x00" + ((high << 16) | low).to_bytes(4, "big")
 
 
+def raster_bomb(page_points: int = 30_000, image_pixels: int = 16_384) -> bytes:
+    """A one-page PDF of a few hundred KB whose page rasterises to gigabytes: a MediaBox
+    ``page_points`` wide and high, covered by a gray image of ``image_pixels`` squared that inflates
+    from zeros. At 50 dpi pdftoppm takes 1.3 GB for the page, tesseract 4.5 GB for its image."""
+    image = zeros_bomb(b"", image_pixels * image_pixels)
+    content = b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % (page_points, page_points)
+    return samples.pdf_from_objects([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Resources << /XObject << /Im0 4 0 R >> >> "
+        b"/Contents 5 0 R >>" % (page_points, page_points),
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray /BitsPerComponent 8 "
+        b"/Filter /FlateDecode /Length %d >>\nstream\n" % (image_pixels, image_pixels, len(image))
+        + image + b"\nendstream",
+        samples.pdf_stream(content),
+    ])
+
+
 # --- mutations ------------------------------------------------------------------------------------
 
 Mutation = Callable[[random.Random, bytes], "bytes | None"]

@@ -40,7 +40,7 @@ class EngineSettings:
     max_page_error_rate: float = 0.004
     command: list[str] = field(default_factory=list)
     document_timeout: float = 120.0  # seconds of in-process work on one PDF (text layer, page count); 0 = none
-    document_memory_mb: int = 2048  # memory of that work; 0 = none
+    document_memory_mb: int = 2048  # memory of that work, and of each pdftoppm/tesseract process; 0 = none
 
     def limits(self) -> Limits:
         return Limits(seconds=self.document_timeout, memory_bytes=self.document_memory_mb << 20)

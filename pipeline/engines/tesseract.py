@@ -4,7 +4,9 @@ Pages of all PDFs in the chunk run in parallel (one tesseract thread each, so th
 cores). Like olmOCR, a document with more failed pages than ``max_page_error_rate`` allows is
 dropped; failed pages below that rate are kept empty and counted as fallback pages. Pages are
 counted in a worker process under the document limits (see ``isolation``), so a PDF whose page
-tree never ends costs only itself.
+tree never ends costs only itself. Each ``pdftoppm`` and ``tesseract`` process runs under
+``prlimit`` with the same memory limit: a page whose raster is gigabytes (a 17 KB file with a huge
+MediaBox) fails alone instead of taking the node's memory.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from . import EngineSettings, output_name, page_count, say
 RASTER_TIMEOUT = 180.0
 OCR_TIMEOUT = 300.0
 REQUIRED_TOOLS = {"pdftoppm": "poppler-utils", "tesseract": "tesseract-ocr"}
+LIMIT_TOOL = ("prlimit", "util-linux")  # sets the memory limit, then runs the program (no shell)
 
 
 class PageFailed(Exception):
@@ -43,14 +46,22 @@ def installed_languages() -> frozenset[str]:
     return frozenset(line.strip() for line in result.stdout.splitlines()[1:] if line.strip())
 
 
-def _run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> bytes:
+def _run(args: list[str], timeout: float, env: dict[str, str] | None = None, memory_bytes: int = 0) -> bytes:
+    """Run ``args`` with at most ``memory_bytes`` of address space (0 = no limit); its stdout, or PageFailed."""
+    program = args[0]
+    if memory_bytes:
+        args = [LIMIT_TOOL[0], f"--as={memory_bytes}", "--", *args]
     try:
         result = subprocess.run(args, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise PageFailed(f"{args[0]} took over {timeout:.0f} s") from None
-    if result.returncode != 0:
-        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise PageFailed(f"{args[0]} exited with status {result.returncode}: {' | '.join(detail[-3:])}")
+        raise PageFailed(f"{program} took over {timeout:.0f} s") from None
+    detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    # pdftoppm reports a failed allocation and still exits 0, with a 1x1 image: that page has no text.
+    out_of_memory = any("out of memory" in line.lower() or "bad_alloc" in line for line in detail)
+    if result.returncode != 0 or out_of_memory:
+        hint = (f" (over the memory limit of {memory_bytes >> 20} MiB per process; raise [ocr] "
+                "document_memory_mb if the document is sound)" if out_of_memory and memory_bytes else "")
+        raise PageFailed(f"{program} exited with status {result.returncode}{hint}: {' | '.join(detail[-3:])}")
     return result.stdout
 
 
@@ -61,10 +72,12 @@ class TesseractEngine:
         self.settings = settings
         # One OCR thread per tesseract process: parallelism comes from running pages side by side.
         self._ocr_env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+        self.memory_bytes = settings.limits().memory_bytes
         self.failures: list[dict[str, str]] = []
 
     def check_tools(self) -> None:
-        missing = [f"{tool} (Debian package {package})" for tool, package in REQUIRED_TOOLS.items()
+        tools = {**REQUIRED_TOOLS, **(dict([LIMIT_TOOL]) if self.settings.document_memory_mb else {})}
+        missing = [f"{tool} (Debian package {package})" for tool, package in tools.items()
                    if shutil.which(tool) is None]
         if missing:
             raise RuntimeError(f"tesseract engine needs {', '.join(missing)}")
@@ -76,7 +89,7 @@ class TesseractEngine:
     def rasterise(self, source: Path, page: int, prefix: Path) -> Path:
         dpi = str(self.settings.tesseract_dpi)
         _run(["pdftoppm", "-r", dpi, "-f", str(page), "-l", str(page), "-gray", "-png", "-singlefile",
-              "--", str(source), str(prefix)], RASTER_TIMEOUT)
+              "--", str(source), str(prefix)], RASTER_TIMEOUT, memory_bytes=self.memory_bytes)
         image = prefix.with_name(prefix.name + ".png")
         if not image.is_file():
             raise PageFailed("pdftoppm wrote no image")
@@ -86,7 +99,7 @@ class TesseractEngine:
         image = self.rasterise(source, page, scratch / f"page_{page:05d}")
         try:
             text = _run(["tesseract", str(image), "stdout", "-l", self.settings.tesseract_lang,
-                         "--dpi", str(self.settings.tesseract_dpi)], OCR_TIMEOUT, self._ocr_env)
+                         "--dpi", str(self.settings.tesseract_dpi)], OCR_TIMEOUT, self._ocr_env, self.memory_bytes)
         finally:
             image.unlink(missing_ok=True)
         # tesseract ends each page with a form feed.
