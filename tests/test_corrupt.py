@@ -31,6 +31,7 @@ def batch_site(make_site, source: Path) -> tuple[Site, BatchPaths]:
     site = make_site(source=source, ocr__pages_per_chunk=4, backpressure__min_free_gb=0,
                      core__lock_pid_dir=source.parent / "locks")  # not shared with other test runs
     site.luigi("Download", "--run-id", "d")
+    site.luigi("CreateBatch", "--batch", "1")
     return site, BatchPaths(site.layout.batch_dir("1"))
 
 

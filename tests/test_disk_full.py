@@ -105,6 +105,7 @@ def test_disk_full_during_split_or_finalize_deletes_nothing_and_a_rerun_converge
     site = make_site(source=source, backpressure__min_free_gb=0, core__lock_pid_dir=tmp_path / "locks")
     small_disk(site.base, 4)
     site.luigi("Download", "--run-id", "d")
+    site.luigi("CreateBatch", "--batch", "1")
     site.luigi(done_before, "--batch", "1")
     batch = site.layout.batch_dir("1")
     pdfs_before = sorted(p.name for p in batch.glob("*.pdf"))
