@@ -65,14 +65,6 @@ def failed_documents(missing: list[str], reported: list[dict[str, str]], engine_
     return failed
 
 
-def failure_of(paths: BatchPaths, index: int | None, file: str) -> dict[str, str] | None:
-    """Why chunk ``index`` left ``file`` without a record, from its done marker; None if it does not say."""
-    marker = paths.done_marker(index) if index is not None else None
-    if marker is None or not marker.exists():
-        return None
-    return next((f for f in atomic.read_json(marker).get("failed", []) if f.get("file") == file), None)
-
-
 def run_chunk(paths: BatchPaths, index: int, engine_name: str, settings: EngineSettings) -> dict:
     """OCR chunk ``index`` of the batch; returns the done-marker record (also written to disk)."""
     marker = paths.done_marker(index)

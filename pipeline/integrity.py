@@ -74,3 +74,11 @@ def withdraw(layout: Layout, paths: BatchPaths, untrusted: dict[int, str]) -> No
     atomic.remove_files([paths.done_marker(i) for i in untrusted])
     manifest.append(layout.events, [manifest.event("chunk_redone", batch=paths.number, chunk=i, reason=why)
                                     for i, why in sorted(untrusted.items())])
+
+
+def failure_of(paths: BatchPaths, index: int | None, file: str) -> dict[str, str] | None:
+    """Why chunk ``index`` left ``file`` without a record, from its done marker; None if it does not say."""
+    marker = paths.done_marker(index) if index is not None else None
+    if marker is None or not marker.exists():
+        return None
+    return next((f for f in atomic.read_json(marker).get("failed", []) if f.get("file") == file), None)

@@ -7,7 +7,6 @@ from typing import Callable
 import luigi
 
 from pipeline import atomic, batches, bisect, integrity, manifest, ocr_pass, planning, split
-from pipeline.chunk_job import failure_of
 from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.engines import EngineSettings
 from pipeline.executor import Executor, LocalExecutor, Progress
@@ -232,7 +231,7 @@ class Finalize(BatchTask):
             for identifier in remaining:
                 index = lookup(identifier).chunk
                 where = f"chunk {index}, log {paths.chunk_log(index)}" if index is not None else "no chunk"
-                failure = failure_of(paths, index, paths.pdf(identifier).name)
+                failure = integrity.failure_of(paths, index, paths.pdf(identifier).name)
                 why = f": {failure['error']}: {failure['message']}" if failure else ""
                 reasons[identifier] = {"reason": "no_ocr_result"}
                 quarantine(layout, identifier, [paths.pdf(identifier), layout.downloaded_pdf(identifier)],

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from pipeline import atomic, samples
-from pipeline.chunk_job import failure_of, run_chunk
+from pipeline.chunk_job import run_chunk
+from pipeline.integrity import failure_of
 from pipeline.engines import EngineSettings
 from pipeline.jobscript import job_command
 from pipeline.layout import BatchPaths
