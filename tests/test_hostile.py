@@ -126,7 +126,8 @@ def test_process_all_survives_hostile_collection(make_site, tmp_path: Path) -> N
     cost that document only.
     """
     files = hostile.generate(tmp_path / "incoming", 300, seed=11)
-    site = make_site(source=tmp_path / "incoming", engine="text")
+    # A tight per-document limit: the documents built to make extraction hang cost 20 s, not 120.
+    site = make_site(source=tmp_path / "incoming", engine="text", ocr__document_timeout=20)
     result = site.luigi("ProcessAll", "--run-id", "hostile", check=False, timeout=1800)
     layout: Layout = site.layout
     finalized, quarantined, missing = [], Counter(), []
