@@ -16,6 +16,8 @@ import pytest
 
 from pipeline.layout import Layout
 
+from .s3server import RETCODES
+
 pytest_plugins = ["tests.s3server"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,8 +121,7 @@ def make_site(tmp_path: Path):
         root.mkdir(exist_ok=True)
         sections: dict[str, dict[str, object]] = {
             "core": {"autoload_range": "false"},
-            "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
-                        "scheduling_error": 35, "unhandled_exception": 40},
+            "retcode": RETCODES,
             "pipeline": {"base_dir": root / "data", "workers": 4},
             "download": {"source": source},
             "ocr": {"executor": "local", "engine": engine, "pages_per_chunk": 20, "parallel_chunks": 2,

@@ -31,7 +31,7 @@ from pipeline import faults, samples, sharding
 
 from . import invariants
 from .conftest import FULL_CAMPAIGN, Site, luigi_executable, snapshot, write_config
-from .s3server import luigi_command, run_luigi, write_luigi_cfg
+from .s3server import RETCODES, luigi_command, run_luigi, write_luigi_cfg
 from .test_slurm import cluster  # noqa: F401  (the fixture)
 
 MODES = ("luigi", "group", "paused")
@@ -71,8 +71,7 @@ def new_site(root: Path, incoming: Path, **extra: dict[str, object]) -> Site:
         # Luigi's pid lock is per command line; other runs of the same command on this machine
         # must not make a kill run exit "already running".
         "core": {"autoload_range": "false", "lock_pid_dir": root / "locks"},
-        "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
-                    "scheduling_error": 35, "unhandled_exception": 40},
+        "retcode": RETCODES,
         "pipeline": {"base_dir": root / "data", "workers": 1},
         "download": {"source": incoming},
         "ocr": {"executor": "local", "engine": "text", "pages_per_chunk": 4, "parallel_chunks": 1,

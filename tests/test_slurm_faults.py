@@ -26,6 +26,7 @@ from pipeline.layout import BatchPaths
 
 from .conftest import Site, snapshot, write_config
 from .invariants import Reference, assert_converged, reference
+from .s3server import RETCODES
 from .test_slurm import cluster  # noqa: F401  (the fixture)
 from .test_slurm_luigi import call_log, events, read_calls, wait_until  # noqa: F401  (call_log: a fixture)
 
@@ -93,8 +94,7 @@ def make_fault_site(root: Path, names: list[str], batch: str | None = None, exec
     engine.write_text(ENGINE)
     sections: dict[str, dict[str, object]] = {
         "core": {"autoload_range": "false"},
-        "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
-                    "scheduling_error": 35, "unhandled_exception": 40},
+        "retcode": RETCODES,
         "pipeline": {"base_dir": root / "data", "workers": 2},
         "download": {"source": incoming},
         "ocr": {"executor": executor, "engine": "command", "pages_per_chunk": 1, "parallel_chunks": 2,
