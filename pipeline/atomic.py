@@ -78,7 +78,7 @@ def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder."""
     makedirs(path.parent)
     prefix = f".{path.name[:50]}."
-    _remove_leftovers(path.parent, prefix)
+    remove_leftovers(path.parent, prefix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -96,17 +96,21 @@ def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
         fsync_dir(path.parent)
 
 
-def _remove_leftovers(folder: Path, prefix: str) -> None:
-    """Remove temp files of this target that a writer killed before its rename left behind.
+def remove_leftovers(folder: Path, prefix: str, suffix: str = ".tmp") -> None:
+    """Remove the temp files of one target that a writer killed before its rename left behind.
 
-    Only this target's names (prefix + mkstemp's 8 characters + .tmp): the folder may be shared
+    Only that target's names (prefix + mkstemp's 8 characters + suffix): the folder may be shared
     with live writers of other files. A live writer of the same target loses its temp file and
     fails loudly at its rename; two writers of one file at once are a fault of their own.
     """
-    with os.scandir(folder) as entries:
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:  # no folder, no leftovers
+        return
+    with entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(prefix) and name.endswith(".tmp") and len(name) == len(prefix) + 12:
+            if name.startswith(prefix) and name.endswith(suffix) and len(name) == len(prefix) + 8 + len(suffix):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import glob
 import os
 import shutil
 import tempfile
@@ -128,10 +127,11 @@ def download_one(layout: Layout, item: SourceItem) -> str:
     prefix = f".{item.identifier}."
     if layout.is_known(item.identifier):
         if layout.quarantine_reason(item.identifier).exists():
-            _remove_partials(dest.parent, prefix)  # quarantined by a run killed before it removed its temp file
+            # quarantined by a run killed before it removed its temp file
+            atomic.remove_leftovers(dest.parent, prefix, ".part")
         return "skipped"
     atomic.makedirs(dest.parent)
-    _remove_partials(dest.parent, prefix)
+    atomic.remove_leftovers(dest.parent, prefix, ".part")  # a killed earlier attempt of this document
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -161,12 +161,6 @@ def download_one(layout: Layout, item: SourceItem) -> str:
         if tmp.exists():
             tmp.unlink()
     return "fetched"
-
-
-def _remove_partials(folder: Path, prefix: str) -> None:
-    """Temp files a killed earlier attempt of this document left (mkstemp adds 8 random characters)."""
-    for leftover in folder.glob(glob.escape(prefix) + "?" * 8 + ".part"):
-        leftover.unlink(missing_ok=True)
 
 
 def free_gb(path: Path) -> float:
