@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the project on a Debian/Ubuntu machine with Python 3.
 #   ./dev.sh demo          the whole pipeline on a generated collection, on this machine
-#   ./dev.sh test [ARGS]   the test suite (starts the local SLURM cluster first); ARGS go to pytest
+#   ./dev.sh test [ARGS]   lint (ruff), type check (mypy), then the test suite (starts the local SLURM
+#                          cluster first); ARGS go to pytest
 #   ./dev.sh bench [--quick]  the benchmarks, each printing a ratio against its baseline
 #   ./dev.sh setup         only install what the project needs
 set -euo pipefail
@@ -37,6 +38,8 @@ case "${1:-}" in
     demo) shift; setup; exec "$VENV/bin/python" -m pipeline.demo "$@" ;;
     test)
         shift; setup
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"
         slurm/dev-cluster.sh start
         export PATH="$PWD/$VENV/bin:$PATH"
         exec "$VENV/bin/python" -m pytest "$@" ;;

@@ -54,8 +54,8 @@ def prepare(root: Path, documents: int) -> Path:
 def run_finalize(base: Path) -> tuple[float, int]:
     from pipeline import atomic
     from pipeline.config import PipelineConfig
-    from pipeline.finalize import Provenance, finalize_many
     from pipeline.layout import BatchPaths, Layout
+    from pipeline.stages.finalize import Provenance, finalize_many
 
     layout = Layout(base, 2)
     paths = BatchPaths(layout.batch_dir("1"))

@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pypdf import PdfReader  # noqa: E402
 
-from pipeline import pdf, samples  # noqa: E402
+from pipeline import pdf, samples
 
 
 def generate(folder: Path, pages: int, files: int, prefix: str) -> list[Path]:

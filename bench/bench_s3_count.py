@@ -83,7 +83,7 @@ def run_count_pages(workers: int) -> tuple[float, int, dict[str, int]]:
     """CountPages as a Luigi task; returns (seconds, bytes fetched, {uri: pages})."""
     import luigi
 
-    from pipeline import s3, sharding
+    from pipeline.cloud import s3, sharding
     from tasks.shards import CountPages
 
     output = f"s3://{BUCKET}/manifests/page_counts_master.csv"
@@ -138,7 +138,7 @@ def main() -> int:
     try:
         import luigi
 
-        from pipeline.s3 import S3Settings, get_client
+        from pipeline.cloud.s3 import S3Settings, get_client
 
         luigi.configuration.get_config().set("s3", "endpoint_url", endpoint)
         # The client CountPages will use (one per process), shared with the baseline.

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import samples
+from pipeline import samples
 
 CONFIG = """\
 [retcode]

@@ -24,9 +24,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 FAULT_DIR = "PIPELINE_FAULT_DIR"
 PAUSE_AT = "PIPELINE_PAUSE_AT"

@@ -18,10 +18,11 @@ import resource
 import signal
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
@@ -163,7 +164,7 @@ class Workers:
         self.workers = max(1, workers)
         self._pool: ProcessPool | None = None
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -84,7 +84,7 @@ class Layout:
     def _sharded(self, stage: str, identifier: str) -> Path:
         return self.base / stage / shard_of(validate_identifier(identifier), self.shard_width)
 
-    def document(self, identifier: str) -> "DocumentPaths":
+    def document(self, identifier: str) -> DocumentPaths:
         """Every stage path of one document, from one shard computation (hot loops use it directly)."""
         shard = shard_of(validate_identifier(identifier), self.shard_width)
         base = str(self.base)

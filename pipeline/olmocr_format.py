@@ -5,9 +5,10 @@ import datetime as _dt
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 ENGINE_VERSION_KEY = "olmocr-version"
 # Counts the characters replaced to make the record valid text; present only when there were any.

@@ -20,9 +20,10 @@ import subprocess
 import tempfile
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 TAIL_BYTES = 2048
 # Writers that pad files (NULs, a second %%EOF, appended junk) push startxref further from the end.
@@ -68,7 +69,7 @@ class FileSource:
     def close(self) -> None:
         os.close(self._fd)
 
-    def __enter__(self) -> "FileSource":
+    def __enter__(self) -> FileSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -421,7 +422,7 @@ class _Resolver:
                 raise _FastPathFailed("expected a dictionary")
             return value
 
-    def _load_xref_stream(self, stream: "_Stream", merge_trailer: bool = True) -> None:
+    def _load_xref_stream(self, stream: _Stream, merge_trailer: bool = True) -> None:
         widths = stream.dict.get("W")
         if not (isinstance(widths, list) and len(widths) == 3
                 and all(isinstance(w, int) and 0 <= w <= 8 for w in widths)):
@@ -456,7 +457,7 @@ class _Resolver:
             self._merge_trailer(stream.dict)
 
     @staticmethod
-    def _inflate(stream: "_Stream", limit: int = MAX_INFLATE, enough: bool = False) -> bytes:
+    def _inflate(stream: _Stream, limit: int = MAX_INFLATE, enough: bool = False) -> bytes:
         filters = stream.dict.get("Filter")
         filters = [filters] if isinstance(filters, str) else (filters or [])
         if any(f != "FlateDecode" for f in filters) or len(filters) > 2:
@@ -467,7 +468,7 @@ class _Resolver:
         return data
 
     @staticmethod
-    def _predictor(stream: "_Stream") -> tuple[int, int, int]:
+    def _predictor(stream: _Stream) -> tuple[int, int, int]:
         """(predictor, bytes per row, bytes per pixel) from /DecodeParms."""
         parms = stream.dict.get("DecodeParms") or {}
         if isinstance(parms, list):
@@ -483,7 +484,7 @@ class _Resolver:
         bits = colors * bpc
         return predictor, (columns * bits + 7) // 8, max(1, bits // 8)
 
-    def _decode(self, stream: "_Stream") -> bytes:
+    def _decode(self, stream: _Stream) -> bytes:
         data = self._inflate(stream)
         predictor, row_bytes, bpp = self._predictor(stream)
         return _png_unpredict(data, row_bytes, bpp) if predictor >= 10 else data

@@ -10,8 +10,8 @@ import socket
 import urllib.parse
 from pathlib import Path
 
-from . import atomic
-from .layout import Layout, normalize_batch
+from pipeline import atomic
+from pipeline.layout import Layout, normalize_batch
 
 
 def config_file_problem(luigi_config_path: str | None) -> str | None:

@@ -5,14 +5,16 @@ import functools
 import inspect
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import luigi
 
-from pipeline import batches, startup_checks
+from pipeline import startup_checks
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
+from pipeline.stages import batches
 
 
 def layout() -> Layout:

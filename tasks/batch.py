@@ -1,19 +1,18 @@
 """The per-batch task chain: CreateBatch -> PlanChunks -> OCRBatch -> SplitResults -> Finalize."""
 from __future__ import annotations
 
-import shlex
-from typing import Callable
+from collections.abc import Callable
 
 import luigi
 
-from pipeline import atomic, batches, bisect, integrity, manifest, ocr_pass, planning, split
+from pipeline import atomic, events
 from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
-from pipeline.engines import EngineSettings
-from pipeline.executor import Executor, LocalExecutor, Progress
-from pipeline.finalize import Provenance, finalize_many
-from pipeline.jobscript import job_command, render
-from pipeline.quarantine import quarantine, read_reasons
-from pipeline.slurm_executor import capped, configured_walltime
+from pipeline.executors.base import Progress, make_executor, planned_walltime
+from pipeline.stages import batches, bisect, integrity, split
+from pipeline.stages import chunks as planning
+from pipeline.stages import ocr as ocr_pass
+from pipeline.stages.finalize import Provenance, finalize_many
+from pipeline.stages.quarantine import quarantine, read_reasons
 
 from .base import BatchTask
 
@@ -50,7 +49,7 @@ class PlanChunks(BatchTask):
         have = batches.existing_results(paths)
         todo = {i: d["pages"] for i, d in documents.items() if i not in have}
         chunks = planning.pack_chunks(todo, ocr.pages_per_chunk)
-        model = walltime_model(self)
+        model = planned_walltime(self.layout, OCRConfig(), SlurmConfig())
         plan = []
         for chunk in chunks:
             record = {
@@ -62,8 +61,8 @@ class PlanChunks(BatchTask):
             }
             integrity.write_chunk_list(paths, record)
             plan.append(record)
-        manifest.append(self.layout.events, [
-            manifest.event("chunk_planned", batch=self.batch, chunk=c["index"], pages=c["pages"],
+        events.append(self.layout.events, [
+            events.event("chunk_planned", batch=self.batch, chunk=c["index"], pages=c["pages"],
                            documents=len(c["documents"])) for c in plan
         ])
         atomic.write_json(paths.chunk_plan, {
@@ -74,38 +73,6 @@ class PlanChunks(BatchTask):
         })
         self.report(1, 1, f"{len(plan)} chunks, {sum(todo.values())} pages to OCR; "
                           f"{len(have & set(documents))} documents already have results")
-
-
-def walltime_model(task: BatchTask) -> planning.WalltimeModel:
-    """The model the SLURM executor asks for, so chunks.json shows each chunk's walltime request."""
-    model = configured_walltime(task.layout)
-    # The cap needs the cluster: only a SLURM run asks it (a local run records the uncapped figure).
-    return capped(model, SlurmConfig().partition) if OCRConfig().executor == "slurm" else model
-
-
-def engine_settings(ocr: OCRConfig) -> EngineSettings:
-    return EngineSettings(
-        workers=ocr.engine_workers,
-        tesseract_lang=ocr.tesseract_lang,
-        tesseract_dpi=ocr.tesseract_dpi,
-        olmocr_python=ocr.olmocr_python,
-        olmocr_args=shlex.split(ocr.olmocr_args),
-        max_page_error_rate=ocr.max_page_error_rate,
-        command=shlex.split(ocr.command),
-        document_timeout=ocr.document_timeout,
-        document_memory_mb=ocr.document_memory_mb,
-    )
-
-
-def make_executor(task: BatchTask) -> Executor:
-    ocr = OCRConfig()
-    command = job_command(task.paths.dir, ocr.engine, engine_settings(ocr))
-    if ocr.executor == "slurm":
-        from pipeline.slurm_executor import SlurmExecutor
-
-        return SlurmExecutor.from_config(task.layout, command)
-    return LocalExecutor(task.layout, render(batch=task.batch, command=command), ocr.parallel_chunks,
-                         SlurmConfig().max_retries)
 
 
 class OCRBatch(BatchTask):
@@ -143,8 +110,9 @@ class OCRBatch(BatchTask):
 def ocr_context(task: BatchTask, say: Callable[[str], None]) -> bisect.Context:
     """What running chunks of the task's batch needs: the executor, page counts, walltime model, engine."""
     pages = {i: d["pages"] for i, d in atomic.read_json(task.paths.manifest)["documents"].items()}
-    return bisect.Context(make_executor(task), task.layout, task.paths, pages, walltime_model(task),
-                          OCRConfig().engine, say)
+    ocr, slurm = OCRConfig(), SlurmConfig()
+    return bisect.Context(make_executor(task.layout, task.paths, ocr, slurm), task.layout, task.paths, pages,
+                          planned_walltime(task.layout, ocr, slurm), ocr.engine, say)
 
 
 class SplitResults(BatchTask):
@@ -169,7 +137,7 @@ class SplitResults(BatchTask):
             plan = split.plan_split(paths.results, identifiers)
         written = split.write_split(plan, self.layout.completed_jsonl)
         result = split.report(plan, identifiers, written)
-        manifest.log_event(self.layout.events, "split", batch=self.batch, documents=result["split"],
+        events.log_event(self.layout.events, "split", batch=self.batch, documents=result["split"],
                            unmatched=len(plan.unmatched), malformed=len(plan.malformed),
                            duplicates=len(plan.duplicates))
         atomic.write_json(paths.split_report, result)
@@ -252,12 +220,12 @@ class Finalize(BatchTask):
             "partial": self.partial,
             "split": split_summary,
         }
-        atomic.write_json(paths.finalize_report, {**summary, "time": manifest.now_iso()})
+        atomic.write_json(paths.finalize_report, {**summary, "time": events.now_iso()})
         if remaining:
             self.report(len(finalized), len(documents),
                         f"partial: {len(remaining)} documents have no result yet and stay in {paths.dir}")
             return
-        atomic.write_json(paths.finalized, {**summary, "finished_at": manifest.now_iso()})
-        manifest.log_event(layout.events, "batch_finalized", batch=self.batch, finalized=len(finalized),
+        atomic.write_json(paths.finalized, {**summary, "finished_at": events.now_iso()})
+        events.log_event(layout.events, "batch_finalized", batch=self.batch, finalized=len(finalized),
                            quarantined=len(quarantined))
         self.report(len(documents), len(documents), f"batch {self.batch} finalized")

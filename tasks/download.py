@@ -6,8 +6,9 @@ import hashlib
 
 import luigi
 
-from pipeline import atomic, batches, download
+from pipeline import atomic
 from pipeline.config import BackpressureConfig, DownloadConfig, PipelineConfig
+from pipeline.stages import batches, download
 
 from .base import ProgressMixin, layout
 

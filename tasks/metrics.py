@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import luigi
 
-from pipeline import atomic, manifest, metrics
+from pipeline import atomic, events
 from pipeline.config import OCRConfig, SlurmConfig
-from pipeline.slurm import SlurmError
-from pipeline.slurm_executor import record_missing_ends
+from pipeline.executors.slurm.client import SlurmError
+from pipeline.executors.slurm.executor import record_missing_ends
+from pipeline.ops import metrics
 
 from .base import ProgressMixin, layout
 
@@ -34,9 +35,9 @@ class MetricsSummary(ProgressMixin, luigi.Task):
             except SlurmError as exc:
                 note = f"; jobs without end records stay unmeasured ({exc})"
         parallel = SlurmConfig().array_throttle if ocr.executor == "slurm" else ocr.parallel_chunks
-        summary = metrics.summarize(metrics.attempts(manifest.read(lay.metrics)), metrics.waiting_work(lay),
+        summary = metrics.summarize(metrics.attempts(events.read(lay.metrics)), metrics.waiting_work(lay),
                                     pages_per_chunk=ocr.pages_per_chunk, parallel=parallel or None)
-        atomic.write_json(self.output().path, {**summary, "time": manifest.now_iso()})
+        atomic.write_json(self.output().path, {**summary, "time": events.now_iso()})
         self._written = True
         self.report(1, 1, f"{summary['chunks_done']} chunks, {summary['pages_done']} pages measured{note}")
         print("\n" + metrics.format_summary(summary), flush=True)

@@ -5,9 +5,11 @@ import time
 
 import luigi
 
-from pipeline import atomic, batches, manifest, report
+from pipeline import atomic, events
 from pipeline.config import BackpressureConfig, DownloadConfig
 from pipeline.layout import BatchPaths
+from pipeline.ops import report
+from pipeline.stages import batches
 
 from .base import ProgressMixin, layout
 from .batch import CreateBatch, Finalize
@@ -23,7 +25,7 @@ class ProcessAll(ProgressMixin, luigi.Task):
         super().__init__(*args, **kwargs)
         self.effective_run = self.run_id or this_minute()
         # Set when the task is scheduled, so it survives run() being restarted after each yield.
-        self.started_at = manifest.now_iso()
+        self.started_at = events.now_iso()
         self.started = time.time()
 
     def output(self) -> luigi.LocalTarget:

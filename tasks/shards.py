@@ -15,10 +15,10 @@ from typing import Any
 
 import luigi
 
-from pipeline import sharding
+from pipeline.cloud import sharding
+from pipeline.cloud.s3 import MarkerTarget, S3Settings, Storage, folder, join
 from pipeline.config import OCRConfig, S3Config
 from pipeline.engines import EngineSettings
-from pipeline.s3 import MarkerTarget, S3Settings, Storage, folder, join
 
 __all__ = ["CountPages", "ShardManifest", "ShardFile", "RunShard", "ShardStatus", "Preflight"]
 

@@ -112,7 +112,7 @@ class FaultProxy:
         """Requests answered with a fault instead of being forwarded whole."""
         return len(self.injected)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         return self
 

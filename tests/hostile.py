@@ -20,10 +20,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 from pipeline import samples
 
@@ -41,7 +41,7 @@ class Hostile:
 
 # --- base documents -----------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def bases() -> dict[str, tuple[bytes, int]]:
     """{name: (PDF bytes, pages)}: born-digital, scanned and writer variants from pipeline.samples."""
     rng = random.Random(1)
@@ -109,7 +109,7 @@ def pages_root(data: bytes) -> int | None:
     return int(found.group(1) or found.group(2)) if found else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def zeros_bomb(prefix: bytes = b"", size: int = BOMB_BYTES) -> bytes:
     """A zlib stream of ``prefix`` then ``size`` zero bytes (whole MiBs), about size/1000 compressed.
 

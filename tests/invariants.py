@@ -235,7 +235,7 @@ def assert_converged(base: Path, ref: Reference, shard_width: int = 2) -> None:
 
 def s3_objects(client, uri: str) -> dict[str, dict]:
     """key -> listing entry of every object under an s3:// prefix."""
-    from pipeline import s3
+    from pipeline.cloud import s3
 
     bucket, prefix = s3.split(uri)
     found: dict[str, dict] = {}
@@ -245,7 +245,7 @@ def s3_objects(client, uri: str) -> dict[str, dict]:
 
 
 def _s3_get(client, uri: str) -> bytes | None:
-    from pipeline import s3
+    from pipeline.cloud import s3
 
     bucket, key = s3.split(uri)
     try:
@@ -256,7 +256,7 @@ def _s3_get(client, uri: str) -> bytes | None:
 
 def shard_reference(client, status_prefix: str, uris: list[str]) -> Reference:
     """The outcome of an undisturbed RunShard: source key -> text, source key -> 'failed'."""
-    from pipeline import s3, sharding
+    from pipeline.cloud import s3, sharding
 
     ref = Reference()
     for uri in uris:
@@ -272,7 +272,7 @@ def shard_reference(client, status_prefix: str, uris: list[str]) -> Reference:
 
 def check_shard_safe(client, status_prefix: str, uris: list[str]) -> list[str]:
     """At any instant: every .done marker whole with its outputs uploaded; every source still there."""
-    from pipeline import s3
+    from pipeline.cloud import s3
 
     problems = []
     for key, item in sorted(s3_objects(client, status_prefix).items()):
@@ -294,7 +294,7 @@ def check_shard_safe(client, status_prefix: str, uris: list[str]) -> list[str]:
 def check_shard_converged(client, status_prefix: str, output_prefix: str, shard: int, uris: list[str],
                           ref: Reference, work_dir: Path) -> list[str]:
     """The end state of a shard after a rerun, against the undisturbed run ``ref`` (by source key)."""
-    from pipeline import s3, sharding
+    from pipeline.cloud import s3, sharding
 
     problems = check_shard_safe(client, status_prefix, uris)
     listed: set[str] = set()

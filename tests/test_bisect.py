@@ -1,4 +1,4 @@
-"""pipeline.bisect: the decisions in-process, then poison documents through the real `luigi` command
+"""pipeline.stages.bisect: the decisions in-process, then poison documents through the real `luigi` command
 line with the local executor and on the dev SLURM cluster."""
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from pipeline import atomic, bisect, integrity, manifest, samples
-from pipeline.executor import ChunkOutcome, ChunkRun
+from pipeline import atomic, events, samples
+from pipeline.executors.base import ChunkOutcome, ChunkRun
 from pipeline.layout import BatchPaths, Layout
-from pipeline.planning import WalltimeModel
+from pipeline.stages import bisect, integrity
+from pipeline.stages.chunks import WalltimeModel
 
 from .conftest import snapshot
 from .test_slurm import cluster  # noqa: F401  (the fixture)
@@ -172,7 +173,7 @@ def test_every_chunk_failing_is_the_engine_not_the_documents(tmp_path: Path) -> 
     assert executor.runs == [names[:2], names[2:], *[[n] for n in names]]
     assert len(bisect.load(paths).chunks) == 4 and not bisect.load(paths).failed
     assert not (layout.base / "_quarantine").exists()
-    [reset] = [e for e in manifest.read(layout.events) if e["event"] == "chunk_attempts_reset"]
+    [reset] = [e for e in events.read(layout.events) if e["event"] == "chunk_attempts_reset"]
     assert reset["chunks"] == [2, 3, 4, 5]
 
 
@@ -228,9 +229,9 @@ def assert_bisected(site, calls: Path, names: list[str], poisons: list[str], max
     report = json.loads(paths.ocr_marker.read_text())["bisection"]
     assert report["extra_jobs"] == len(extra) and report["job_bound"] <= bound
     assert report["quarantined"].keys() == set(poisons)
-    [done] = [e for e in manifest.read(layout.events) if e["event"] == "bisection_done"]
+    [done] = [e for e in events.read(layout.events) if e["event"] == "bisection_done"]
     assert done["extra_jobs"] == len(extra)
-    assert {e["chunk"] for e in manifest.read(layout.events) if e["event"] == "chunk_split"} >= {
+    assert {e["chunk"] for e in events.read(layout.events) if e["event"] == "chunk_split"} >= {
         c["index"] for c in json.loads(paths.chunk_plan.read_text())["chunks"] if sorted(c["documents"]) in poisoned}
     return report
 
@@ -264,7 +265,7 @@ def test_local_two_poisons_in_one_chunk_killed_by_a_signal(make_site, tmp_path: 
     # Both halves of the chunk failed (no other chunk had completed) and were split again.
     paths = BatchPaths(site.layout.batch_dir(1))
     halves = {c["index"] for c in bisect.load(paths).chunks if c["split_of"] == 0}
-    assert len(halves) == 2 and halves <= {e["chunk"] for e in manifest.read(site.layout.events)
+    assert len(halves) == 2 and halves <= {e["chunk"] for e in events.read(site.layout.events)
                                             if e["event"] == "chunk_split"}
     for name in ("a_poison", "m_poison"):
         log = Path(json.loads(site.layout.quarantine_reason(name).read_text())["log"]).read_text()
@@ -332,7 +333,7 @@ SLURM = {"ocr__executor": "slurm", "slurm__poll_initial_seconds": 0.5, "slurm__p
 
 
 def slurm_events(site, kind: str) -> list[dict[str, Any]]:
-    return [e for e in manifest.read(site.layout.events) if e["event"] == kind]
+    return [e for e in events.read(site.layout.events) if e["event"] == kind]
 
 
 @pytest.mark.slurm

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from pipeline import atomic, samples
-from pipeline.chunk_job import run_chunk
-from pipeline.integrity import failure_of
 from pipeline.engines import EngineSettings
-from pipeline.jobscript import job_command
+from pipeline.executors.chunk_job import run_chunk
+from pipeline.executors.jobscript import job_command
 from pipeline.layout import BatchPaths
+from pipeline.stages.integrity import failure_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

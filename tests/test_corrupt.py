@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import manifest, samples
+from pipeline import events, samples
 from pipeline.layout import BatchPaths
 
 from .conftest import Site, snapshot
@@ -39,7 +39,7 @@ def converges(site: Site, expected: Reference, event: str) -> None:
     """Finalize ends where the undisturbed run ended, says what it redid, and a rerun changes nothing."""
     site.luigi("Finalize", "--batch", "1")
     assert_converged(site.base, expected)
-    assert event in [e["event"] for e in manifest.read(site.layout.events)]
+    assert event in [e["event"] for e in events.read(site.layout.events)]
     before = snapshot(site.base)
     site.luigi("Finalize", "--batch", "1")
     assert snapshot(site.base) == before
@@ -71,7 +71,7 @@ def test_results_damaged_under_their_done_markers_are_redone(make_site, inputs):
 
     assert_safe(site.base)
     assert {p: p.read_bytes() for p in whole} == whole  # the chunks ran again: whole records, no half text
-    redone = [e for e in manifest.read(site.layout.events) if e["event"] == "chunk_redone"]
+    redone = [e for e in events.read(site.layout.events) if e["event"] == "chunk_redone"]
     assert sorted(e["chunk"] for e in redone) == [0, 1, 2] and all("no whole record" in e["reason"] for e in redone)
     converges(site, expected, "chunk_redone")
 
@@ -99,7 +99,7 @@ def test_chunk_lists_edited_by_hand_are_written_again_from_the_plan(make_site, i
     converges(site, expected, "chunk_list_repaired")
 
     assert {p: p.read_bytes() for p in planned} == planned
-    repaired = [e for e in manifest.read(site.layout.events) if e["event"] == "chunk_list_repaired"]
+    repaired = [e for e in events.read(site.layout.events) if e["event"] == "chunk_list_repaired"]
     assert [(e["chunk"], len(e["removed_lines"]), len(e["missing_lines"])) for e in repaired] == [
         (0, 0, 1), (1, 1, 0), (2, 1, 0)]
     assert intruder.is_file() and not list(site.base.rglob("intruder*"))
@@ -122,7 +122,7 @@ def test_garbage_in_the_event_log_is_skipped_and_left_alone(make_site, inputs):
     assert log.startswith(logged_before)  # append-only: nothing rewritten
     appended = log[len(logged_before):].splitlines()
     assert appended[0] == b"" and all(isinstance(json.loads(line), dict) for line in appended[1:])
-    kinds = [e["event"] for e in manifest.read(site.layout.events)]
+    kinds = [e["event"] for e in events.read(site.layout.events)]
     assert kinds.count("finalized") == DOCUMENTS and "batch_finalized" in kinds
     before = snapshot(site.base)
     site.luigi("ProcessAll", "--run-id", "p")

@@ -1,4 +1,4 @@
-"""pipeline.executor.LocalExecutor: real job processes, retried like on SLURM, one outcome per chunk."""
+"""pipeline.executors.base.LocalExecutor: real job processes, retried like on SLURM, one outcome per chunk."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import manifest
-from pipeline.executor import ChunkRun, LocalExecutor, describe_end, exit_code_text
+from pipeline import events
+from pipeline.executors.base import ChunkRun, LocalExecutor, describe_end, exit_code_text
 from pipeline.layout import BatchPaths, Layout
 
 # The job script: plan_NNN lists one mode per attempt (the last one repeats).
@@ -58,7 +58,7 @@ def executor(layout: Layout, paths: BatchPaths, **options: Any) -> LocalExecutor
 
 
 def failed_events(layout: Layout) -> list[dict[str, Any]]:
-    return [e for e in manifest.read(layout.events) if e["event"] == "local_chunk_failed"]
+    return [e for e in events.read(layout.events) if e["event"] == "local_chunk_failed"]
 
 
 def test_failures_are_retried_then_reported_per_chunk(layout: Layout, paths: BatchPaths) -> None:
@@ -82,7 +82,7 @@ def test_failures_are_retried_then_reported_per_chunk(layout: Layout, paths: Bat
     assert sorted((e["chunk"], e["attempt"]) for e in failed_events(layout)) == [
         (1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)]
     assert any("chunk 2 ended FAILED (exit code 3:0); running it again (attempt 2)" in m for m in messages)
-    states = [(m["chunk"], m["state"], m["exit_code"]) for m in manifest.read(layout.metrics)]
+    states = [(m["chunk"], m["state"], m["exit_code"]) for m in events.read(layout.metrics)]
     assert sorted(states) == [(0, "COMPLETED", 0), (1, "COMPLETED", 0), (1, "FAILED", 3), (2, "FAILED", 3),
                               (2, "FAILED", 3), (3, "FAILED", 0), (3, "FAILED", 0), (4, "FAILED", -6), (4, "FAILED", -6)]
 
@@ -107,7 +107,7 @@ def test_attempts_count_across_runs_and_done_chunks_never_run_again(layout: Layo
 
     # Once its attempts are forgotten (the engine was broken and is fixed), it runs again.
     (paths.dir / "plan_001").write_text("ok\n")
-    manifest.log_event(layout.events, "chunk_attempts_reset", batch="0005", chunks=[1])
+    events.log_event(layout.events, "chunk_attempts_reset", batch="0005", chunks=[1])
     fixed = executor(layout, paths, max_retries=1).run(paths, chunks, lambda *a: None)
     assert fixed[1].done and attempts(paths, 1) == 3
     assert json.loads(paths.done_marker(1).read_text())["chunk"] == 1

@@ -28,7 +28,7 @@ import pytest
 
 from pipeline import atomic, olmocr_format
 from pipeline.engines import EngineSettings
-from pipeline.jobscript import job_command
+from pipeline.executors.jobscript import job_command
 from pipeline.layout import BatchPaths
 
 from . import hostile

@@ -244,7 +244,7 @@ HOSTILE_KEYS = [
 
 
 def test_hostile_keys_are_counted_sharded_and_run_without_becoming_paths(tmp_path, moto_endpoint, s3_client, bucket):
-    from pipeline import s3, sharding
+    from pipeline.cloud import s3, sharding
     from tests.s3server import run_luigi
     from tests.test_shards import get, keys, make_cfg
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import faults, samples, sharding
+from pipeline import faults, samples
+from pipeline.cloud import sharding
 
 from . import invariants
 from .conftest import FULL_CAMPAIGN, Site, luigi_executable, snapshot, write_config
@@ -206,20 +207,20 @@ CHAINS: dict[str, list[Kill]] = {
         Kill("Download", "download.rename.before */doc 1.pdf", mode="luigi"),
         Kill("Download", "atomic.rename.before */doc 2.meta.json", mode="group"),
         Kill("Download", "atomic.rename.after */doc 3.meta.json", mode="luigi"),
-        Kill("Download", "manifest.append.before events.ndjson:downloaded", mode="group"),
+        Kill("Download", "events.append.before events.ndjson:downloaded", mode="group"),
         Kill("Download", "atomic.rename.before */_manifests/downloads/*", mode="luigi"),
         Kill("CreateBatch", "atomic.link.after */batch_*/doc 2.pdf", mode="group"),
         Kill("CreateBatch", "atomic.rename.before */batch_*/batch.json", mode="luigi"),
-        Kill("CreateBatch", "manifest.append.before events.ndjson:batch_created", mode="group"),
+        Kill("CreateBatch", "events.append.before events.ndjson:batch_created", mode="group"),
         Kill("PlanChunks", "atomic.rename.after */chunks/chunk_001.txt", mode="luigi"),
         Kill("PlanChunks", "atomic.rename.before */batch_*/chunks.json", mode="group"),
     ],
     "ocr-and-split": [
         Kill("OCRBatch", "atomic.rename.before */logs/job.sh", mode="group"),
         # luigi dies after chunk 0; the job of chunk 1, already started, runs on as an orphan
-        Kill("OCRBatch", "manifest.append.after metrics.ndjson:", n=1, mode="luigi"),
+        Kill("OCRBatch", "events.append.after metrics.ndjson:", n=1, mode="luigi"),
         Kill("OCRBatch", "atomic.rename.before */done/chunk_002.done", mode="group"),
-        Kill("OCRBatch", "manifest.append.before events.ndjson:chunk_done", mode="group"),
+        Kill("OCRBatch", "events.append.before events.ndjson:chunk_done", mode="group"),
         Kill("OCRBatch", "atomic.rename.after */chunks/retries.json", mode="luigi"),
         Kill("OCRBatch", "atomic.rename.before */done/ocr_batch.done", mode="group"),
         Kill("SplitResults", "atomic.rename.before */04_ocr_completed/*", n=2, mode="luigi"),
@@ -237,10 +238,10 @@ CHAINS: dict[str, list[Kill]] = {
     "finalize-and-summary": [
         Kill("Finalize", "atomic.rename.after */05_processed/*.ocr.json", n=2, mode="group"),
         Kill("Finalize", "atomic.rename.before */05_processed/*.metadata.json", n=3, mode="luigi"),
-        Kill("Finalize", "manifest.append.before events.ndjson:finalized", mode="luigi"),
+        Kill("Finalize", "events.append.before events.ndjson:finalized", mode="luigi"),
         Kill("Finalize", "atomic.rename.after */finalize_report.json", mode="group"),
         Kill("Finalize", "atomic.rename.before */batch_*/finalized.json", mode="luigi"),
-        Kill("Finalize", "manifest.append.before events.ndjson:batch_finalized", mode="group"),
+        Kill("Finalize", "events.append.before events.ndjson:batch_finalized", mode="group"),
         Kill("ProcessAll", "atomic.rename.before */_manifests/runs/process_all_r.json", mode="luigi"),
     ],
 }
@@ -251,7 +252,7 @@ SLOW_CHAINS: dict[str, list[Kill]] = {
     "chunk-jobs": [
         Kill("OCRBatch", "atomic.rename.after */results/results/output_*", n=1, mode="luigi"),
         Kill("OCRBatch", "atomic.rename.after */done/ocr_batch.done", mode="group"),
-        Kill("SplitResults", "manifest.append.after events.ndjson:split", mode="luigi"),
+        Kill("SplitResults", "events.append.after events.ndjson:split", mode="luigi"),
         Kill("Finalize", "atomic.delete.after */01_downloaded/*.pdf", n=4, mode="group"),
     ],
     # A chunk job killed after its done marker: the executor's run goes on to the end (see above).
@@ -446,13 +447,13 @@ SLURM_CHAINS: dict[str, list[Kill]] = {
     # luigi dies right after logging the submission: the rerun re-attaches to the jobs still
     # queued or running (or finds them done), and is itself killed before the batch's OCR marker.
     "reattach": [
-        Kill("OCRBatch", "manifest.append.after events.ndjson:slurm_submitted", mode="luigi"),
+        Kill("OCRBatch", "events.append.after events.ndjson:slurm_submitted", mode="luigi"),
         Kill("OCRBatch", "atomic.rename.before */done/ocr_batch.done", mode="group"),
     ],
     # Submitted, but killed before the submission reached the event log: the rerun cannot know
     # the jobs and submits again; both copies of a chunk write the same results.
     "unlogged-submission": [
-        Kill("OCRBatch", "manifest.append.before events.ndjson:slurm_submitted", mode="group"),
+        Kill("OCRBatch", "events.append.before events.ndjson:slurm_submitted", mode="group"),
     ],
     # The job of chunk 1 dies on the node just before its done marker: SLURM reports it failed
     # and the executor submits it again.

@@ -1,4 +1,4 @@
-"""The append-only NDJSON logs (pipeline.manifest): whole lines under concurrency, torn lines skipped."""
+"""The append-only NDJSON logs (pipeline.events): whole lines under concurrency, torn lines skipped."""
 from __future__ import annotations
 
 import datetime as dt
@@ -6,7 +6,7 @@ import json
 import multiprocessing
 import os
 
-from pipeline import manifest
+from pipeline import events
 
 WRITERS = 8
 APPENDS = 150
@@ -18,7 +18,7 @@ def _writer(path: str, writer: int, barrier) -> None:
         # Sizes from tiny to far above PIPE_BUF (4 KiB) and a page, some appends with several records.
         padding = "x" * ((writer * 7919 + n * 104729) % 70_000)
         records = [{"writer": writer, "n": n, "part": part, "padding": padding} for part in range(1 + n % 3)]
-        manifest.append(path, records, sync=n % 10 == 0)
+        events.append(path, records, sync=n % 10 == 0)
 
 
 def test_concurrent_appends_from_many_processes_give_only_whole_lines(tmp_path):
@@ -51,56 +51,56 @@ def test_concurrent_appends_from_many_processes_give_only_whole_lines(tmp_path):
     for position, (writer, n, part) in enumerate(seen):  # the records of one append stay together
         if part:
             assert seen[position - 1] == (writer, n, part - 1)
-    assert len(list(manifest.read(path))) == len(expected)
+    assert len(list(events.read(path))) == len(expected)
 
 
 def test_read_skips_a_torn_last_line(tmp_path):
     path = tmp_path / "events.ndjson"
-    manifest.append(path, [{"event": "a"}, {"event": "b"}])
+    events.append(path, [{"event": "a"}, {"event": "b"}])
     with open(path, "ab") as handle:
         handle.write(b'{"event": "c", "ti')  # a writer killed in the middle of its line
 
-    assert [r["event"] for r in manifest.read(path)] == ["a", "b"]
+    assert [r["event"] for r in events.read(path)] == ["a", "b"]
 
 
 def test_read_skips_a_line_torn_inside_a_utf8_character(tmp_path):
     path = tmp_path / "events.ndjson"
-    manifest.append(path, [{"event": "a"}])
+    events.append(path, [{"event": "a"}])
     line = json.dumps({"event": "b", "identifier": "Zürich façade 東京"}, ensure_ascii=False).encode()
     with open(path, "ab") as handle:
         handle.write(line[: line.index("東".encode()) + 1])  # cut after the first byte of a 3-byte character
 
-    assert [r["event"] for r in manifest.read(path)] == ["a"]
+    assert [r["event"] for r in events.read(path)] == ["a"]
 
 
 def test_an_append_after_a_torn_line_is_not_lost(tmp_path):
     path = tmp_path / "events.ndjson"
-    manifest.append(path, [{"event": "a"}])
+    events.append(path, [{"event": "a"}])
     with open(path, "ab") as handle:
         handle.write(b'{"event": "torn", "ti')
-    manifest.append(path, [{"event": "b"}, {"event": "c"}])
-    manifest.log_event(path, "d")
+    events.append(path, [{"event": "b"}, {"event": "c"}])
+    events.log_event(path, "d")
 
-    assert [r["event"] for r in manifest.read(path)] == ["a", "b", "c", "d"]
+    assert [r["event"] for r in events.read(path)] == ["a", "b", "c", "d"]
 
 
 def test_read_skips_bad_lines_anywhere_and_non_objects(tmp_path):
     path = tmp_path / "events.ndjson"
     path.write_bytes(b'{"event": "a"}\nnot json\n[1, 2]\n\n"text"\n\xff\xfe\n{"event": "b"}\n')
-    assert [r["event"] for r in manifest.read(path)] == ["a", "b"]
-    assert list(manifest.read(tmp_path / "missing.ndjson")) == []
+    assert [r["event"] for r in events.read(path)] == ["a", "b"]
+    assert list(events.read(tmp_path / "missing.ndjson")) == []
 
 
 def test_append_of_nothing_creates_nothing(tmp_path):
     path = tmp_path / "sub" / "events.ndjson"
-    manifest.append(path, [])
+    events.append(path, [])
     assert not path.exists()
 
 
 def test_log_event_records_kind_time_and_fields(tmp_path):
     path = tmp_path / "events.ndjson"
     before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
-    manifest.log_event(path, "quarantined", identifier="Zürich", reason="empty")
+    events.log_event(path, "quarantined", identifier="Zürich", reason="empty")
     after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
 
     (line,) = path.read_text(encoding="utf-8").splitlines()
@@ -112,7 +112,7 @@ def test_log_event_records_kind_time_and_fields(tmp_path):
 
 def test_compact_folds_records_by_key_later_fields_win(tmp_path):
     path = tmp_path / "metrics.ndjson"
-    manifest.append(path, [
+    events.append(path, [
         {"chunk": 0, "state": "RUNNING", "node": "n1"},
         {"chunk": 1, "state": "RUNNING"},
         {"other": True},
@@ -120,7 +120,7 @@ def test_compact_folds_records_by_key_later_fields_win(tmp_path):
     ])
     summary = tmp_path / "metrics_summary.json"
 
-    folded = manifest.compact(path, summary, "chunk")
+    folded = events.compact(path, summary, "chunk")
 
     expected = {"0": {"chunk": 0, "state": "COMPLETED", "node": "n1", "elapsed": 12.5},
                 "1": {"chunk": 1, "state": "RUNNING"}}
@@ -128,5 +128,5 @@ def test_compact_folds_records_by_key_later_fields_win(tmp_path):
     assert json.loads(summary.read_text()) == expected
     mtime = summary.stat().st_mtime_ns
     os.utime(summary, ns=(mtime - 10**9, mtime - 10**9))
-    manifest.compact(path, summary, "chunk")
+    events.compact(path, summary, "chunk")
     assert summary.stat().st_mtime_ns == mtime - 10**9  # nothing new: the summary is left alone

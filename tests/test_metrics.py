@@ -1,4 +1,4 @@
-"""pipeline.metrics and MetricsSummary on recorded metrics; the walltime model through PlanChunks.
+"""pipeline.ops.metrics and MetricsSummary on recorded metrics; the walltime model through PlanChunks.
 
 The recorded chunks lie on elapsed = 40 s + 2 s x pages plus residuals that sum to zero and are
 orthogonal to the page counts, so least squares must give exactly 40 s and 2 s/page.
@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from pipeline import atomic, manifest, metrics, samples
+from pipeline import atomic, events, samples
 from pipeline.layout import BatchPaths, Layout
-from pipeline.planning import WalltimeModel, retry_chunks
+from pipeline.ops import metrics
+from pipeline.stages.chunks import WalltimeModel, retry_chunks
 
 PAGES = [100, 200, 300, 400, 500]
 ELAPSED = [241, 438, 640, 842, 1039]  # 40 + 2 * pages + [1, -2, 0, 2, -1]
@@ -162,7 +163,7 @@ def test_waiting_work_reads_open_batches_and_downloads(tmp_path: Path) -> None:
 
 def test_metrics_summary_task_on_recorded_metrics(make_site) -> None:
     site = make_site(ocr__pages_per_chunk=200, ocr__parallel_chunks=2)
-    manifest.append(site.layout.metrics, recorded())
+    events.append(site.layout.metrics, recorded())
     write_waiting_work(site.layout)
     result = site.luigi("MetricsSummary")
     summary = json.loads((site.layout.manifests / "metrics_summary.json").read_text())
@@ -183,7 +184,7 @@ def test_metrics_summary_task_on_recorded_metrics(make_site) -> None:
                  "projected time to finish: 0:10:10 with 2 chunks at once (config), fit rate"):
         assert line in printed, (line, printed)
     # A second run reports again (the figures are of the moment) and reads the new metrics.
-    manifest.append(site.layout.metrics, [end(5, 600, "12", "COMPLETED", 1240, "2026-01-02T01:00:00+00:00",
+    events.append(site.layout.metrics, [end(5, 600, "12", "COMPLETED", 1240, "2026-01-02T01:00:00+00:00",
                                               "2026-01-02T01:20:40+00:00")])
     again = site.luigi("MetricsSummary")
     assert "chunks done:              6" in again.stdout
@@ -200,7 +201,7 @@ def test_plan_chunks_writes_the_configured_walltime(make_site, tmp_path: Path, m
     (incoming / "twenty.pdf").write_bytes(samples.text_pdf([f"page {n}" for n in range(20)]))
     site = make_site(source=incoming, ocr__pages_per_chunk=20, slurm__walltime_model=model,
                      slurm__walltime_base_seconds=100, slurm__walltime_seconds_per_page=3, slurm__walltime_buffer=0.5)
-    manifest.append(site.layout.metrics, recorded())
+    events.append(site.layout.metrics, recorded())
     site.luigi("Download", "--run-id", "one")
     site.luigi("CreateBatch", "--batch", "1")
     site.luigi("PlanChunks", "--batch", "1")

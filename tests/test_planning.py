@@ -1,4 +1,4 @@
-"""Chunk packing and the walltime model (pipeline.planning), checked against independent arithmetic."""
+"""Chunk packing and the walltime model (pipeline.stages.chunks), checked against independent arithmetic."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.planning import WalltimeModel, format_walltime, pack_chunks
+from pipeline.stages.chunks import WalltimeModel, format_walltime, pack_chunks
 
 SEEDS = range(400)
 

@@ -8,10 +8,20 @@ import luigi
 import pytest
 from pypdf import PdfReader
 
-from pipeline import pdf, samples, sharding
-from pipeline.s3 import (
-    Listed, MarkerTarget, RangedSource, S3Error, S3Settings, Storage, folder, get_client, inside,
-    iter_download_items, local_name,
+from pipeline import pdf, samples
+from pipeline.cloud import sharding
+from pipeline.cloud.s3 import (
+    Listed,
+    MarkerTarget,
+    RangedSource,
+    S3Error,
+    S3Settings,
+    Storage,
+    folder,
+    get_client,
+    inside,
+    iter_download_items,
+    local_name,
 )
 from tests.fault_proxy import FaultProxy, answer_status
 from tests.s3server import bad_startxref, noise_pdf, run_luigi, write_luigi_cfg

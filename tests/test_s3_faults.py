@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import s3, samples, sharding
+from pipeline import samples
+from pipeline.cloud import s3, sharding
 from tests.fault_proxy import FaultProxy
 from tests.s3server import run_luigi
 from tests.test_shards import get, keys, make_cfg, put_shard, upload

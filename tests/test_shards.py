@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from pipeline import pdf, s3, samples, sharding
+from pipeline import pdf, samples
+from pipeline.cloud import s3, sharding
 from tests.fault_proxy import FaultProxy, answer_status
 from tests.s3server import bad_startxref, luigi_command, noise_pdf, run_luigi, write_luigi_cfg
 

@@ -1,4 +1,4 @@
-"""pipeline.slurm: parsers on output captured from the real cluster, then the client against it.
+"""pipeline.executors.slurm.client: parsers on output captured from the real cluster, then the client against it.
 
 The tests marked ``slurm`` need the dev cluster (``slurm/dev-cluster.sh start``, as root); they
 fail, never skip, when it is not up. tests/fixtures/slurm/capture.py re-captures the fixtures.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import slurm
-from pipeline.slurm import Backoff, JobState, PollInterval
+from pipeline.executors.slurm import client as slurm
+from pipeline.executors.slurm.client import Backoff, JobState, PollInterval
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurm"
 JOBS = json.loads((FIXTURES / "jobs.json").read_text())

@@ -1,4 +1,4 @@
-"""pipeline.slurm_executor: the decision logic on a scripted cluster, then the real dev cluster.
+"""pipeline.executors.slurm.executor: the decision logic on a scripted cluster, then the real dev cluster.
 
 Tests marked ``slurm`` need ``slurm/dev-cluster.sh start`` (as root) and fail when it is not up.
 """
@@ -10,17 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from pipeline import manifest, slurm
-from pipeline.executor import ChunkRun
+from pipeline import events
+from pipeline.executors.base import ChunkRun
+from pipeline.executors.slurm import client as slurm
+from pipeline.executors.slurm.client import JobState, SlurmError
+from pipeline.executors.slurm.executor import SlurmExecutor, capped, latest_submissions
 from pipeline.layout import BatchPaths, Layout
-from pipeline.planning import WalltimeModel
-from pipeline.slurm import JobState, SlurmError
-from pipeline.slurm_executor import SlurmExecutor, capped, latest_submissions
+from pipeline.stages.chunks import WalltimeModel
 
 from .test_slurm import cluster  # noqa: F401  (the fixture)
 
@@ -39,8 +41,8 @@ def paths(layout: Layout) -> BatchPaths:
     return paths
 
 
-def events(layout: Layout, kind: str) -> list[dict[str, Any]]:
-    return [e for e in manifest.read(layout.events) if e["event"] == kind]
+def logged(layout: Layout, kind: str) -> list[dict[str, Any]]:
+    return [e for e in events.read(layout.events) if e["event"] == kind]
 
 
 def write_marker(paths: BatchPaths, index: int) -> None:
@@ -52,9 +54,9 @@ def write_marker(paths: BatchPaths, index: int) -> None:
 # --- a scripted cluster -----------------------------------------------------------------------
 
 class FakeCluster:
-    """Stands in for pipeline.slurm: each poll runs the next step of a script, on a fake clock."""
+    """Stands in for pipeline.executors.slurm.client: each poll runs the next step of a script, on a fake clock."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, steps: list[Callable[["FakeCluster"], Any]]) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, steps: list[Callable[[FakeCluster], Any]]) -> None:
         self.steps = steps
         self.now = 1_000_000.0
         self.submissions: list[dict[str, Any]] = []
@@ -127,9 +129,9 @@ def test_waits_through_preemption_and_needs_the_marker(layout: Layout, paths: Ba
     assert submission["indices"] == [0, 1] and submission["time"] == 80  # the larger chunk's walltime
     assert submission["job_name"] == "ocr-0007" and submission["output"].endswith("logs/chunk_%3a.log")
     assert all(q == {"100"} for q in fake.queries)
-    [event] = events(layout, "slurm_submitted")
+    [event] = logged(layout, "slurm_submitted")
     assert (event["batch"], event["chunks"], event["job_id"], event["walltime"]) == ("0007", [0, 1], "100", 80)
-    metrics = list(manifest.read(layout.metrics))
+    metrics = list(events.read(layout.metrics))
     assert [(m["chunk"], m.get("state")) for m in metrics] == [(0, None), (1, None), (0, "COMPLETED"),
                                                                (1, "COMPLETED")]
     assert metrics[0]["walltime_requested"] == 80 and metrics[0]["submitted_at"]
@@ -175,7 +177,7 @@ def test_failures_are_resubmitted_and_timeouts_get_more_time(layout: Layout, pat
         ([0, 1], 80), ([0, 1], 120), ([0], 180), ([1], 120)]
     # Every poll asks once, for every job still in play.
     assert fake.queries == [{"100"}, {"101"}, {"101", "102"}, {"102", "103"}]
-    failed = events(layout, "slurm_chunk_failed")
+    failed = logged(layout, "slurm_chunk_failed")
     assert [(e["chunk"], e["state"], e["attempt"]) for e in failed] == [
         (0, "TIMEOUT", 1), (1, "FAILED", 1), (0, "TIMEOUT", 2), (1, "OUT_OF_MEMORY", 2)]
     assert failed[1]["exit_code"] == "5:0"
@@ -197,7 +199,7 @@ def test_final_failure_names_everything(layout: Layout, paths: BatchPaths, monke
     assert "batch 0007 chunk 0: job 101_0 ended CANCELLED (exit code 0:0) after 2 attempts" in message
     assert "batch 0007 chunk 1: job 101_1 ended NODE_FAIL" in outcomes[1].message
     assert str(paths.chunk_log(0)) in message and str(paths.chunk_log(1)) in outcomes[1].message
-    first = events(layout, "slurm_chunk_failed")[1]
+    first = logged(layout, "slurm_chunk_failed")[1]
     assert first["state"] == "COMPLETED"  # COMPLETED without a done marker is a failure too
 
 
@@ -212,7 +214,7 @@ def test_failed_queries_are_retried_then_reported(layout: Layout, paths: BatchPa
     fake = FakeCluster(monkeypatch, [lambda f: error, lambda f: error, finish])
     messages: list[str] = []
     fake_executor(layout, fake).run(paths, CHUNKS, lambda done, total, msg: messages.append(msg))
-    assert not events(layout, "slurm_chunk_failed") and len(fake.submissions) == 1
+    assert not logged(layout, "slurm_chunk_failed") and len(fake.submissions) == 1
     assert sum("status query failed" in m for m in messages) == 2
 
     fake = FakeCluster(monkeypatch, [lambda f: error] * 10)
@@ -231,14 +233,14 @@ def test_a_job_nobody_knows_is_lost_after_a_while(layout: Layout, paths: BatchPa
     fake = FakeCluster(monkeypatch, [lambda f: {}] * 4 + [finish])
     fake_executor(layout, fake, lost_after=25).run(paths, CHUNKS, lambda *a: None)
     assert len(fake.submissions) == 2
-    assert {e["state"] for e in events(layout, "slurm_chunk_failed")} == {"LOST"}
+    assert {e["state"] for e in logged(layout, "slurm_chunk_failed")} == {"LOST"}
 
 
 def test_restart_reattaches_instead_of_submitting(layout: Layout, paths: BatchPaths,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeCluster(monkeypatch, [])
-    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
-    manifest.log_event(layout.events, "slurm_submitted", batch="0008", chunks=[0, 1], job_id="78", walltime=80)
+    events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
+    events.log_event(layout.events, "slurm_submitted", batch="0008", chunks=[0, 1], job_id="78", walltime=80)
 
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
@@ -248,13 +250,13 @@ def test_restart_reattaches_instead_of_submitting(layout: Layout, paths: BatchPa
     fake.steps = [lambda f: states("77", c0="RUNNING", c1="PENDING"), finish]
     fake_executor(layout, fake).run(paths, CHUNKS, lambda *a: None)
     assert fake.submissions == [] and fake.queries == [{"77"}, {"77"}]
-    assert events(layout, "slurm_reattached")[0]["job_ids"] == ["77"]
+    assert logged(layout, "slurm_reattached")[0]["job_ids"] == ["77"]
     assert latest_submissions(layout.events, "0007")[1]["job_id"] == "77"
 
 
 def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
+    events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
 
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
@@ -284,17 +286,17 @@ def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: Batc
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # An earlier run saw chunk 0's first job fail and resubmitted it as job 78 with chunk 1; it was
     # killed; both ended badly while nobody watched.
-    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
-    manifest.log_event(layout.events, "slurm_chunk_failed", batch="0007", chunk=0, job_id="77", state="FAILED",
+    events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
+    events.log_event(layout.events, "slurm_chunk_failed", batch="0007", chunk=0, job_id="77", state="FAILED",
                        exit_code="1:0", attempt=1)
-    manifest.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="78", walltime=80)
+    events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="78", walltime=80)
     fake = FakeCluster(monkeypatch, [lambda f: states("78", c0="FAILED", c1="FAILED"),
                                      lambda f: states(f.job(), c1="FAILED")])
     outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
     # Chunk 0 has had its two attempts; chunk 1 gets its second one, and fails again.
     assert [s["indices"] for s in fake.submissions] == [[1]]
     assert [(o.done, o.attempts, o.state) for o in outcomes.values()] == [(False, 2, "FAILED"), (False, 2, "FAILED")]
-    failed = events(layout, "slurm_chunk_failed")
+    failed = logged(layout, "slurm_chunk_failed")
     assert [(e["chunk"], e["job_id"], e["attempt"]) for e in failed] == [
         (0, "77", 1), (0, "78", 2), (1, "78", 1), (1, "100", 2)]
 
@@ -305,7 +307,7 @@ def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: Batc
     assert "chunk 1: job 100_1 ended FAILED (exit code 5:0) after 2 attempts" in outcomes[1].message
 
     # After a reset (the cause was fixed) the chunks start afresh; the failure of job 100 is not counted twice.
-    manifest.log_event(layout.events, "chunk_attempts_reset", batch="0007", chunks=[0, 1])
+    events.log_event(layout.events, "chunk_attempts_reset", batch="0007", chunks=[0, 1])
 
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
@@ -380,13 +382,13 @@ def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, 
     chunks = plan(paths, c0="ok", c1="fail ok", c2="fail", c3="nomarker", c4="cancel", c5="hang fail")
     outcomes = real_executor(layout, job_command, max_retries=1, walltime=WalltimeModel(40, 0, 0)).run(
         paths, chunks, lambda *a: None)
-    first, *again = events(layout, "slurm_submitted")
+    first, *again = logged(layout, "slurm_submitted")
     assert first["chunks"] == [0, 1, 2, 3, 4, 5] and first["walltime"] == 40
     assert sorted(c for e in again for c in e["chunks"]) == [1, 2, 3, 4, 5]
     last_job = {c: e["job_id"] for e in again for c in e["chunks"]}
     # After the TIMEOUT the chunk asks for 1.5 times the walltime; the others keep theirs.
     assert {c: e["walltime"] for e in again for c in e["chunks"]} == {1: 40, 2: 40, 3: 40, 4: 40, 5: 60}
-    failed = events(layout, "slurm_chunk_failed")
+    failed = logged(layout, "slurm_chunk_failed")
     assert {c: [e["state"] for e in failed if e["chunk"] == c] for c in range(1, 6)} == {
         1: ["FAILED"], 2: ["FAILED", "FAILED"], 3: ["COMPLETED", "COMPLETED"], 4: ["CANCELLED", "CANCELLED"],
         5: ["TIMEOUT", "FAILED"]}
@@ -402,7 +404,7 @@ def test_real_failures_are_retried_then_reported(cluster: None, layout: Layout, 
     # Both attempts of a chunk are in its log.
     assert [line for line in paths.chunk_log(5).read_text().splitlines() if "attempt" in line] == [
         "chunk 5 attempt 1: hang", "chunk 5 attempt 2: fail"]
-    ends = [m for m in manifest.read(layout.metrics) if "state" in m]
+    ends = [m for m in events.read(layout.metrics) if "state" in m]
     assert {(m["chunk"], m["state"]) for m in ends} >= {(0, "COMPLETED"), (1, "COMPLETED"), (5, "TIMEOUT")}
     assert all(m["elapsed"] is not None and m["start"] and m["end"] for m in ends)
 
@@ -420,8 +422,8 @@ def test_real_restart_reattaches(cluster: None, layout: Layout, paths: BatchPath
     with pytest.raises(Killed):
         real_executor(layout, job_command, sleep=die).run(paths, chunks, lambda *a: None)
     real_executor(layout, job_command).run(paths, chunks, lambda *a: None)
-    assert len(events(layout, "slurm_submitted")) == 1
-    assert events(layout, "slurm_reattached")[0]["chunks"] == [0, 1]
+    assert len(logged(layout, "slurm_submitted")) == 1
+    assert logged(layout, "slurm_reattached")[0]["chunks"] == [0, 1]
     assert all(paths.done_marker(c.index).exists() for c in chunks)
     assert [(paths.dir / f"attempts_{i:03d}").read_text() for i in (0, 1)] == ["run\n", "run\n"]
 
@@ -433,10 +435,10 @@ def test_real_sigterm_cancels_when_asked(cluster: None, layout: Layout, paths: B
     program = f"""
 import sys
 from pathlib import Path
-from pipeline.executor import ChunkRun
+from pipeline.executors.base import ChunkRun
 from pipeline.layout import BatchPaths, Layout
-from pipeline.planning import WalltimeModel
-from pipeline.slurm_executor import SlurmExecutor
+from pipeline.stages.chunks import WalltimeModel
+from pipeline.executors.slurm.executor import SlurmExecutor
 executor = SlurmExecutor(Layout(Path({str(layout.base)!r}), 2), {job_command!r}, walltime=WalltimeModel(120, 0, 0),
                          poll_initial=1, poll_max=2, cancel_on_exit=True)
 executor.run(BatchPaths(Path({str(paths.dir)!r})), [ChunkRun(0, 1, 1), ChunkRun(1, 1, 1)], lambda *a: None)
@@ -445,7 +447,7 @@ executor.run(BatchPaths(Path({str(paths.dir)!r})), [ChunkRun(0, 1, 1), ChunkRun(
     child = subprocess.Popen([sys.executable, "-c", program], env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
-        while not events(layout, "slurm_submitted"):
+        while not logged(layout, "slurm_submitted"):
             assert time.monotonic() < deadline and child.poll() is None, "the executor did not submit"
             time.sleep(0.2)
         child.send_signal(signal.SIGTERM)
@@ -453,8 +455,8 @@ executor.run(BatchPaths(Path({str(paths.dir)!r})), [ChunkRun(0, 1, 1), ChunkRun(
     finally:
         if child.poll() is None:
             child.kill()
-    job = events(layout, "slurm_submitted")[0]["job_id"]
-    [cancelled] = events(layout, "slurm_cancelled")
+    job = logged(layout, "slurm_submitted")[0]["job_id"]
+    [cancelled] = logged(layout, "slurm_cancelled")
     assert cancelled["job_ids"] == [job] and cancelled["error"] is None
     deadline = time.monotonic() + 60
     while {s.state for s in slurm.query([job]).values()} != {"CANCELLED"}:
@@ -479,14 +481,14 @@ def test_real_finalize_through_luigi_on_slurm(cluster: None, make_site, tmp_path
     for identifier, pages in texts.items():
         record = json.loads(site.layout.processed_ocr(identifier).read_text())
         assert all(page in record["text"] for page in pages)
-    [submitted] = events(site.layout, "slurm_submitted")
+    [submitted] = logged(site.layout, "slurm_submitted")
     assert submitted["batch"] == "0003" and submitted["chunks"] == [0, 1]
     # gamma (24 pages) has chunk 0 to itself: (120 + 6 * 24) * 1.2 = 316.8; alpha's is (120 + 6 * 2) * 1.2.
     plan = json.loads(BatchPaths(site.layout.batch_dir(3)).chunk_plan.read_text())["chunks"]
     assert [c["walltime_seconds"] for c in plan] == [317, 159] and submitted["walltime"] == 317
     # The executor records a job's end when sacct shows it in time; MetricsSummary reads back the rest.
     site.luigi("MetricsSummary")
-    ends = [m for m in manifest.read(site.layout.metrics) if m.get("executor") == "slurm" and "state" in m]
+    ends = [m for m in events.read(site.layout.metrics) if m.get("executor") == "slurm" and "state" in m]
     assert sorted((m["chunk"], m["state"]) for m in ends) == [(0, "COMPLETED"), (1, "COMPLETED")]
     summary = json.loads((site.layout.manifests / "metrics_summary.json").read_text())
     assert (summary["chunks_done"], summary["pages_done"]) == (2, 26)

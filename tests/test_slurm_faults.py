@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import slurm
+from pipeline.executors.slurm import client as slurm
 from pipeline.layout import BatchPaths
 
 from .conftest import Site, snapshot, write_config
@@ -391,11 +391,11 @@ def test_sacct_failing_falls_back_to_the_controller(monkeypatch: pytest.MonkeyPa
 
 def test_a_requeued_job_that_sacct_calls_node_fail_is_not_submitted_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.executor import ChunkRun
+    from pipeline.executors.base import ChunkRun
+    from pipeline.executors.slurm.client import JobState
+    from pipeline.executors.slurm.executor import SlurmExecutor
     from pipeline.layout import Layout
-    from pipeline.planning import WalltimeModel
-    from pipeline.slurm import JobState
-    from pipeline.slurm_executor import SlurmExecutor
+    from pipeline.stages.chunks import WalltimeModel
 
     layout = Layout(tmp_path / "data", 2)
     paths = BatchPaths(layout.batch_dir(7))

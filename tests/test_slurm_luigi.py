@@ -15,13 +15,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from pipeline import manifest, samples, slurm
+from pipeline import events, samples
+from pipeline.executors.slurm import client as slurm
 from pipeline.layout import BatchPaths
 
 from .test_slurm import cluster  # noqa: F401  (the fixture)
@@ -113,8 +115,8 @@ def slurm_site(make_site, tmp_path: Path, release: Path, documents: list[str], h
     return make_site(source=incoming, engine="command", **{**settings, **overrides})
 
 
-def events(site, kind: str, batch: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in manifest.read(site.layout.events)
+def logged(site, kind: str, batch: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in events.read(site.layout.events)
             if e["event"] == kind and (batch is None or e.get("batch") == batch)]
 
 
@@ -134,7 +136,7 @@ def polls_while_in_flight(site, batch: str, chunks: int, log: Path, seconds: flo
     process = site.popen("Finalize", "--batch", batch)
     job = None
     try:
-        [submitted] = wait_until(lambda: events(site, "slurm_submitted", f"{int(batch):04d}"), "submission", process)
+        [submitted] = wait_until(lambda: logged(site, "slurm_submitted", f"{int(batch):04d}"), "submission", process)
         job = submitted["job_id"]
         assert submitted["chunks"] == list(range(chunks))
         wait_until(lambda: [c for c in read_calls(log, process.pid) if c.command == "sacct"], "poll", process)
@@ -182,7 +184,7 @@ def test_sigkill_then_rerun_reattaches_without_submitting_again(cluster: None, m
     site.luigi("Download", "--run-id", "one")
     site.luigi("CreateBatch", "--batch", "1")
     first = site.popen("Finalize", "--batch", "1")
-    [submitted] = wait_until(lambda: events(site, "slurm_submitted"), "submission", first)
+    [submitted] = wait_until(lambda: logged(site, "slurm_submitted"), "submission", first)
     job = submitted["job_id"]
     wait_until(lambda: any(s.state == "RUNNING" for s in slurm.query([job]).values()), "a running chunk", first)
     first.send_signal(signal.SIGKILL)
@@ -196,21 +198,21 @@ def test_sigkill_then_rerun_reattaches_without_submitting_again(cluster: None, m
     (release / f"{plan[0]['documents'][0]}.pdf").touch()
     wait_until(lambda: paths.done_marker(0).exists(), "chunk 0's done marker")
     second = site.popen("Finalize", "--batch", "1")
-    [reattached] = wait_until(lambda: events(site, "slurm_reattached"), "re-attach", second)
+    [reattached] = wait_until(lambda: logged(site, "slurm_reattached"), "re-attach", second)
     (release / "all").touch()
     assert second.wait(timeout=120) == 0
 
     assert (reattached["job_ids"], reattached["chunks"]) == ([job], [1, 2])
     sbatch = [c for c in read_calls(call_log) if c.command == "sbatch"]
     assert [c.parent for c in sbatch] == [first.pid], sbatch
-    assert len(events(site, "slurm_submitted")) == 1
+    assert len(logged(site, "slurm_submitted")) == 1
     assert paths.finalized.exists()
     for name in ("a", "b", "c"):
         assert "Text of " + name in json.loads(site.layout.processed_ocr(name).read_text())["text"]
     # The rerun watched chunks 1 and 2 to their end; chunk 0's end is read back from sacct.
     result = site.luigi("MetricsSummary")
     assert "1 job ends read back from sacct" in result.stderr
-    ends = {m["chunk"]: m for m in manifest.read(site.layout.metrics) if m.get("state")}
+    ends = {m["chunk"]: m for m in events.read(site.layout.metrics) if m.get("state")}
     assert {c: (m["job_id"], m["state"]) for c, m in ends.items()} == {c: (job, "COMPLETED") for c in (0, 1, 2)}
     assert json.loads((site.layout.manifests / "metrics_summary.json").read_text())["chunks_done"] == 3
 
@@ -226,7 +228,7 @@ def test_process_all_on_slurm_one_submitter_at_a_time_then_metrics(cluster: None
     site.luigi("ProcessAll", "--run-id", "r1", "--workers", "2")
 
     # The #SBATCH line and the setup line from luigi.cfg reached SLURM and the job.
-    job = events(site, "slurm_submitted", "0001")[0]["job_id"]
+    job = logged(site, "slurm_submitted", "0001")[0]["job_id"]
     shown = subprocess.run(["scontrol", "--oneliner", "show", "job", job], capture_output=True, text=True, check=True)
     assert {slurm.parse_key_values(line).get("Nice") for line in shown.stdout.splitlines()} == {"7"}
     assert "environment set up" in BatchPaths(site.layout.batch_dir(1)).chunk_log(0).read_text()
@@ -235,8 +237,8 @@ def test_process_all_on_slurm_one_submitter_at_a_time_then_metrics(cluster: None
     spans = []
     for batch in ("0001", "0002"):
         assert BatchPaths(site.layout.batch_dir(batch)).finalized.exists()
-        begin = min(e["time"] for e in events(site, "slurm_submitted", batch))
-        spans.append((begin, max(e["time"] for e in events(site, "chunk_done", batch))))
+        begin = min(e["time"] for e in logged(site, "slurm_submitted", batch))
+        spans.append((begin, max(e["time"] for e in logged(site, "chunk_done", batch))))
     (first_begin, first_end), (second_begin, second_end) = sorted(spans)
     assert first_end < second_begin, spans
 
@@ -244,11 +246,11 @@ def test_process_all_on_slurm_one_submitter_at_a_time_then_metrics(cluster: None
     for batch in ("0001", "0002"):
         plan = json.loads(BatchPaths(site.layout.batch_dir(batch)).chunk_plan.read_text())["chunks"]
         assert [c["walltime_seconds"] for c in plan] == [165, 165]
-        assert [e["walltime"] for e in events(site, "slurm_submitted", batch)] == [165]
+        assert [e["walltime"] for e in logged(site, "slurm_submitted", batch)] == [165]
 
     result = site.luigi("MetricsSummary")
     summary = json.loads((site.layout.manifests / "metrics_summary.json").read_text())
-    ends = [m for m in manifest.read(site.layout.metrics) if m.get("state")]
+    ends = [m for m in events.read(site.layout.metrics) if m.get("state")]
     elapsed = [m["elapsed"] for m in ends]
     assert len(ends) == 4 and {m["state"] for m in ends} == {"COMPLETED"}
     assert all(e >= 2 for e in elapsed), elapsed  # every document is held 2 s

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import split
+from pipeline.stages import split
 
 
 def test_split_makes_adopted_records_valid_and_reports_those_it_cannot(tmp_path: Path) -> None:

@@ -13,12 +13,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .. import pdf
-from ..isolation import DocumentFailed, Limits
+from pipeline import pdf
+from pipeline.isolation import DocumentFailed, Limits
+
+if TYPE_CHECKING:
+    from pipeline.config import OCRConfig
 
 
 class Engine(Protocol):
@@ -49,7 +53,22 @@ class EngineSettings:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "EngineSettings":
+    def from_config(cls, ocr: OCRConfig) -> EngineSettings:
+        """The settings the [ocr] section gives (the one place they are built from it)."""
+        return cls(
+            workers=ocr.engine_workers,
+            tesseract_lang=ocr.tesseract_lang,
+            tesseract_dpi=ocr.tesseract_dpi,
+            olmocr_python=ocr.olmocr_python,
+            olmocr_args=shlex.split(ocr.olmocr_args),
+            max_page_error_rate=ocr.max_page_error_rate,
+            command=shlex.split(ocr.command),
+            document_timeout=ocr.document_timeout,
+            document_memory_mb=ocr.document_memory_mb,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
@@ -76,19 +95,19 @@ def say(message: str) -> None:
 def get_engine(name: str, settings: EngineSettings | None = None) -> Engine:
     settings = settings or EngineSettings()
     if name == "text":
-        from .text import TextEngine
+        from pipeline.engines.text import TextEngine
 
         return TextEngine(settings)
     if name == "tesseract":
-        from .tesseract import TesseractEngine
+        from pipeline.engines.tesseract import TesseractEngine
 
         return TesseractEngine(settings)
     if name == "olmocr":
-        from .olmocr import OlmOCREngine
+        from pipeline.engines.olmocr import OlmOCREngine
 
         return OlmOCREngine(settings)
     if name == "command":
-        from .command import CommandEngine
+        from pipeline.engines.command import CommandEngine
 
         return CommandEngine(settings)
     raise ValueError(f"unknown OCR engine {name!r}; use olmocr, tesseract, text or command")

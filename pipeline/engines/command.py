@@ -17,9 +17,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import atomic, olmocr_format
-from ..isolation import Limits, Workers
-from . import EngineSettings, output_name, page_count, say
+from pipeline import atomic, olmocr_format
+from pipeline.engines import EngineSettings, output_name, page_count, say
+from pipeline.isolation import Limits, Workers
 
 # A whole chunk may take this long before it is treated as hung: generous, because SLURM's
 # walltime is the real limit on a cluster; this one keeps a local run from waiting forever.

@@ -24,9 +24,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from .. import atomic
-from . import EngineSettings, say
-from .command import EngineFailed, chunk_timeout, run_bounded, valid_results, write_chunk_list
+from pipeline import atomic
+from pipeline.engines import EngineSettings, say
+from pipeline.engines.command import EngineFailed, chunk_timeout, run_bounded, valid_results, write_chunk_list
 
 
 def chunk_key(pdfs: list[Path]) -> str:

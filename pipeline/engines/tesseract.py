@@ -19,9 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .. import atomic, olmocr_format
-from ..isolation import DocumentFailed, Workers, available_cpus
-from . import EngineSettings, output_name, page_count, say
+from pipeline import atomic, olmocr_format
+from pipeline.engines import EngineSettings, output_name, page_count, say
+from pipeline.isolation import DocumentFailed, Workers, available_cpus
 
 RASTER_TIMEOUT = 180.0
 OCR_TIMEOUT = 300.0

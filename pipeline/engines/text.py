@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import atomic, olmocr_format
-from ..isolation import DocumentFailed, Workers, available_cpus
-from . import EngineSettings, output_name, say
+from pipeline import atomic, olmocr_format
+from pipeline.engines import EngineSettings, output_name, say
+from pipeline.isolation import DocumentFailed, Workers, available_cpus
 
 VERSION = "text-pypdf"
 PROGRESS_EVERY = 100  # documents between progress lines

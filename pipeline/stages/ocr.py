@@ -1,12 +1,15 @@
 """OCRBatch's work: the planned chunks, a retry chunk for PDFs the engine dropped, bisection of
-chunks that fail as a whole (pipeline.bisect), and the batch's OCR marker."""
+chunks that fail as a whole (pipeline.stages.bisect), and the batch's OCR marker."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from . import atomic, bisect, integrity, manifest, planning
-from .executor import Progress
-from .layout import identifier_of
+from pipeline import atomic, events
+from pipeline.executors.base import Progress
+from pipeline.layout import identifier_of
+from pipeline.stages import bisect, integrity
+from pipeline.stages import chunks as planning
 
 
 def missing_of(ctx: bisect.Context, family: list[dict[str, Any]]) -> list[tuple[int, list[str]]]:
@@ -46,7 +49,7 @@ def run_ocr(ctx: bisect.Context, max_retries: int, progress: Callable[[str], Pro
         "bisection": bisection,
     }
     if bisection["split"] or bisection["quarantined"]:
-        manifest.log_event(ctx.layout.events, "bisection_done", batch=paths.number, **bisection)
+        events.log_event(ctx.layout.events, "bisection_done", batch=paths.number, **bisection)
     atomic.write_json(paths.ocr_marker, record)
     return record
 

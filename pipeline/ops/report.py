@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from . import atomic
-from .layout import QUARANTINE, BatchPaths, Layout
+
+from pipeline import atomic
+from pipeline.layout import QUARANTINE, BatchPaths, Layout
 
 
 def batches_since(layout: Layout, started_at: str) -> list[str]:

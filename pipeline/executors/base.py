@@ -4,7 +4,7 @@ Both executors share one contract, so OCRBatch does not care where chunks run:
     executor.run(batch_paths, chunks, progress) -> {chunk index: ChunkOutcome}
 A chunk is done when its done marker exists, whatever the process or the scheduler said. A chunk
 that fails is run again up to its retry limit (``max_retries``, the same policy on both executors);
-after that its outcome says how it failed and the caller decides (pipeline.bisect splits it).
+after that its outcome says how it failed and the caller decides (pipeline.stages.bisect splits it).
 Failed attempts are written to the event log, so a rerun goes on counting instead of starting over.
 """
 from __future__ import annotations
@@ -14,13 +14,18 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import atomic, manifest
-from .layout import BatchPaths, Layout
+from pipeline import atomic, events
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages.chunks import WalltimeModel
+
+if TYPE_CHECKING:
+    from pipeline.config import OCRConfig, SlurmConfig
 
 Progress = Callable[[int, int, str], None]  # (chunks done, chunks total, status message)
 
@@ -61,11 +66,11 @@ def write_job_script(paths: BatchPaths, text: str, name: str = "job.sh") -> Path
     return script
 
 
-def failed_attempts(events: Path, batch: str, *, forget: bool = True) -> dict[int, list[dict[str, Any]]]:
+def failed_attempts(log: Path, batch: str, *, forget: bool = True) -> dict[int, list[dict[str, Any]]]:
     """The logged failed attempts of every chunk of ``batch``, oldest first; with ``forget``, only
     those after the chunk's last reset."""
     found: dict[int, list[dict[str, Any]]] = {}
-    for record in manifest.read(events):
+    for record in events.read(log):
         if record.get("batch") != batch:
             continue
         if record.get("event") in FAILED_ATTEMPT_EVENTS and "chunk" in record:
@@ -115,10 +120,10 @@ class LocalExecutor:
                                    stdin=subprocess.DEVNULL)
         seconds = time.monotonic() - started
         done = paths.done_marker(chunk.index).exists()
-        manifest.append(self.layout.metrics, [{
+        events.append(self.layout.metrics, [{
             "batch": paths.number, "chunk": chunk.index, "pages": chunk.pages, "executor": "local",
             "state": "COMPLETED" if code == 0 and done else "FAILED",
-            "exit_code": code, "elapsed": round(seconds, 3), "end": manifest.now_iso(),
+            "exit_code": code, "elapsed": round(seconds, 3), "end": events.now_iso(),
         }])
         return code
 
@@ -134,7 +139,7 @@ class LocalExecutor:
                 return ChunkOutcome(chunk.index, True, failures + 1, log=log)
             failures += 1
             state, exit_code = ("COMPLETED" if code == 0 else "FAILED"), exit_code_text(code)
-            manifest.log_event(self.layout.events, "local_chunk_failed", batch=paths.number, chunk=chunk.index,
+            events.log_event(self.layout.events, "local_chunk_failed", batch=paths.number, chunk=chunk.index,
                                state=state, exit_code=exit_code, attempt=failures, log=log)
             if failures <= limit:
                 progress(f"chunk {chunk.index} ended {describe_end(state, exit_code)}; "
@@ -172,3 +177,26 @@ class LocalExecutor:
                 if outcome.done:
                     tell(f"chunk {outcome.index} done ({outcome.attempts} attempt{'s' if outcome.attempts > 1 else ''})")
         return outcomes
+
+
+def planned_walltime(layout: Layout, ocr: OCRConfig, slurm: SlurmConfig) -> WalltimeModel:
+    """The model the SLURM executor asks for, so chunks.json shows each chunk's walltime request."""
+    from pipeline.executors.slurm.executor import capped, configured_walltime
+
+    model = configured_walltime(layout)
+    # The cap needs the cluster: only a SLURM run asks it (a local run records the uncapped figure).
+    return capped(model, slurm.partition) if ocr.executor == "slurm" else model
+
+
+def make_executor(layout: Layout, paths: BatchPaths, ocr: OCRConfig, slurm: SlurmConfig) -> Executor:
+    """The executor [ocr] executor names, running the chunk job of ``paths``' batch."""
+    from pipeline.engines import EngineSettings
+    from pipeline.executors.jobscript import job_command, render
+
+    command = job_command(paths.dir, ocr.engine, EngineSettings.from_config(ocr))
+    if ocr.executor == "slurm":
+        from pipeline.executors.slurm.executor import SlurmExecutor
+
+        return SlurmExecutor.from_config(layout, command)
+    return LocalExecutor(layout, render(batch=paths.number, command=command), ocr.parallel_chunks,
+                         slurm.max_retries)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from . import atomic, batches, bisect, pdf
-from .layout import BatchPaths, Layout
-from .planning import WalltimeModel
+from pipeline import atomic, pdf
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages import batches, bisect
+from pipeline.stages.chunks import WalltimeModel
 
 COMPLETED = "COMPLETED"
 

@@ -1,6 +1,6 @@
 """The SLURM executor: one array job per batch (array index = chunk index), watched until done.
 
-Same contract as pipeline.executor.LocalExecutor: ``run(paths, chunks, progress)`` returns when
+Same contract as pipeline.executors.base.LocalExecutor: ``run(paths, chunks, progress)`` returns when
 every chunk has its done marker or has failed for good, with each chunk's outcome (state, exit
 code, log, attempts).
 
@@ -23,17 +23,20 @@ import shlex
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from . import manifest, metrics, slurm
-from .config import SlurmConfig
-from .executor import ChunkOutcome, ChunkRun, Progress, describe_end, failed_attempts, write_job_script
-from .jobscript import render
-from .layout import BatchPaths, Layout
-from .planning import WalltimeModel
-from .slurm import Backoff, JobState, PollInterval, SlurmError
+from pipeline import events
+from pipeline.config import SlurmConfig
+from pipeline.executors.base import ChunkOutcome, ChunkRun, Progress, describe_end, failed_attempts, write_job_script
+from pipeline.executors.jobscript import render
+from pipeline.executors.slurm import client as slurm
+from pipeline.executors.slurm.client import Backoff, JobState, PollInterval, SlurmError
+from pipeline.layout import BatchPaths, Layout
+from pipeline.ops import metrics
+from pipeline.stages.chunks import WalltimeModel
 
 LOG_PATTERN = "chunk_%3a.log"  # SLURM's zero-padded array index: the same name as BatchPaths.chunk_log
 
@@ -60,10 +63,10 @@ class _Chunk:
         return slurm.task_key(self.job_id or "", self.index)
 
 
-def latest_submissions(events: Path, batch: str) -> dict[int, dict[str, Any]]:
+def latest_submissions(log: Path, batch: str) -> dict[int, dict[str, Any]]:
     """The last ``slurm_submitted`` event of every chunk of ``batch``, from the event log."""
     latest: dict[int, dict[str, Any]] = {}
-    for record in manifest.read(events):
+    for record in events.read(log):
         if record.get("event") == "slurm_submitted" and record.get("batch") == batch:
             for chunk in record.get("chunks", []):
                 latest[int(chunk)] = record
@@ -76,7 +79,7 @@ def configured_walltime(layout: Layout) -> WalltimeModel:
     fixed = WalltimeModel(cfg.walltime_base_seconds, cfg.walltime_seconds_per_page, cfg.walltime_buffer)
     if cfg.walltime_model == "fixed":
         return fixed
-    return metrics.fitted_walltime(fixed, metrics.attempts(manifest.read(layout.metrics)), cfg.walltime_fit_min_chunks)
+    return metrics.fitted_walltime(fixed, metrics.attempts(events.read(layout.metrics)), cfg.walltime_fit_min_chunks)
 
 
 def capped(model: WalltimeModel, partition: str) -> WalltimeModel:
@@ -92,7 +95,7 @@ def record_missing_ends(layout: Layout) -> int:
     records without an end; the rerun does not watch chunks that are done by then. Returns how many
     records were added.
     """
-    open_runs = metrics.unmeasured(metrics.attempts(manifest.read(layout.metrics)))
+    open_runs = metrics.unmeasured(metrics.attempts(events.read(layout.metrics)))
     if not open_runs:
         return 0
     states = slurm.query({r.job_id for r in open_runs if r.job_id})
@@ -102,7 +105,7 @@ def record_missing_ends(layout: Layout) -> int:
         if state is not None and state.outcome != "waiting":
             ended.append(metrics.end_record(run.batch, run.chunk, run.pages, state.job_id, state.state,
                                             state.exit_code, state.elapsed_seconds, state.start, state.end))
-    manifest.append(layout.metrics, ended)
+    events.append(layout.metrics, ended)
     return len(ended)
 
 
@@ -256,7 +259,7 @@ class _BatchRun:
             fresh.append(chunk)
         if adopted:
             jobs = sorted({c.job_id for c in adopted}, key=int)
-            manifest.log_event(self.x.layout.events, "slurm_reattached", batch=self.batch,
+            events.log_event(self.x.layout.events, "slurm_reattached", batch=self.batch,
                                chunks=[c.index for c in adopted], job_ids=jobs)
             self.progress(self.done, self.total, f"re-attached to job {', '.join(jobs)} for "
                                                  f"{len(adopted)} chunks still pending or running")
@@ -275,10 +278,10 @@ class _BatchRun:
             # Logs of earlier attempts of a chunk stay above the new attempt's output.
             extra_args=["--open-mode=append", *x.extra_args],
         )
-        manifest.log_event(x.layout.events, "slurm_submitted", batch=self.batch, chunks=indices,
+        events.log_event(x.layout.events, "slurm_submitted", batch=self.batch, chunks=indices,
                            job_id=job_id, walltime=walltime)
-        submitted_at = manifest.now_iso()
-        manifest.append(x.layout.metrics, [{
+        submitted_at = events.now_iso()
+        events.append(x.layout.metrics, [{
             "batch": self.batch, "chunk": c.index, "pages": c.run.pages, "executor": "slurm",
             "walltime_requested": walltime, "job_id": job_id, "attempt": c.failures + 1,
             "submitted_at": submitted_at,
@@ -382,7 +385,7 @@ class _BatchRun:
         self._metrics_end(chunk, state)
         chunk.failures += 1
         chunk.failed_jobs.add(chunk.job_id or "")
-        manifest.log_event(self.x.layout.events, "slurm_chunk_failed", batch=self.batch, chunk=chunk.index,
+        events.log_event(self.x.layout.events, "slurm_chunk_failed", batch=self.batch, chunk=chunk.index,
                            job_id=chunk.job_id, state=state.state, exit_code=state.exit_code,
                            reason=state.reason, attempt=chunk.failures)
         if chunk.failures <= chunk.limit:
@@ -413,7 +416,7 @@ class _BatchRun:
     # --- metrics ------------------------------------------------------------------------------
 
     def _metrics_end(self, chunk: _Chunk, state: JobState) -> None:
-        manifest.append(self.x.layout.metrics, [metrics.end_record(
+        events.append(self.x.layout.metrics, [metrics.end_record(
             self.batch, chunk.index, chunk.run.pages, chunk.job_id or "", state.state, state.exit_code,
             state.elapsed_seconds, state.start, state.end)])
 
@@ -494,5 +497,5 @@ class _BatchRun:
             error = None
         except SlurmError as exc:
             error = str(exc)
-        manifest.log_event(self.x.layout.events, "slurm_cancelled", batch=self.batch, job_ids=jobs,
+        events.log_event(self.x.layout.events, "slurm_cancelled", batch=self.batch, job_ids=jobs,
                            chunks=sorted(self.active), error=error)

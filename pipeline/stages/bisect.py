@@ -24,15 +24,17 @@ a batch's only chunk are found, and a broken engine costs a few more jobs before
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import atomic, integrity, manifest
-from .executor import ATTEMPTS_RESET_EVENT, ChunkOutcome, ChunkRun, Executor, Progress, failed_attempts
-from .layout import BatchPaths, Layout
-from .planning import WalltimeModel
-from .quarantine import quarantine
+from pipeline import atomic, events
+from pipeline.executors.base import ATTEMPTS_RESET_EVENT, ChunkOutcome, ChunkRun, Executor, Progress, failed_attempts
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages import integrity
+from pipeline.stages.chunks import WalltimeModel
+from pipeline.stages.quarantine import quarantine
 
 REASON = "ocr_failed"
 HALF_RETRIES = 0  # retries of a half with more than one document (a single document gets the executor's)
@@ -186,8 +188,8 @@ def run_with_bisection(ctx: Context, roots: list[dict[str, Any]], progress: Prog
         integrity.repair_chunk_lists(ctx.layout, paths, todo)
         outcomes = ctx.executor.run(paths, [ChunkRun(c["index"], c["pages"], len(c["documents"]), retries_of(c))
                                             for c in todo], progress)
-        manifest.append(ctx.layout.events, [
-            manifest.event("chunk_done", batch=paths.number, chunk=c["index"], pages=c["pages"],
+        events.append(ctx.layout.events, [
+            events.event("chunk_done", batch=paths.number, chunk=c["index"], pages=c["pages"],
                            missing=atomic.read_json(paths.done_marker(c["index"]))["missing"])
             for c in todo if outcomes[c["index"]].done
         ])
@@ -211,7 +213,7 @@ def record_failures(ctx: Context, bisection: Bisection, failed: list[tuple[dict[
     """Split each failed chunk of several documents, give up single ones; one durable write."""
     paths = ctx.paths
     next_index = max(indices_in_use(paths), default=-1) + 1
-    events = []
+    records = []
     for chunk, outcome in failed:
         if len(chunk["documents"]) == 1:
             bisection.failed[chunk["index"]] = failure_record(chunk, outcome, ctx.engine)
@@ -221,14 +223,14 @@ def record_failures(ctx: Context, bisection: Bisection, failed: list[tuple[dict[
         for child in children:
             integrity.write_chunk_list(paths, child)  # before bisect.json names them
         bisection.chunks += children
-        events.append(manifest.event(
+        records.append(events.event(
             "chunk_split", batch=paths.number, chunk=chunk["index"], state=outcome.state,
             exit_code=outcome.exit_code, attempts=outcome.attempts, log=outcome.log,
             documents=len(chunk["documents"]), halves=[c["index"] for c in children]))
         ctx.say(f"chunk {chunk['index']} failed as a whole ({outcome.state}); split into chunks "
                 f"{', '.join(str(c['index']) for c in children)} to find the document that fails")
     save(paths, bisection)
-    manifest.append(ctx.layout.events, events)
+    events.append(ctx.layout.events, records)
 
 
 def quarantine_failed(ctx: Context, bisection: Bisection) -> list[str]:
@@ -253,7 +255,7 @@ def quarantine_failed(ctx: Context, bisection: Bisection) -> list[str]:
 
 
 def forget_attempts(layout: Layout, paths: BatchPaths, chunks: list[int]) -> None:
-    manifest.log_event(layout.events, ATTEMPTS_RESET_EVENT, batch=paths.number, chunks=chunks)
+    events.log_event(layout.events, ATTEMPTS_RESET_EVENT, batch=paths.number, chunks=chunks)
 
 
 def summary(paths: BatchPaths, layout: Layout, roots: list[dict[str, Any]], max_retries: int) -> dict[str, Any]:

@@ -12,15 +12,16 @@ import re
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import luigi
 
-from . import atomic, faults, pdf
+from pipeline import atomic, faults, pdf
 
-_CLIENTS: dict[tuple[int, "S3Settings"], Any] = {}
+_CLIENTS: dict[tuple[int, S3Settings], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 # botocore's DEBUG output carries request headers (Authorization, X-Amz-Security-Token).
 _WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
@@ -40,9 +41,9 @@ class S3Settings:
     read_timeout: float = 60.0
 
     @classmethod
-    def from_config(cls, pool: int = 0) -> "S3Settings":
+    def from_config(cls, pool: int = 0) -> S3Settings:
         """[s3] of luigi.cfg, with a connection pool of at least ``pool`` (the caller's threads)."""
-        from .config import S3Config
+        from pipeline.config import S3Config
 
         cfg = S3Config()
         return cls(
@@ -321,8 +322,8 @@ def iter_download_items(source: str, storage: Storage | None = None) -> Iterator
     layout.InvalidIdentifier of a key whose file name cannot be an identifier."""
     from functools import partial
 
-    from .download import SourceItem
-    from .layout import InvalidIdentifier, identifier_of
+    from pipeline.layout import InvalidIdentifier, identifier_of
+    from pipeline.stages.download import SourceItem
 
     storage = storage or Storage()
     for item in storage.list(folder(source)):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import atomic, manifest, olmocr_format
-from .layout import PENDING_LEGACY, BatchPaths, DocumentPaths, Layout, shard_of
+from pipeline import atomic, events, olmocr_format
+from pipeline.layout import PENDING_LEGACY, BatchPaths, DocumentPaths, Layout, shard_of
 
 PIPELINE_NAME = "ocr-pipeline"
 
@@ -39,7 +40,7 @@ def build_metadata(identifier: str, download: dict[str, Any], record: dict[str, 
         "chunk": prov.chunk,
         "engine": prov.engine,
         "ocr_finished_at": prov.ocr_finished_at,
-        "finalized_at": manifest.now_iso(),
+        "finalized_at": events.now_iso(),
         "pipeline": PIPELINE_NAME,
     }
 
@@ -144,8 +145,8 @@ def finalize_many(
         for future in releases:
             removed_from.update(p.parent for p in future.result())
         outcomes.update((i, outcome) for i, (outcome, _) in zip(group, written))
-        manifest.append(layout.events, [
-            manifest.event("finalized", identifier=i, batch=paths.number)
+        events.append(layout.events, [
+            events.event("finalized", identifier=i, batch=paths.number)
             for i, (outcome, _) in zip(group, written) if outcome == "finalized"
         ])
         progress(len(outcomes), len(ready))

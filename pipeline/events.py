@@ -4,10 +4,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from . import atomic, faults
+from pipeline import atomic, faults
 
 
 def now_iso() -> str:
@@ -21,7 +22,7 @@ def append(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> N
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
     atomic.makedirs(Path(path).parent)
     what = f"{Path(path).name}:{records[0].get('event', '')}"  # names the point for fault injection
-    faults.point("manifest.append.before", what)
+    faults.point("events.append.before", what)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -32,7 +33,7 @@ def append(path: Path, records: list[dict[str, Any]], *, sync: bool = True) -> N
             os.fsync(fd)
     finally:
         os.close(fd)
-    faults.point("manifest.append.after", what)
+    faults.point("events.append.after", what)
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import atomic, manifest
-from .layout import BatchPaths, InvalidIdentifier, Layout, identifier_of
+from pipeline import atomic, events
+from pipeline.layout import BatchPaths, InvalidIdentifier, Layout, identifier_of
 
 
 def chunk_list_bytes(paths: BatchPaths, identifiers: list[str]) -> bytes:
@@ -43,7 +43,7 @@ def repair_chunk_lists(layout: Layout, paths: BatchPaths, chunks: list[dict[str,
         print(f"chunk {chunk['index']}: {path} did not match the chunk plan (extra lines: "
               f"{len(lines - wanted)}, missing lines: {len(wanted - lines)}); written again from the plan",
               flush=True)
-    manifest.append(layout.events, [manifest.event("chunk_list_repaired", batch=paths.number, **r) for r in repaired])
+    events.append(layout.events, [events.event("chunk_list_repaired", batch=paths.number, **r) for r in repaired])
     return repaired
 
 
@@ -72,7 +72,7 @@ def withdraw(layout: Layout, paths: BatchPaths, untrusted: dict[int, str]) -> No
     for index, why in sorted(untrusted.items()):
         print(f"chunk {index}: {why}; it is run again", flush=True)
     atomic.remove_files([paths.done_marker(i) for i in untrusted])
-    manifest.append(layout.events, [manifest.event("chunk_redone", batch=paths.number, chunk=i, reason=why)
+    events.append(layout.events, [events.event("chunk_redone", batch=paths.number, chunk=i, reason=why)
                                     for i, why in sorted(untrusted.items())])
 
 

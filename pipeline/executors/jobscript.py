@@ -6,7 +6,7 @@ import string
 import sys
 from pathlib import Path
 
-from .engines import EngineSettings
+from pipeline.engines import EngineSettings
 
 _CANDIDATES = (
     Path(__file__).resolve().parent.parent / "slurm" / "job.sh.tmpl",  # a source checkout

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import sh
 
-from .planning import format_walltime
+from pipeline.stages.chunks import format_walltime
 
 FAILED_STATES = frozenset({
     "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "DEADLINE",
@@ -371,7 +371,7 @@ def max_array_size() -> int:
     return int(cluster_config().get("MaxArraySize", "1001"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def partitions() -> dict[str, dict[str, str]]:
     return parse_partitions(_run("scontrol", ["--oneliner", "show", "partition"]))
 

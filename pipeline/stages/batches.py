@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
-from . import atomic, manifest, olmocr_format, pdf
-from .layout import BatchPaths, Layout
-from .quarantine import quarantine
+from pipeline import atomic, events, olmocr_format, pdf
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages.quarantine import quarantine
 
 STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lock
 
@@ -111,14 +111,14 @@ def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: i
             total_pages += info["pages"]
         record = {
             "batch": batch,
-            "created_at": manifest.now_iso(),
+            "created_at": events.now_iso(),
             "adopted": adopted,
             "documents": documents,
             "quarantined": quarantined,
             "pages": total_pages,
         }
         atomic.write_json(paths.manifest, record)
-    manifest.log_event(layout.events, "batch_created", batch=batch, documents=len(documents),
+    events.log_event(layout.events, "batch_created", batch=batch, documents=len(documents),
                        pages=total_pages, adopted=adopted)
     return record
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import atomic, manifest
-from .layout import Layout
+from pipeline import atomic, events
+from pipeline.layout import Layout
 
 
 def quarantine(
@@ -27,10 +27,10 @@ def quarantine(
     existing = [p for p in sources if p.exists()]
     if existing and not target.exists():
         atomic.link_or_copy(existing[0], target)
-    record = {"identifier": identifier, "reason": reason, "message": message, "time": manifest.now_iso(), **context}
+    record = {"identifier": identifier, "reason": reason, "message": message, "time": events.now_iso(), **context}
     atomic.write_json(layout.quarantine_reason(identifier), record)
     atomic.remove_files([*(p for p in existing if p.resolve() != target.resolve()), *also_remove])
-    manifest.log_event(layout.events, "quarantined", identifier=identifier, reason=reason, message=message, **context)
+    events.log_event(layout.events, "quarantined", identifier=identifier, reason=reason, message=message, **context)
     return target
 
 

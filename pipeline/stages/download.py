@@ -14,14 +14,14 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from . import atomic, faults, manifest, pdf
-from .layout import InvalidIdentifier, Layout, identifier_of
-from .quarantine import quarantine
+from pipeline import atomic, events, faults, pdf
+from pipeline.layout import InvalidIdentifier, Layout, identifier_of
+from pipeline.stages.quarantine import quarantine
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def iter_url_list(listing: Path, timeout: float) -> Iterator[SourceItem | Invali
 def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | InvalidIdentifier]:
     """Items of a source: a local folder, a text file of http(s) URLs, or an s3:// prefix."""
     if source.startswith("s3://"):
-        from . import s3
+        from pipeline.cloud import s3
 
         yield from s3.iter_download_items(source)
         return
@@ -145,7 +145,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
             "source": item.uri,
             "size": tmp.stat().st_size,
             "sha256": atomic.sha256_file(tmp),
-            "downloaded_at": manifest.now_iso(),
+            "downloaded_at": events.now_iso(),
         }
         try:
             count = pdf.count_pages(tmp)
@@ -188,7 +188,7 @@ def download_all(
     """Fetch every new item, ``workers`` at a time, pausing when backpressure says so."""
     summary = DownloadSummary()
     atomic.makedirs(layout.base)
-    events: list[dict] = []
+    records: list[dict] = []
     disk_full: list[atomic.DiskFull] = []
     low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
 
@@ -197,19 +197,19 @@ def download_all(
             outcome = future.result()
         except atomic.DiskFull as exc:  # every other document would fail the same way: stop
             disk_full.append(exc)
-            events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
+            records.append(events.event("download_failed", identifier=item.identifier, source=item.uri,
                                          message=str(exc)[:500]))
             return
         except Exception as exc:  # one unreachable document must not stop the others
             summary.failed += 1
-            events.append(manifest.event("download_failed", identifier=item.identifier, source=item.uri,
+            records.append(events.event("download_failed", identifier=item.identifier, source=item.uri,
                                          message=str(exc)[:500]))
             print(f"download: {item.uri}: failed ({exc}); it is fetched again on the next run", flush=True)
             progress(summary)
             return
         if outcome == "fetched":
             summary.fetched += 1
-            events.append(manifest.event("downloaded", identifier=item.identifier, source=item.uri))
+            records.append(events.event("downloaded", identifier=item.identifier, source=item.uri))
         elif outcome == "quarantined":
             summary.quarantined += 1
         elif outcome == "paused":
@@ -223,7 +223,7 @@ def download_all(
         for item in items:
             if isinstance(item, InvalidIdentifier):
                 summary.rejected += 1
-                events.append(manifest.event("rejected", message=str(item)))
+                records.append(events.event("rejected", message=str(item)))
                 print(f"download: skipped: {item}", flush=True)
                 continue
             if disk_full or summary.paused:
@@ -241,10 +241,10 @@ def download_all(
         for item, future in pending:
             settle(item, future)
     if summary.paused:
-        events.append(manifest.event("backpressure", message=summary.paused))
+        records.append(events.event("backpressure", message=summary.paused))
     if disk_full:
         with contextlib.suppress(OSError):  # the log may not fit either; the error below still says it all
-            manifest.append(layout.events, events)
+            events.append(layout.events, records)
         raise disk_full[0]
-    manifest.append(layout.events, events)
+    events.append(layout.events, records)
     return summary

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic, olmocr_format
+from pipeline import atomic, olmocr_format
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Looking at the work: chunk metrics and their summaries, reports for people."""
