@@ -24,7 +24,7 @@ class _Section(luigi.Config):
 class PipelineConfig(_Section):
     section = "pipeline"
     base_dir = luigi.Parameter(default="data", description="root of the stage folders")
-    shard_width = luigi.IntParameter(default=2, description="hex digits of the <ab> shard folder; 0 = off")
+    shard_width = luigi.IntParameter(default=2, description="hex digits of the <ab> fan-out folder; 0 = off")
     batch_size = luigi.IntParameter(default=1000, description="most documents in one new batch")
     batch_pages = luigi.IntParameter(default=150_000, description="most pages in one new batch")
     workers = luigi.IntParameter(default=4, description="threads for per-document I/O work")

@@ -1,4 +1,4 @@
-"""Stage folders, shard folders and identifier rules of the base_dir layout (DESIGN.md)."""
+"""Stage folders, fan-out folders (<ab>) and identifier rules of the base_dir layout (DESIGN.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ from pathlib import Path
 DOWNLOADED = "01_downloaded"
 PENDING_LEGACY = "02_ocr_pending"
 PROCESSING = "03_ocr_processing"
-COMPLETED = "04_ocr_completed"
+OCR_COMPLETED = "04_ocr_completed"
 PROCESSED = "05_processed"
 QUARANTINE = "_quarantine"
 MANIFESTS = "_manifests"
@@ -49,8 +49,8 @@ def identifier_of(pdf_name: str) -> str:
     return validate_identifier(stem)
 
 
-def shard_of(identifier: str, width: int) -> str:
-    """``<ab>``: the first ``width`` hex digits of sha1(identifier); '' when sharding is off."""
+def fanout_of(identifier: str, width: int) -> str:
+    """``<ab>``: the first ``width`` hex digits of sha1(identifier); '' when fan-out is off (shard_width = 0)."""
     return hashlib.sha1(identifier.encode("utf-8", "surrogateescape")).hexdigest()[:width] if width else ""
 
 
@@ -79,20 +79,20 @@ class Layout:
     """Where everything lives under one base_dir."""
 
     base: Path
-    shard_width: int = 2
+    fanout_width: int = 2
 
-    def _sharded(self, stage: str, identifier: str) -> Path:
-        return self.base / stage / shard_of(validate_identifier(identifier), self.shard_width)
+    def _fanned_out(self, stage: str, identifier: str) -> Path:
+        return self.base / stage / fanout_of(validate_identifier(identifier), self.fanout_width)
 
     def document(self, identifier: str) -> DocumentPaths:
-        """Every stage path of one document, from one shard computation (hot loops use it directly)."""
-        shard = shard_of(validate_identifier(identifier), self.shard_width)
+        """Every stage path of one document, from one fan-out computation (hot loops use it directly)."""
+        fanout = fanout_of(validate_identifier(identifier), self.fanout_width)
         base = str(self.base)
-        processed = os.path.join(base, PROCESSED, shard, identifier)
+        processed = os.path.join(base, PROCESSED, fanout, identifier)
         return DocumentPaths(
-            downloaded_pdf=Path(os.path.join(base, DOWNLOADED, shard, f"{identifier}.pdf")),
-            downloaded_meta=Path(os.path.join(base, DOWNLOADED, shard, f"{identifier}.meta.json")),
-            completed_jsonl=Path(os.path.join(base, COMPLETED, shard, f"{identifier}.ocr.jsonl")),
+            downloaded_pdf=Path(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.pdf")),
+            downloaded_meta=Path(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json")),
+            completed_jsonl=Path(os.path.join(base, OCR_COMPLETED, fanout, f"{identifier}.ocr.jsonl")),
             processed_dir=Path(processed),
             processed_ocr=Path(os.path.join(processed, f"{identifier}.ocr.json")),
             processed_metadata=Path(os.path.join(processed, f"{identifier}.metadata.json")),
@@ -135,10 +135,10 @@ class Layout:
 
     # quarantine / manifests ----------------------------------------------
     def quarantine_pdf(self, identifier: str) -> Path:
-        return self._sharded(QUARANTINE, identifier) / f"{identifier}.pdf"
+        return self._fanned_out(QUARANTINE, identifier) / f"{identifier}.pdf"
 
     def quarantine_reason(self, identifier: str) -> Path:
-        return self._sharded(QUARANTINE, identifier) / f"{identifier}.reason.json"
+        return self._fanned_out(QUARANTINE, identifier) / f"{identifier}.reason.json"
 
     @property
     def manifests(self) -> Path:
@@ -152,7 +152,7 @@ class Layout:
     def metrics(self) -> Path:
         return self.manifests / "metrics.ndjson"
 
-    def iter_waiting_pdfs(self):
+    def waiting_pdfs(self):
         """PDFs in 01_downloaded (and a legacy 02_ocr_pending), as (identifier, path), sorted."""
         found: list[tuple[str, Path]] = []
         for stage in (DOWNLOADED, PENDING_LEGACY):

@@ -180,7 +180,7 @@ class ScanStats:
     malformed: list[dict[str, Any]] = field(default_factory=list)
 
 
-def iter_result_files(results_dir: Path) -> list[Path]:
+def result_files(results_dir: Path) -> list[Path]:
     """olmOCR output files in the deterministic order where a later file wins a duplicate."""
     files = [p for p in Path(results_dir).glob("*.jsonl") if p.is_file()]
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))

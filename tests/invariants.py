@@ -60,9 +60,9 @@ def quarantined_ids(base: Path) -> set[str]:
     return {p.name[: -len(".reason.json")] for p in root.rglob("*.reason.json")} if root.is_dir() else set()
 
 
-def reference(base: Path, shard_width: int = 2) -> Reference:
+def reference(base: Path, fanout_width: int = 2) -> Reference:
     """Read the outcome of an undisturbed run on ``base``."""
-    layout = Layout(base, shard_width)
+    layout = Layout(base, fanout_width)
     ref = Reference()
     for identifier in finalized_ids(base):
         ref.texts[identifier] = _json(layout.processed_ocr(identifier))["text"]
@@ -71,8 +71,8 @@ def reference(base: Path, shard_width: int = 2) -> Reference:
     return ref
 
 
-def _batches(base: Path, shard_width: int) -> dict[str, BatchPaths]:
-    layout = Layout(base, shard_width)
+def _batches(base: Path, fanout_width: int) -> dict[str, BatchPaths]:
+    layout = Layout(base, fanout_width)
     return {n: BatchPaths(layout.batch_dir(n)) for n in layout.batch_numbers()}
 
 
@@ -89,10 +89,10 @@ def _is_temp(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def held_identifiers(base: Path, shard_width: int = 2) -> set[str]:
+def held_identifiers(base: Path, fanout_width: int = 2) -> set[str]:
     """Documents the pipeline has taken charge of: a 01 .meta.json, or listed in a batch.json."""
     held = {p.name[: -len(".meta.json")] for p in (base / DOWNLOADED).rglob("*.meta.json") if not _is_temp(p)}
-    for paths in _batches(base, shard_width).values():
+    for paths in _batches(base, fanout_width).values():
         if paths.manifest.exists():
             held.update(_json(paths.manifest)["documents"])
     return held
@@ -127,22 +127,22 @@ def unparsable_files(base: Path) -> list[str]:
     return problems
 
 
-def check_safe(base: Path, shard_width: int = 2) -> list[str]:
+def check_safe(base: Path, fanout_width: int = 2) -> list[str]:
     """Problems that must never exist, at any instant."""
-    layout = Layout(base, shard_width)
-    batches = _batches(base, shard_width)
+    layout = Layout(base, fanout_width)
+    batches = _batches(base, fanout_width)
     problems = unparsable_files(base)
-    for identifier in sorted(held_identifiers(base, shard_width)):
+    for identifier in sorted(held_identifiers(base, fanout_width)):
         if not _pdf_copies(base, layout, batches, identifier) and not _whole_output(layout, identifier):
             problems.append(f"{identifier}: PDF deleted but 05 output not whole")
     return problems
 
 
-def check_converged(base: Path, ref: Reference, shard_width: int = 2) -> list[str]:
+def check_converged(base: Path, ref: Reference, fanout_width: int = 2) -> list[str]:
     """Problems in the end state after a rerun, compared with the undisturbed run ``ref``."""
-    layout = Layout(base, shard_width)
-    batches = _batches(base, shard_width)
-    problems = check_safe(base, shard_width)
+    layout = Layout(base, fanout_width)
+    batches = _batches(base, fanout_width)
+    problems = check_safe(base, fanout_width)
 
     finalized, quarantined = finalized_ids(base), quarantined_ids(base)
     for identifier in sorted(finalized - set(ref.texts)):
@@ -216,13 +216,13 @@ def _stray_markers(paths: BatchPaths) -> list[str]:
     return problems
 
 
-def assert_safe(base: Path, shard_width: int = 2) -> None:
-    problems = check_safe(base, shard_width)
+def assert_safe(base: Path, fanout_width: int = 2) -> None:
+    problems = check_safe(base, fanout_width)
     assert not problems, "unsafe state:\n  " + "\n  ".join(problems)
 
 
-def assert_converged(base: Path, ref: Reference, shard_width: int = 2) -> None:
-    problems = check_converged(base, ref, shard_width)
+def assert_converged(base: Path, ref: Reference, fanout_width: int = 2) -> None:
+    problems = check_converged(base, ref, fanout_width)
     assert not problems, "did not converge to the undisturbed result:\n  " + "\n  ".join(problems)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import samples
-from pipeline.layout import InvalidIdentifier, identifier_of, normalize_batch, shard_of, validate_identifier
+from pipeline.layout import InvalidIdentifier, identifier_of, normalize_batch, fanout_of, validate_identifier
 from tests.test_download import PdfServer
 
 ODD_NAMES = [
@@ -187,16 +187,16 @@ def test_identifier_of_rejects_unsafe_names(name):
 @pytest.mark.parametrize("identifier", ["report_001", "minutes 000 (draft)", "Zürich façade 東京", "$(touch PWNED)"])
 def test_shard_of_is_the_sha1_prefix_of_the_utf8_identifier(identifier):
     digest = hashlib.sha1(identifier.encode("utf-8")).hexdigest()
-    assert shard_of(identifier, 0) == ""
-    assert shard_of(identifier, 2) == digest[:2]
-    assert shard_of(identifier, 3) == digest[:3]
-    assert len(shard_of(identifier, 3)) == 3 and all(c in "0123456789abcdef" for c in shard_of(identifier, 3))
+    assert fanout_of(identifier, 0) == ""
+    assert fanout_of(identifier, 2) == digest[:2]
+    assert fanout_of(identifier, 3) == digest[:3]
+    assert len(fanout_of(identifier, 3)) == 3 and all(c in "0123456789abcdef" for c in fanout_of(identifier, 3))
 
 
 def test_shard_of_known_value():
     # The FIPS 180 test vector: sha1("abc") = a9993e364706816aba3e25717850c26c9cd0d89d
-    assert shard_of("abc", 2) == "a9"
-    assert shard_of("abc", 3) == "a99"
+    assert fanout_of("abc", 2) == "a9"
+    assert fanout_of("abc", 3) == "a99"
 
 
 @pytest.mark.parametrize("value", ["7", "0007", 7, "batch_0007", " 7 ", "00007"])

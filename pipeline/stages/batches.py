@@ -55,7 +55,7 @@ def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
     """Downloaded PDFs (with their .meta.json, or from a legacy 02_ocr_pending) not yet in a batch."""
     claimed = claimed_identifiers(layout)
     waiting = []
-    for identifier, path in layout.iter_waiting_pdfs():
+    for identifier, path in layout.waiting_pdfs():
         if identifier in claimed:
             continue
         in_01 = path == layout.downloaded_pdf(identifier)
@@ -132,5 +132,5 @@ def existing_results(paths: BatchPaths) -> set[str]:
     """Identifiers that already have a record in the batch's results (older scripts' output too)."""
     if not paths.results.is_dir():
         return set()
-    return olmocr_format.identifiers_in(olmocr_format.iter_result_files(paths.results))
+    return olmocr_format.identifiers_in(olmocr_format.result_files(paths.results))
 

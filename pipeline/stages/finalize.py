@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import atomic, events, olmocr_format
-from pipeline.layout import PENDING_LEGACY, BatchPaths, DocumentPaths, Layout, shard_of
+from pipeline.layout import PENDING_LEGACY, BatchPaths, DocumentPaths, Layout, fanout_of
 
 PIPELINE_NAME = "ocr-pipeline"
 
@@ -95,7 +95,7 @@ def legacy_links(layout: Layout, paths: BatchPaths, identifier: str) -> list[Pat
     if not legacy.is_dir():
         return []
     found = []
-    for folder in (legacy, legacy / shard_of(identifier, layout.shard_width)):
+    for folder in (legacy, legacy / fanout_of(identifier, layout.fanout_width)):
         candidate = folder / f"{identifier}.pdf"
         try:
             if candidate not in found and os.path.samefile(candidate, paths.pdf(identifier)):

@@ -31,7 +31,7 @@ def plan_split(results_dir: Path, identifiers: set[str]) -> SplitPlan:
     plan = SplitPlan()
     if not results_dir.is_dir():
         return plan
-    for path in olmocr_format.iter_result_files(results_dir):
+    for path in olmocr_format.result_files(results_dir):
         plan.files += 1
         for line in olmocr_format.iter_records(path):
             where = f"{path.name}:{line.line_number}"
