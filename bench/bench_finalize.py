@@ -59,7 +59,7 @@ def run_finalize(base: Path) -> tuple[float, int]:
 
     layout = Layout(base, 2)
     paths = BatchPaths(layout.batch_dir("1"))
-    documents = atomic.read_json(paths.manifest)["documents"]
+    documents = atomic.read_json(paths.batch_record)["documents"]
     start = time.perf_counter()
     outcomes = finalize_many(layout, paths, documents, lambda i: Provenance("0001", 0, "text", None),
                              workers=PipelineConfig().workers)

@@ -193,7 +193,8 @@ class BatchPaths:
         return normalize_batch(self.dir.name)
 
     @property
-    def manifest(self) -> Path:
+    def batch_record(self) -> Path:
+        """batch.json: the batch's documents, their pages, when it was made."""
         return self.dir / "batch.json"
 
     @property

@@ -21,7 +21,7 @@ class CreateBatch(BatchTask):
     """Take waiting PDFs into a new batch folder, or adopt a batch folder made by the older scripts."""
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(str(self.paths.manifest))
+        return luigi.LocalTarget(str(self.paths.batch_record))
 
     def run(self) -> None:
         config = PipelineConfig()
@@ -45,7 +45,7 @@ class PlanChunks(BatchTask):
     def run(self) -> None:
         ocr = OCRConfig()
         paths = self.paths
-        documents = atomic.read_json(paths.manifest)["documents"]
+        documents = atomic.read_json(paths.batch_record)["documents"]
         have = batches.existing_results(paths)
         todo = {i: d["pages"] for i, d in documents.items() if i not in have}
         chunks = planning.pack_chunks(todo, ocr.pages_per_chunk)
@@ -109,7 +109,7 @@ class OCRBatch(BatchTask):
 
 def ocr_context(task: BatchTask, say: Callable[[str], None]) -> bisect.Context:
     """What running chunks of the task's batch needs: the executor, page counts, walltime model, engine."""
-    pages = {i: d["pages"] for i, d in atomic.read_json(task.paths.manifest)["documents"].items()}
+    pages = {i: d["pages"] for i, d in atomic.read_json(task.paths.batch_record)["documents"].items()}
     ocr, slurm = OCRConfig(), SlurmConfig()
     return bisect.Context(make_executor(task.layout, task.paths, ocr, slurm), task.layout, task.paths, pages,
                           planned_walltime(task.layout, ocr, slurm), ocr.engine, say)
@@ -126,7 +126,7 @@ class SplitResults(BatchTask):
 
     def run(self) -> None:
         paths = self.paths
-        identifiers = set(atomic.read_json(paths.manifest)["documents"])
+        identifiers = set(atomic.read_json(paths.batch_record)["documents"])
         plan = split.plan_split(paths.results, identifiers)
         untrusted = integrity.untrusted_markers(paths, bisect.settled_chunks(paths), set(plan.winners))
         if untrusted:  # results cut short or gone: OCR those chunks again, then split what is there
@@ -182,7 +182,7 @@ class Finalize(BatchTask):
 
     def run(self) -> None:
         layout, paths = self.layout, self.paths
-        batch_record = atomic.read_json(paths.manifest)
+        batch_record = atomic.read_json(paths.batch_record)
         documents = batch_record["documents"]
         split_summary = None
         if self.partial:

@@ -93,8 +93,8 @@ def held_identifiers(base: Path, fanout_width: int = 2) -> set[str]:
     """Documents the pipeline has taken charge of: a 01 .meta.json, or listed in a batch.json."""
     held = {p.name[: -len(".meta.json")] for p in (base / DOWNLOADED).rglob("*.meta.json") if not _is_temp(p)}
     for paths in _batches(base, fanout_width).values():
-        if paths.manifest.exists():
-            held.update(_json(paths.manifest)["documents"])
+        if paths.batch_record.exists():
+            held.update(_json(paths.batch_record)["documents"])
     return held
 
 
@@ -165,8 +165,8 @@ def check_converged(base: Path, ref: Reference, fanout_width: int = 2) -> list[s
     for number, paths in sorted(batches.items()):
         if not paths.finalized.exists():
             problems.append(f"batch {number}: no finalized.json")
-        if paths.manifest.exists():
-            for identifier in _json(paths.manifest)["documents"]:
+        if paths.batch_record.exists():
+            for identifier in _json(paths.batch_record)["documents"]:
                 if identifier in owner:
                     problems.append(f"{identifier}: in batch {owner[identifier]} and in batch {number}")
                 owner[identifier] = number

@@ -137,16 +137,16 @@ def test_summary_of_recorded_metrics() -> None:
 def write_waiting_work(layout: Layout) -> None:
     """Batch 1 finalized, batch 2 with one of two chunks done, batch 3 not planned, two downloads waiting."""
     finished = BatchPaths(layout.batch_dir(1))
-    atomic.write_json(finished.manifest, {"documents": {"old": {"pages": 1500}}})
+    atomic.write_json(finished.batch_record, {"documents": {"old": {"pages": 1500}}})
     atomic.write_json(finished.chunk_plan, {"chunks": [{"index": 0, "pages": 1500, "documents": ["old"]}]})
     atomic.write_json(finished.finalized, {"batch": "0001"})
     running = BatchPaths(layout.batch_dir(2))
-    atomic.write_json(running.manifest, {"documents": {"r1": {"pages": 300}, "r2": {"pages": 250}}})
+    atomic.write_json(running.batch_record, {"documents": {"r1": {"pages": 300}, "r2": {"pages": 250}}})
     atomic.write_json(running.chunk_plan, {"chunks": [{"index": 0, "pages": 300, "documents": ["r1"]},
                                                       {"index": 1, "pages": 250, "documents": ["r2"]}]})
     atomic.write_json(running.done_marker(0), {"chunk": 0, "missing": []})
     unplanned = BatchPaths(layout.batch_dir(3))
-    atomic.write_json(unplanned.manifest, {"documents": {"u1": {"pages": 40}, "u2": {"pages": 60}}})
+    atomic.write_json(unplanned.batch_record, {"documents": {"u1": {"pages": 40}, "u2": {"pages": 60}}})
     for identifier, pages in (("d1", 150), ("d2", 50)):
         atomic.write_bytes(layout.downloaded_pdf(identifier), samples.text_pdf(["one page"]))
         atomic.write_json(layout.downloaded_meta(identifier), {"pages": pages})

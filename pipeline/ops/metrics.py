@@ -342,8 +342,8 @@ def waiting_work(layout: Layout) -> Waiting:
         if paths.chunk_plan.exists():
             chunk_pages += [c["pages"] for c in bisect.settled_chunks(paths)
                             if not paths.done_marker(c["index"]).exists()]
-        elif paths.manifest.exists():
-            unplanned += sum(d["pages"] for d in atomic.read_json(paths.manifest)["documents"].values())
+        elif paths.batch_record.exists():
+            unplanned += sum(d["pages"] for d in atomic.read_json(paths.batch_record)["documents"].values())
         else:  # a batch folder of the older scripts, not adopted yet
             unplanned += sum(_pdf_pages(p) for _, p in paths.pdfs())
     documents = batches.waiting_documents(layout)

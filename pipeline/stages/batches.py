@@ -45,8 +45,8 @@ def claimed_identifiers(layout: Layout) -> set[str]:
     claimed: set[str] = set()
     for number in layout.batch_numbers():
         paths = BatchPaths(layout.batch_dir(number))
-        if paths.manifest.exists():
-            claimed.update(atomic.read_json(paths.manifest)["documents"])
+        if paths.batch_record.exists():
+            claimed.update(atomic.read_json(paths.batch_record)["documents"])
         claimed.update(i for i, _ in paths.pdfs())
     return claimed
 
@@ -84,8 +84,8 @@ def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: i
     """Make batch ``batch`` from waiting documents, or adopt its folder when it already has PDFs."""
     paths = BatchPaths(layout.batch_dir(batch))
     with batch_lock(layout):
-        if paths.manifest.exists():
-            return atomic.read_json(paths.manifest)
+        if paths.batch_record.exists():
+            return atomic.read_json(paths.batch_record)
         adopted = bool(paths.pdfs()) or paths.results.is_dir()
         candidates = paths.pdfs() if adopted else waiting_documents(layout)
         documents: dict[str, dict] = {}
@@ -117,7 +117,7 @@ def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: i
             "quarantined": quarantined,
             "pages": total_pages,
         }
-        atomic.write_json(paths.manifest, record)
+        atomic.write_json(paths.batch_record, record)
     events.log_event(layout.events, "batch_created", batch=batch, documents=len(documents),
                        pages=total_pages, adopted=adopted)
     return record
