@@ -1,9 +1,14 @@
-"""Pure planning functions: chunk packing and the walltime model."""
+"""Chunk planning: packing a batch's documents into chunks, retry chunks, and the walltime model."""
 from __future__ import annotations
 
 import heapq
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import atomic, events
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages import batches, integrity
 
 
 @dataclass
@@ -105,9 +110,9 @@ def format_walltime(seconds: int) -> str:
 
 
 def retry_chunks(missing: list[tuple[int, list[str]]], pages: dict[str, int], first_index: int,
-                 model: WalltimeModel) -> list[dict]:
+                 model: WalltimeModel) -> list[dict[str, Any]]:
     """One retry chunk per (chunk index, identifiers its results miss), numbered from ``first_index``."""
-    retries = []
+    retries: list[dict[str, Any]] = []
     for index, identifiers in missing:
         if not identifiers:
             continue
@@ -116,3 +121,40 @@ def retry_chunks(missing: list[tuple[int, list[str]]], pages: dict[str, int], fi
         retries.append({"index": first_index + len(retries), "retry_of": index, "documents": documents,
                         "pages": count, "walltime_seconds": model.seconds(count)})
     return retries
+
+
+def plan_batch(layout: Layout, paths: BatchPaths, pages_per_chunk: int, model: WalltimeModel) -> dict[str, Any]:
+    """Write chunks.json and the chunk lists for the batch's documents that have no OCR result yet;
+    returns the plan. Chunk lists are written before the plan that names them."""
+    documents = atomic.read_json(paths.batch_record)["documents"]
+    have = batches.existing_results(paths)
+    todo = {i: d["pages"] for i, d in documents.items() if i not in have}
+    plan: list[dict[str, Any]] = []
+    for chunk in pack_chunks(todo, pages_per_chunk):
+        record: dict[str, Any] = {
+            "index": chunk.index,
+            "pages": chunk.pages,
+            "documents": sorted(chunk.identifiers),
+            "walltime_seconds": model.seconds(chunk.pages),
+            "file": str(paths.chunk_list(chunk.index).relative_to(paths.dir)),
+        }
+        integrity.write_chunk_list(paths, record)
+        plan.append(record)
+    events.append(layout.events, [
+        events.event("chunk_planned", batch=paths.number, chunk=c["index"], pages=c["pages"],
+                     documents=len(c["documents"])) for c in plan
+    ])
+    result = {
+        "batch": paths.number,
+        "pages_per_chunk": pages_per_chunk,
+        "chunks": plan,
+        "already_have_results": sorted(have & set(documents)),
+    }
+    atomic.write_json(paths.chunk_plan, result)
+    return result
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """The terminal and visualizer line of a written plan."""
+    return (f"{len(plan['chunks'])} chunks, {sum(c['pages'] for c in plan['chunks'])} pages to OCR; "
+            f"{len(plan['already_have_results'])} documents already have results")

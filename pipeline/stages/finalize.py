@@ -3,7 +3,8 @@
 Per document: write <id>.ocr.json and <id>.metadata.json (temp file, fsync, rename), fsync the
 folder, read both back and compare, and only then delete the PDF from the batch and 01_downloaded.
 Killed at any instant, a document is either untouched, finalized with its PDF still present (the
-rerun deletes it), or finalized and deleted.
+rerun deletes it), or finalized and deleted. A full finalize quarantines the documents left without
+a result (no_ocr_result), so the batch ends; a partial one leaves them in the batch.
 """
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import atomic, events, olmocr_format
 from pipeline.layout import PENDING_LEGACY, BatchPaths, DocumentPaths, Layout, fanout_of
+from pipeline.stages import bisect, integrity, split
+from pipeline.stages.quarantine import quarantine, read_reasons
+
+if TYPE_CHECKING:
+    from pipeline.executors.base import Progress
 
 PIPELINE_NAME = "ocr-pipeline"
 
@@ -49,12 +55,8 @@ class VerificationError(RuntimeError):
     pass
 
 
-def is_finalized(layout: Layout, identifier: str) -> bool:
-    """Both 05 files exist and parse: the document's output is safe, its PDF may go."""
-    return _output_whole(layout.document(identifier), identifier)
-
-
 def _output_whole(doc: DocumentPaths, identifier: str) -> bool:
+    """Both 05 files exist and parse: the document's output is safe, its PDF may go."""
     try:
         meta = atomic.read_json(doc.processed_metadata)
         atomic.read_json(doc.processed_ocr)
@@ -144,10 +146,10 @@ def finalize_many(
     def settle(group: list[str], written: list[tuple[str, list[Path]]], releases: list[Future]) -> None:
         for future in releases:
             removed_from.update(p.parent for p in future.result())
-        outcomes.update((i, outcome) for i, (outcome, _) in zip(group, written))
+        outcomes.update((i, outcome) for i, (outcome, _) in zip(group, written, strict=True))
         events.append(layout.events, [
             events.event("finalized", identifier=i, batch=paths.number)
-            for i, (outcome, _) in zip(group, written) if outcome == "finalized"
+            for i, (outcome, _) in zip(group, written, strict=True) if outcome == "finalized"
         ])
         progress(len(outcomes), len(ready))
 
@@ -164,3 +166,86 @@ def finalize_many(
             settle(*previous)
     atomic.fsync_dirs(removed_from)
     return outcomes
+
+
+def provenance_lookup(paths: BatchPaths, engine: str) -> Callable[[str], Provenance]:
+    """identifier -> Provenance, from the chunk plan, retries, halves and done markers; ``engine``
+    (the configured one) stands in for done markers that do not name theirs."""
+    chunk_of: dict[str, int] = {}
+    for chunk in bisect.all_chunks(paths):  # in index order: a later chunk that is done wins
+        done = paths.done_marker(chunk["index"]).exists()
+        for identifier in chunk["documents"]:
+            if done or identifier not in chunk_of:
+                chunk_of[identifier] = chunk["index"]
+    markers: dict[int, dict[str, Any]] = {}
+
+    def lookup(identifier: str) -> Provenance:
+        index = chunk_of.get(identifier)
+        if index is None:
+            return Provenance(paths.number, None, None, None)
+        if index not in markers:
+            marker = paths.done_marker(index)
+            markers[index] = atomic.read_json(marker) if marker.exists() else {}
+        return Provenance(paths.number, index, markers[index].get("engine", engine), markers[index].get("finished"))
+
+    return lookup
+
+
+NO_RESULT = "no_ocr_result"
+
+
+def quarantine_without_result(layout: Layout, paths: BatchPaths, identifiers: list[str],
+                              lookup: Callable[[str], Provenance]) -> dict[str, dict[str, str]]:
+    """Quarantine each document the OCR engine gave no record, also on retry, naming its chunk, the
+    chunk's log and the engine's reason when the done marker has one; returns their reasons."""
+    for identifier in identifiers:
+        index = lookup(identifier).chunk
+        where = f"chunk {index}, log {paths.chunk_log(index)}" if index is not None else "no chunk"
+        failure = integrity.failure_of(paths, index, paths.pdf(identifier).name)
+        why = f": {failure['error']}: {failure['message']}" if failure else ""
+        quarantine(layout, identifier, [paths.pdf(identifier), layout.downloaded_pdf(identifier)],
+                   NO_RESULT, f"the OCR engine produced no record, also on retry ({where}){why}",
+                   also_remove=(layout.downloaded_meta(identifier),), batch=paths.number, chunk=index)
+    return {i: {"reason": NO_RESULT} for i in identifiers}
+
+
+def finalize_batch(layout: Layout, paths: BatchPaths, *, partial: bool, workers: int, engine: str,
+                   progress: Progress) -> dict[str, Any]:
+    """Finalize: every document with a result into 05_processed, its PDFs deleted; then
+    finalize_report.json and, unless documents remain (``partial``: those without a result yet stay),
+    finalized.json. A partial finalize splits the results there are first. Returns the summary."""
+    record = atomic.read_json(paths.batch_record)
+    documents = record["documents"]
+    split_summary = split.split_documents(layout, paths, set(documents)) if partial else None
+    lookup = provenance_lookup(paths, engine)
+    outcomes = finalize_many(layout, paths, documents, lookup, workers=workers,
+                             progress=lambda done, total: progress(done, total, "documents finalized"))
+    reasons = read_reasons(layout, [i for i in documents if i not in outcomes])
+    remaining = sorted(i for i in documents if i not in outcomes and i not in reasons)
+    if remaining and not partial:
+        reasons.update(quarantine_without_result(layout, paths, remaining, lookup))
+        remaining = []
+    quarantined = {i: r["reason"] for i, r in sorted(reasons.items())}
+    quarantined.update(record.get("quarantined", {}))
+    finalized = sorted(outcomes)
+    summary = {
+        "batch": paths.number,
+        "documents": len(documents),
+        "finalized": len(finalized),
+        "finalized_now": sum(1 for o in outcomes.values() if o == "finalized"),
+        "pages": sum(documents[i]["pages"] for i in finalized),
+        "quarantined": quarantined,
+        "remaining": remaining,
+        "partial": partial,
+        "split": split_summary,
+    }
+    atomic.write_json(paths.finalize_report, {**summary, "time": events.now_iso()})
+    if remaining:
+        progress(len(finalized), len(documents),
+                 f"partial: {len(remaining)} documents have no result yet and stay in {paths.dir}")
+        return summary
+    atomic.write_json(paths.finalized, {**summary, "finished_at": events.now_iso()})
+    events.log_event(layout.events, "batch_finalized", batch=paths.number, finalized=len(finalized),
+                     quarantined=len(quarantined))
+    progress(len(documents), len(documents), f"batch {paths.number} finalized")
+    return summary

@@ -1,15 +1,69 @@
 """OCRBatch's work: the planned chunks, a retry chunk for PDFs the engine dropped, bisection of
-chunks that fail as a whole (pipeline.stages.bisect), and the batch's OCR marker."""
+chunks that fail as a whole (pipeline.stages.bisect), and the batch's OCR marker. Also the run
+again of done chunks whose results turn out cut short or gone."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import atomic, events
-from pipeline.executors.base import Progress
-from pipeline.layout import identifier_of
+from pipeline.executors.base import Progress, make_executor, planned_walltime
+from pipeline.layout import BatchPaths, Layout, identifier_of
 from pipeline.stages import bisect, integrity
 from pipeline.stages import chunks as planning
+
+if TYPE_CHECKING:
+    from pipeline.config import OCRConfig, SlurmConfig
+
+
+def context(layout: Layout, paths: BatchPaths, ocr: OCRConfig, slurm: SlurmConfig,
+            say: Callable[[str], None]) -> bisect.Context:
+    """What running chunks of the batch needs: the executor, page counts, walltime model, engine."""
+    pages = {i: d["pages"] for i, d in atomic.read_json(paths.batch_record)["documents"].items()}
+    return bisect.Context(make_executor(layout, paths, ocr, slurm), layout, paths, pages,
+                          planned_walltime(layout, ocr, slurm), ocr.engine, say)
+
+
+class Counts:
+    """Progress of a pass: each executor update with its label, and the messages between updates
+    (a chunk split, a document quarantined) with the chunk counts last shown."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.last = (0, 1)
+
+    def labelled(self, label: str) -> Progress:
+        def progress(done: int, total: int, message: str) -> None:
+            self.last = (done, total)
+            self.progress(done, total, f"{label}: {message}")
+        return progress
+
+    def say(self, message: str) -> None:
+        self.progress(*self.last, message)
+
+
+def ocr_batch(layout: Layout, paths: BatchPaths, ocr: OCRConfig, slurm: SlurmConfig,
+              progress: Progress) -> dict[str, Any]:
+    """Run every chunk of the batch on the executor [ocr] names (see run_ocr); reports the end."""
+    counts = Counts(progress)
+    record = run_ocr(context(layout, paths, ocr, slurm, counts.say), slurm.max_retries, counts.labelled)
+    progress(1, 1, describe(record))
+    return record
+
+
+def redo_untrusted(layout: Layout, paths: BatchPaths, have: set[str], ocr: OCRConfig, slurm: SlurmConfig,
+                   progress: Progress, status: Callable[[str], None]) -> bool:
+    """Run again the done chunks whose marker vouches for a document without a whole record in the
+    results (``have``: identifiers with one); True when any ran. ``status`` gets the messages
+    between chunk counts."""
+    untrusted = integrity.untrusted_markers(paths, bisect.settled_chunks(paths), have)
+    if not untrusted:
+        return False
+    integrity.withdraw(layout, paths, untrusted)
+    redo = [c for c in bisect.all_chunks(paths) if c["index"] in untrusted]
+    bisect.run_with_bisection(context(layout, paths, ocr, slurm, status), redo,
+                              lambda done, total, message: progress(done, total, f"chunks run again: {message}"))
+    return True
 
 
 def missing_of(ctx: bisect.Context, family: list[dict[str, Any]]) -> list[tuple[int, list[str]]]:
@@ -32,7 +86,8 @@ def run_ocr(ctx: bisect.Context, max_retries: int, progress: Callable[[str], Pro
     bisect.run_with_bisection(ctx, plan, progress("chunks"))
     if not paths.retry_plan.exists():
         first = max(bisect.indices_in_use(paths), default=-1) + 1
-        missing = [(i, [identifier_of(m) for m in names]) for i, names in missing_of(ctx, bisect.load(paths).family(plan))]
+        missing = [(i, [identifier_of(m) for m in names])
+                   for i, names in missing_of(ctx, bisect.load(paths).family(plan))]
         retries = planning.retry_chunks(missing, ctx.pages, first, ctx.model)
         for chunk in retries:
             integrity.write_chunk_list(paths, chunk)

@@ -5,11 +5,18 @@ older runs; one that cannot be is left out and reported, so its document alone g
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline import atomic, olmocr_format
+from pipeline import atomic, events, olmocr_format
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages import ocr as ocr_pass
+
+if TYPE_CHECKING:
+    from pipeline.config import OCRConfig, SlurmConfig
+    from pipeline.executors.base import Progress
 
 
 @dataclass
@@ -38,7 +45,7 @@ def plan_split(results_dir: Path, identifiers: set[str]) -> SplitPlan:
             if line.record is None:
                 plan.malformed.append({"at": where, "error": line.error})
                 continue
-            source = olmocr_format.source_file_of(line.record)
+            source = olmocr_format.source_file_of(line.record) or ""  # iter_records: never empty
             identifier = olmocr_format.identifier_from_source(source)
             if identifier not in identifiers:
                 plan.unmatched.append({"at": where, "source_file": source})
@@ -65,7 +72,7 @@ def report(plan: SplitPlan, identifiers: set[str], written: int) -> dict[str, An
     }
 
 
-def write_split(plan: SplitPlan, destination) -> int:
+def write_split(plan: SplitPlan, destination: Callable[[str], Path]) -> int:
     """Write each winner, made valid, to ``destination(identifier)``; files already holding it are left
     untouched. Fills ``plan.replaced`` and ``plan.invalid``; call it before ``report``."""
     written = 0
@@ -81,3 +88,29 @@ def write_split(plan: SplitPlan, destination) -> int:
         if atomic.write_bytes(destination(identifier), data):
             written += 1
     return written
+
+
+def split_documents(layout: Layout, paths: BatchPaths, identifiers: set[str],
+                    plan: SplitPlan | None = None) -> dict[str, Any]:
+    """Write the 04 record of each of ``identifiers`` found in the batch's results (``plan``: the
+    choice already made); returns the split report."""
+    if plan is None:
+        plan = plan_split(paths.results, identifiers)
+    return report(plan, identifiers, write_split(plan, layout.completed_jsonl))
+
+
+def split_results(layout: Layout, paths: BatchPaths, ocr: OCRConfig, slurm: SlurmConfig,
+                  progress: Progress, status: Callable[[str], None]) -> dict[str, Any]:
+    """SplitResults: the batch's 04 records and split_report.json. Done chunks whose results were cut
+    short or are gone run again first (with ``ocr`` and ``slurm`` settings); returns the report."""
+    identifiers = set(atomic.read_json(paths.batch_record)["documents"])
+    plan = plan_split(paths.results, identifiers)
+    if ocr_pass.redo_untrusted(layout, paths, set(plan.winners), ocr, slurm, progress, status):
+        plan = plan_split(paths.results, identifiers)
+    result = split_documents(layout, paths, identifiers, plan)
+    events.log_event(layout.events, "split", batch=paths.number, documents=result["split"],
+                     unmatched=len(plan.unmatched), malformed=len(plan.malformed), duplicates=len(plan.duplicates))
+    atomic.write_json(paths.split_report, result)
+    progress(1, 1, f"split {result['split']} documents; {len(plan.unmatched)} unmatched records, "
+                   f"{len(plan.malformed)} malformed lines, {len(plan.duplicates)} duplicates")
+    return result
