@@ -15,13 +15,18 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import atomic, events, faults, pdf
 from pipeline.layout import InvalidIdentifier, Layout, identifier_of
+from pipeline.stages import batches
 from pipeline.stages.quarantine import quarantine
+
+if TYPE_CHECKING:
+    from pipeline.executors.base import Progress
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ def download_all(
     disk_full: list[atomic.DiskFull] = []
     low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
 
-    def settle(item: SourceItem, future) -> None:
+    def settle(item: SourceItem, future: Future[str]) -> None:
         try:
             outcome = future.result()
         except atomic.DiskFull as exc:  # every other document would fail the same way: stop
@@ -219,7 +224,7 @@ def download_all(
         progress(summary)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = []
+        pending: list[tuple[SourceItem, Future[str]]] = []
         for item in items:
             if isinstance(item, InvalidIdentifier):
                 summary.rejected += 1
@@ -247,4 +252,32 @@ def download_all(
             events.append(layout.events, records)
         raise disk_full[0]
     events.append(layout.events, records)
+    return summary
+
+
+def describe(summary: DownloadSummary) -> str:
+    """The terminal and visualizer line of a finished download pass."""
+    return (f"download: {summary.fetched} fetched, {summary.skipped} already present, "
+            f"{summary.quarantined} quarantined, {summary.rejected} rejected names, "
+            f"{summary.failed} failed{'; paused: ' + summary.paused if summary.paused else ''}")
+
+
+def download_pass(layout: Layout, source: str, record: Path, *, timeout: float, workers: int, max_waiting: int,
+                  min_free_gb: float, progress: Progress, status: Callable[[str], None]) -> DownloadSummary:
+    """Download: one pass over ``source`` (see download_all); its summary is written to ``record``."""
+    if not source:
+        raise ValueError("no download source: set [download] source in luigi.cfg or pass --source")
+    waiting = len(batches.waiting_documents(layout))
+    status(f"listing {redact(source)}")
+    items = list(iter_source(source, timeout))
+
+    def counted(s: DownloadSummary) -> None:
+        done = s.rejected + s.fetched + s.skipped + s.quarantined + s.failed
+        progress(done, len(items), f"{s.fetched} fetched, {s.skipped} already present, "
+                                   f"{s.quarantined} quarantined, {s.failed} failed")
+
+    summary = download_all(layout, items, workers=workers, max_waiting=max_waiting, waiting_now=waiting,
+                           min_free_gb=min_free_gb, progress=counted)
+    atomic.write_json(record, {"source": redact(source), **vars(summary)})
+    progress(1, 1, describe(summary))
     return summary
