@@ -26,7 +26,7 @@ class BatchParameter(luigi.Parameter):
     """A batch number: '7', '0007' and 'batch_0007' all name batch 0007 (one task id)."""
 
     def normalize(self, x: object) -> str:
-        return normalize_batch(x)
+        return normalize_batch(str(x))
 
 
 class ProgressMixin:
@@ -58,7 +58,7 @@ class BatchTask(ProgressMixin, luigi.Task):
         if run is not None:
             if inspect.isgeneratorfunction(run):  # the lock would be released at its first yield
                 raise TypeError(f"{cls.__name__}.run: batch stages run under a lock and cannot yield tasks")
-            cls.run = _once_per_batch(run)
+            cls.run = _once_per_batch(run)  # type: ignore[method-assign, assignment]
 
     @property
     def layout(self) -> Layout:
@@ -76,19 +76,12 @@ class BatchTask(ProgressMixin, luigi.Task):
 
 
 def _once_per_batch(run: Callable[[BatchTask], None]) -> Callable[[BatchTask], None]:
-    """A stage's run() under the batch's lock for that stage; a no-op when another process
-    completed the stage meanwhile (two sites after a luigid restart, or local schedulers)."""
+    """A stage's run() under the batch's lock for that stage (see batches.run_once)."""
 
     @functools.wraps(run)
     def locked(task: BatchTask) -> None:
         if not task.paths.dir.is_dir():  # CreateBatch opens the batch under a lock of its own
             return run(task)
-        stage = task.get_task_family()
-        with batches.stage_lock(task.paths, stage, lambda: task.report(
-                0, 1, f"waiting: another process runs {stage} of batch {task.batch}")):
-            if task.complete():
-                task.report(1, 1, f"{stage} of batch {task.batch} was completed by another process")
-                return
-            run(task)
+        batches.run_once(task.paths, task.get_task_family(), task.complete, lambda: run(task), task.report)
 
     return locked

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import luigi
 
 from pipeline import atomic, events
 from pipeline.config import BackpressureConfig, DownloadConfig
-from pipeline.layout import BatchPaths
 from pipeline.ops import report
 from pipeline.stages import batches
 
@@ -21,7 +22,7 @@ class ProcessAll(ProgressMixin, luigi.Task):
 
     run_id = luigi.Parameter(default="", description="names this pass; default: the current UTC minute")
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.effective_run = self.run_id or this_minute()
         # Set when the task is scheduled, so it survives run() being restarted after each yield.
@@ -31,14 +32,12 @@ class ProcessAll(ProgressMixin, luigi.Task):
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(layout().manifests / "runs" / f"process_all_{self.effective_run}.json"))
 
-    def run(self):
+    def run(self) -> Iterator[Any]:
         lay = layout()
         if DownloadConfig().source:
             yield Download(run_id=self.effective_run)
-        pressure = BackpressureConfig()
-        open_batches = [b for b in lay.batch_numbers() if not BatchPaths(lay.batch_dir(b)).finalized.exists()]
-        while batches.waiting_documents(lay) and len(open_batches) < pressure.max_open_batches:
-            number = batches.next_batch_number(lay)
+        open_batches = batches.open_batches(lay)
+        while number := batches.batch_to_open(lay, len(open_batches), BackpressureConfig().max_open_batches):
             self.set_status_message(f"creating batch {number}")
             yield CreateBatch(batch=number)
             open_batches.append(number)

@@ -5,10 +5,14 @@ import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import atomic, events, olmocr_format, pdf
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages.quarantine import quarantine
+
+if TYPE_CHECKING:
+    from pipeline.executors.base import Progress
 
 STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lock
 
@@ -38,6 +42,18 @@ def stage_lock(paths: BatchPaths, stage: str, waiting: Callable[[], None]) -> It
             waiting()
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def run_once(paths: BatchPaths, stage: str, complete: Callable[[], bool], run: Callable[[], None],
+             progress: Progress) -> None:
+    """``run()`` under the batch's lock for ``stage``; nothing when ``complete()`` says another
+    process completed the stage meanwhile (two sites after a luigid restart, or local schedulers)."""
+    with stage_lock(paths, stage, lambda: progress(
+            0, 1, f"waiting: another process runs {stage} of batch {paths.number}")):
+        if complete():
+            progress(1, 1, f"{stage} of batch {paths.number} was completed by another process")
+            return
+        run()
 
 
 def claimed_identifiers(layout: Layout) -> set[str]:
@@ -124,8 +140,21 @@ def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: i
 
 
 def next_batch_number(layout: Layout) -> str:
+    """One more than the highest batch number present: numbers are never reused."""
     numbers = layout.batch_numbers()
     return f"{int(numbers[-1]) + 1:04d}" if numbers else "0001"
+
+
+def open_batches(layout: Layout) -> list[str]:
+    """Batches present and not finalized, in order."""
+    return [b for b in layout.batch_numbers() if not BatchPaths(layout.batch_dir(b)).finalized.exists()]
+
+
+def batch_to_open(layout: Layout, open_now: int, max_open: int) -> str | None:
+    """The number of the next batch to make, when documents wait and fewer than ``max_open`` are open."""
+    if open_now >= max_open or not waiting_documents(layout):
+        return None
+    return next_batch_number(layout)
 
 
 def existing_results(paths: BatchPaths) -> set[str]:
