@@ -14,7 +14,7 @@ import pytest
 from pipeline import atomic, events, samples
 from pipeline.layout import BatchPaths, Layout
 from pipeline.ops import metrics
-from pipeline.stages.chunks import WalltimeModel, retry_chunks
+from pipeline.stages.chunks import WalltimeModel
 
 PAGES = [100, 200, 300, 400, 500]
 ELAPSED = [241, 438, 640, 842, 1039]  # 40 + 2 * pages + [1, -2, 0, 2, -1]
@@ -207,10 +207,3 @@ def test_plan_chunks_writes_the_configured_walltime(make_site, tmp_path: Path, m
     site.luigi("PlanChunks", "--batch", "1")
     [chunk] = json.loads(BatchPaths(site.layout.batch_dir(1)).chunk_plan.read_text())["chunks"]
     assert (chunk["pages"], chunk["walltime_seconds"]) == (20, expected)
-
-
-def test_retry_chunks_carry_their_pages_and_walltime() -> None:
-    pages = {"a": 7, "b": 5, "c": 30}
-    [retry] = retry_chunks([(0, ["b", "a"]), (1, [])], pages, 2, WalltimeModel(100, 2, 0.5))
-    assert (retry["index"], retry["retry_of"], retry["documents"]) == (2, 0, ["a", "b"])
-    assert (retry["pages"], retry["walltime_seconds"]) == (12, 186)  # (100 + 2 * 12) * 1.5

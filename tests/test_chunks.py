@@ -1,12 +1,20 @@
-"""Chunk packing and the walltime model (pipeline.stages.chunks), checked against independent arithmetic."""
+"""pipeline.stages.chunks: packing, retry chunks and the walltime model, checked against independent
+arithmetic; the plan of a real batch (chunks.json and its chunk lists)."""
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
-from pipeline.stages.chunks import WalltimeModel, format_walltime, pack_chunks
+from pipeline import events
+from pipeline.layout import Layout
+from pipeline.stages import chunks
+from pipeline.stages.chunks import WalltimeModel, format_walltime, pack_chunks, retry_chunks
+
+from .stage_inputs import batch, write_results
 
 SEEDS = range(400)
 
@@ -148,3 +156,41 @@ def test_walltime_settings_factor_and_cap():
 ])
 def test_format_walltime_is_slurm_time_rounded_up_to_minutes(seconds, text):
     assert format_walltime(seconds) == text
+
+
+# --- retry chunks ---------------------------------------------------------------------------------
+
+def test_retry_chunks_carry_their_pages_and_walltime() -> None:
+    pages = {"a": 7, "b": 5, "c": 30}
+    [retry] = retry_chunks([(0, ["b", "a"]), (1, [])], pages, 2, WalltimeModel(100, 2, 0.5))
+    assert (retry["index"], retry["retry_of"], retry["documents"]) == (2, 0, ["a", "b"])
+    assert (retry["pages"], retry["walltime_seconds"]) == (12, 186)  # (100 + 2 * 12) * 1.5
+
+
+# --- the plan of a batch --------------------------------------------------------------------------
+
+DOCUMENTS = {"alpha": 3, "beta two": 4, "gamma": 2, "huge": 9, "old": 5}
+
+
+def test_plan_packs_the_documents_without_a_result_and_writes_their_chunk_lists(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data", 2)
+    paths = batch(layout, tmp_path / "incoming", DOCUMENTS)
+    write_results(paths, "older_run", {"old": 5})  # OCRed before: planned for nothing
+    plan = chunks.plan_batch(layout, paths, 6, WalltimeModel(100, 2, 0.5))
+
+    assert json.loads(paths.chunk_plan.read_text()) == plan
+    assert plan["already_have_results"] == ["old"] and plan["pages_per_chunk"] == 6
+    planned = [i for c in plan["chunks"] for i in c["documents"]]
+    assert sorted(planned) == ["alpha", "beta two", "gamma", "huge"]
+    for chunk in plan["chunks"]:
+        assert chunk["pages"] == sum(DOCUMENTS[i] for i in chunk["documents"])
+        assert chunk["pages"] <= 6 or chunk["documents"] == ["huge"]  # 9 pages: a chunk of its own
+        assert chunk["walltime_seconds"] == math.ceil((100 + 2 * chunk["pages"]) * 1.5)
+        # The engine reads the chunk list: one absolute path a line, each a PDF of the batch.
+        lines = (paths.dir / chunk["file"]).read_text().splitlines()
+        assert lines == [str(paths.dir / f"{i}.pdf") for i in chunk["documents"]]
+        assert all(Path(line).is_file() for line in lines)
+    logged = [e for e in events.read(layout.events) if e["event"] == "chunk_planned"]
+    assert sorted((e["chunk"], e["pages"], e["documents"]) for e in logged) == sorted(
+        (c["index"], c["pages"], len(c["documents"])) for c in plan["chunks"])
+    assert chunks.describe_plan(plan) == "3 chunks, 18 pages to OCR; 1 documents already have results"

@@ -1,0 +1,128 @@
+"""pipeline.stages.batches in-process: new batches from waiting PDFs, adoption of the older scripts'
+batch folders, batch numbers, and the per-stage lock that keeps two processes off one stage."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline import atomic, events, samples
+from pipeline.layout import PENDING_LEGACY, BatchPaths, Layout
+from pipeline.stages import batches
+
+from .conftest import snapshot
+from .stage_inputs import Recorder, downloaded, write_results
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return Layout(tmp_path / "data", 2)
+
+
+def test_a_new_batch_takes_waiting_documents_up_to_its_size_as_hard_links(layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {"a": 2, "b": 3, "c": 1})
+    record = batches.create_batch(layout, "0001", max_documents=2, max_pages=100)
+    paths = BatchPaths(layout.batch_dir(1))
+
+    assert sorted(record["documents"]) == ["a", "b"] and record["pages"] == 5 and not record["adopted"]
+    assert json.loads(paths.batch_record.read_text()) == record
+    for identifier, pages in (("a", 2), ("b", 3)):
+        assert record["documents"][identifier]["pages"] == pages
+        # The same file twice (a hard link), never a symlink nor a second copy of the bytes.
+        assert not paths.pdf(identifier).is_symlink()
+        assert paths.pdf(identifier).stat().st_ino == layout.downloaded_pdf(identifier).stat().st_ino
+    assert [i for i, _ in batches.waiting_documents(layout)] == ["c"]
+    assert [e["batch"] for e in events.read(layout.events) if e["event"] == "batch_created"] == ["0001"]
+
+    before = snapshot(layout.base)  # the batch exists: asking again changes nothing
+    assert batches.create_batch(layout, "0001", max_documents=2, max_pages=100) == record
+    assert snapshot(layout.base) == before
+
+    second = batches.create_batch(layout, batches.next_batch_number(layout), max_documents=2, max_pages=100)
+    assert list(second["documents"]) == ["c"] and batches.waiting_documents(layout) == []
+
+
+def test_max_pages_closes_a_batch_but_a_larger_document_still_gets_one(layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {"big": 9, "small": 2})
+    first = batches.create_batch(layout, "0001", max_documents=10, max_pages=5)
+    second = batches.create_batch(layout, "0002", max_documents=10, max_pages=5)
+    assert list(first["documents"]) == ["big"] and list(second["documents"]) == ["small"]
+
+
+def test_a_bad_file_waiting_in_a_legacy_folder_is_quarantined_and_the_batch_goes_on(
+        layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {"good": 1})
+    legacy = layout.base / PENDING_LEGACY
+    legacy.mkdir()
+    (legacy / "broken.pdf").write_bytes(b"this is not a PDF")
+    record = batches.create_batch(layout, "0001", max_documents=10, max_pages=100)
+    assert list(record["documents"]) == ["good"] and list(record["quarantined"]) == ["broken"]
+    reason = json.loads(layout.quarantine_reason("broken").read_text())
+    assert reason["batch"] == "0001" and reason["message"]
+    assert layout.quarantine_pdf("broken").read_bytes() == b"this is not a PDF"
+    assert not (legacy / "broken.pdf").exists()
+
+
+def test_a_batch_folder_of_the_older_scripts_is_adopted_as_it_is(layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {"waiting": 1})
+    paths = BatchPaths(layout.batch_dir(3))
+    paths.dir.mkdir(parents=True)
+    (paths.dir / "scanned.pdf").write_bytes(samples.text_pdf(["one", "two"]))
+    (paths.dir / "ocred.pdf").write_bytes(samples.text_pdf(["one"]))
+    write_results(paths, "old", {"ocred": 1})
+
+    record = batches.create_batch(layout, "0003", max_documents=1, max_pages=1)
+    assert record["adopted"] and record["pages"] == 3
+    assert {i: d["pages"] for i, d in record["documents"].items()} == {"ocred": 1, "scanned": 2}
+    assert record["documents"]["scanned"]["source"] == "adopted from batch_0003"
+    assert [i for i, _ in batches.waiting_documents(layout)] == ["waiting"]  # not taken into the old batch
+    assert batches.existing_results(paths) == {"ocred"}
+
+
+def test_batch_numbers_are_never_reused_and_only_unfinalized_batches_are_open(layout: Layout) -> None:
+    assert batches.next_batch_number(layout) == "0001"
+    for number in ("3", "0007"):
+        atomic.makedirs(layout.batch_dir(number))
+    (layout.processing / "batch_12_backup").mkdir()  # not a batch folder
+    assert batches.next_batch_number(layout) == "0008"
+    atomic.write_json(BatchPaths(layout.batch_dir(3)).finalized, {"batch": "0003"})
+    assert batches.open_batches(layout) == ["0007"]
+
+
+def test_a_batch_is_opened_only_when_documents_wait_and_fewer_than_the_limit_are_open(
+        layout: Layout, tmp_path: Path) -> None:
+    assert batches.batch_to_open(layout, 0, 2) is None  # nothing waits
+    downloaded(layout, tmp_path / "incoming", {"a": 1})
+    assert batches.batch_to_open(layout, 2, 2) is None
+    assert batches.batch_to_open(layout, 1, 2) == "0001"
+
+
+def test_a_second_process_waits_for_the_stage_lock_and_other_stages_do_not(layout: Layout) -> None:
+    paths = BatchPaths(layout.batch_dir(1))
+    waiting, entered = threading.Event(), threading.Event()
+
+    def second() -> None:
+        with batches.stage_lock(paths, "OCRBatch", waiting.set):
+            entered.set()
+
+    with batches.stage_lock(paths, "OCRBatch", lambda: pytest.fail("the first holder never waits")):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waiting.wait(30), "the second holder was not told it waits"
+        assert not entered.is_set()
+        with batches.stage_lock(paths, "SplitResults", lambda: pytest.fail("another stage is not held")):
+            pass
+    thread.join(30)
+    assert entered.is_set()
+
+
+def test_a_stage_completed_by_another_process_is_not_run_again(layout: Layout) -> None:
+    paths = BatchPaths(layout.batch_dir(1))
+    runs: list[str] = []
+    progress = Recorder()
+    batches.run_once(paths, "Finalize", lambda: False, lambda: runs.append("run"), progress)
+    batches.run_once(paths, "Finalize", lambda: True, lambda: runs.append("run again"), progress)
+    assert runs == ["run"]
+    assert progress.calls == [(1, 1, "Finalize of batch 0001 was completed by another process")]
