@@ -1,10 +1,17 @@
-"""Splitting results: every record written is valid text; one that cannot be is its document's loss."""
+"""pipeline.stages.split in-process: every record written is valid text, one that cannot be is its
+document's loss; the split of a batch, its report and event."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from pipeline.stages import split
+from pipeline import atomic, events, samples
+from pipeline.config import OCRConfig, SlurmConfig
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages import batches, split
+
+from .stage_inputs import Recorder, write_results
 
 
 def test_split_makes_adopted_records_valid_and_reports_those_it_cannot(tmp_path: Path) -> None:
@@ -33,3 +40,29 @@ def test_split_makes_adopted_records_valid_and_reports_those_it_cannot(tmp_path:
     assert report["without_result"] == ["nan", "never_ocred"]
     # A second split over the same results changes no file.
     assert split.write_split(split.plan_split(results, identifiers), lambda i: out / f"{i}.ocr.jsonl") == 0
+
+
+def test_split_results_of_an_adopted_batch_writes_each_record_and_the_report(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data", 2)
+    paths = BatchPaths(layout.batch_dir(9))
+    for identifier in ("kept", "twice", "never"):
+        atomic.write_bytes(paths.pdf(identifier), samples.text_pdf([f"Page 1 of {identifier}"]))
+    batches.create_batch(layout, "0009", max_documents=1, max_pages=1)  # adopted: no chunk ever ran here
+    old = write_results(paths, "old", {"kept": 1, "twice": 1})
+    newer = write_results(paths, "newer", {"twice": 1, "stranger": 1})  # stranger: a PDF of another batch
+    newer.write_bytes(newer.read_bytes() + b"{not json\n")
+    os.utime(old, ns=(1_000_000_000, 1_000_000_000))  # the later file wins a duplicate
+    progress = Recorder()
+
+    result = split.split_results(layout, paths, OCRConfig(), SlurmConfig(), progress, lambda m: None)
+
+    for identifier in ("kept", "twice"):
+        record = json.loads(layout.completed_jsonl(identifier).read_text())
+        assert record["text"] == f"Page 1 of {identifier}"
+    assert not layout.completed_jsonl("never").exists() and not layout.completed_jsonl("stranger").exists()
+    assert json.loads(paths.split_report.read_text()) == result
+    assert result["without_result"] == ["never"]
+    assert result["duplicates"]["twice"]["kept"].startswith("output_newer.jsonl:")
+    [event] = [e for e in events.read(layout.events) if e["event"] == "split"]
+    assert (event["documents"], event["unmatched"], event["malformed"], event["duplicates"]) == (2, 1, 1, 1)
+    assert progress.calls == [(1, 1, "split 2 documents; 1 unmatched records, 1 malformed lines, 1 duplicates")]
