@@ -14,6 +14,10 @@ import pytest
 from pypdf import PdfReader
 
 from pipeline import samples
+from pipeline.layout import Layout
+from pipeline.stages import download
+
+from .stage_inputs import Recorder
 
 
 class PdfServer:
@@ -266,3 +270,38 @@ def test_backpressure_stops_download_at_max_waiting_documents(tmp_path, make_sit
     site.luigi("Download", "--run-id", "second")
     assert server.requests == []
     assert len([e for e in events(site) if e["event"] == "backpressure"]) == 2
+
+
+# --- in-process: the download pass of pipeline.stages.download ----------------------------------
+
+def test_a_download_pass_counts_waiting_documents_and_writes_its_summary_without_secrets(tmp_path, server):
+    layout = Layout(tmp_path / "data", 2)
+    for n in range(4):
+        server.files[f"/doc{n}.pdf"] = doc(f"doc{n}", 1)
+    token = "tok-0a1b2c3d"
+    listing = write_url_list(tmp_path / "urls.txt", [f"{server.url(f'doc{n}.pdf')}?token={token}" for n in range(4)])
+    record = tmp_path / "data" / "_manifests" / "downloads" / "pass.json"
+    progress, status = Recorder(), []
+
+    summary = download.download_pass(layout, str(listing), record, timeout=10, workers=1, max_waiting=3,
+                                     min_free_gb=0, progress=progress, status=status.append)
+
+    assert (summary.fetched, summary.skipped, summary.failed) == (3, 0, 0)
+    assert "max_waiting_documents" in summary.paused
+    written = json.loads(record.read_text())
+    assert written["source"] == str(listing) and written["fetched"] == 3 and written["paused"] == summary.paused
+    assert status == [f"listing {listing}"]
+    assert progress.calls[-1] == (1, 1, "download: 3 fetched, 0 already present, 0 quarantined, 0 rejected names, "
+                                        f"0 failed; paused: {summary.paused}")
+    assert token not in record.read_text()
+
+    # Three documents wait for a batch: the next pass with the same limit fetches nothing.
+    again = download.download_pass(layout, str(listing), tmp_path / "again.json", timeout=10, workers=1,
+                                   max_waiting=3, min_free_gb=0, progress=Recorder(), status=status.append)
+    assert again.fetched == 0 and again.paused
+
+
+def test_a_download_pass_without_source_says_which_setting_to_fill_in(tmp_path):
+    with pytest.raises(ValueError, match=r"\[download\] source"):
+        download.download_pass(Layout(tmp_path / "data", 2), "", tmp_path / "pass.json", timeout=10, workers=1,
+                               max_waiting=10, min_free_gb=0, progress=Recorder(), status=lambda m: None)

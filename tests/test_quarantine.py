@@ -1,13 +1,18 @@
-"""Every quarantine reason end to end through the real `luigi` command line."""
+"""pipeline.stages.quarantine in-process, then every quarantine reason end to end through the real
+`luigi` command line."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
 
-from pipeline import samples
+from pipeline import atomic, samples
+from pipeline import events as event_log
+from pipeline.layout import BatchPaths, Layout
+from pipeline.stages.quarantine import quarantine, read_reasons
 
 
 def ab(identifier: str) -> str:
@@ -42,6 +47,35 @@ def assert_quarantined(site, identifier: str, reason: str, original: bytes | Non
     assert not (site.base / "05_processed" / ab(identifier) / identifier).exists()
     assert not list(site.base.glob(f"0[1-4]_*/**/{identifier}.*"))  # nothing of it left in the stages
     return record
+
+
+def test_one_copy_is_kept_with_its_reason_and_every_other_copy_goes(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data", 2)
+    paths = BatchPaths(layout.batch_dir(1))
+    original = samples.text_pdf(["page"])
+    atomic.write_bytes(layout.downloaded_pdf("odd"), original)
+    atomic.link_or_copy(layout.downloaded_pdf("odd"), paths.pdf("odd"))  # the batch's hard link of it
+    atomic.write_json(layout.downloaded_meta("odd"), {"pages": 1})
+
+    kept = quarantine(layout, "odd", [paths.pdf("odd"), layout.downloaded_pdf("odd")], "ocr_failed",
+                      "odd.pdf: the engine crashed on it", also_remove=(layout.downloaded_meta("odd"),), chunk=3)
+
+    assert kept == tmp_path / "data" / "_quarantine" / ab("odd") / "odd.pdf"
+    assert kept.read_bytes() == original and not kept.is_symlink()
+    assert not paths.pdf("odd").exists() and not layout.downloaded_pdf("odd").exists()
+    assert not layout.downloaded_meta("odd").exists()
+    record = json.loads(layout.quarantine_reason("odd").read_text())
+    assert (record["identifier"], record["reason"], record["message"], record["chunk"]) == (
+        "odd", "ocr_failed", "odd.pdf: the engine crashed on it", 3)
+    [logged] = [e for e in event_log.read(layout.events) if e["event"] == "quarantined"]
+    assert (logged["identifier"], logged["reason"], logged["chunk"]) == ("odd", "ocr_failed", 3)
+    assert read_reasons(layout, ["odd", "fine"]) == {"odd": record}
+
+    # Killed after the reason was written and before the copies went: the rerun finishes the job.
+    atomic.write_bytes(layout.downloaded_pdf("odd"), original)
+    quarantine(layout, "odd", [layout.downloaded_pdf("odd")], "ocr_failed", "again")
+    assert not layout.downloaded_pdf("odd").exists() and kept.read_bytes() == original
+    assert os.stat(kept).st_nlink == 1
 
 
 def finalize_report(site) -> dict:
