@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import samples
-from pipeline.layout import InvalidIdentifier, identifier_of, normalize_batch, fanout_of, validate_identifier
+from pipeline.layout import InvalidIdentifier, fanout_of, identifier_of, normalize_batch, validate_identifier
 from tests.test_download import PdfServer
 
 ODD_NAMES = [
@@ -308,7 +308,7 @@ def test_shard_file_lines_that_name_no_document_are_rejected_never_read(tmp_path
     marker = json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))
     assert marker["done"] == 1 and marker["failed"] == []
     assert [r["line"] for r in marker["rejected"]] == list(bad)
-    for entry, why in zip(marker["rejected"], bad.values()):
+    for entry, why in zip(marker["rejected"], bad.values(), strict=True):
         assert why in entry["reason"], entry
         assert f"line rejected: {entry['reason']}" in result.stdout
     assert sorted(keys(s3_client, bucket, "status/")) == [
