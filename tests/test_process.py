@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -40,7 +41,9 @@ def _alive(pid: int) -> bool:
     return not (state.exists() and state.read_text().split(") ")[-1].startswith("Z"))
 
 
-def test_run_bounded_stops_the_whole_process_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("own_group", [True, False], ids=["own group", "our group"])
+def test_run_bounded_stops_every_process_of_the_program(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_group: bool) -> None:
     pid_file = tmp_path / "grandchild.pid"
     # The grandchild ignores SIGTERM: only the SIGKILL of the whole group ends it.
     program = textwrap.dedent(f"""
@@ -56,7 +59,7 @@ def test_run_bounded_stops_the_whole_process_group(tmp_path: Path, monkeypatch: 
     # timeout gets a longer one (the program never ends on its own, so only the timeout ends it).
     for timeout in (1.5, 6.0, 24.0, 96.0):
         with pytest.raises(EngineFailed, match=f"still running after {timeout:.0f} s; stopped"):
-            process.run_bounded([sys.executable, "-c", program], timeout=timeout)
+            process.run_bounded([sys.executable, "-c", program], timeout=timeout, own_group=own_group)
         if pid_file.exists():
             break
     grandchild = int(pid_file.read_text())
@@ -67,6 +70,31 @@ def test_run_bounded_stops_the_whole_process_group(tmp_path: Path, monkeypatch: 
     else:
         os.kill(grandchild, signal.SIGKILL)
         pytest.fail("the grandchild outlived the timeout")
+
+
+def test_a_program_in_our_group_ends_when_our_group_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "program.pid"
+    program = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    call = f"process.run_bounded([sys.executable, '-c', {program!r}], timeout=None, own_group=False)"
+    caller = subprocess.Popen([sys.executable, "-c", f"import sys; from pipeline.engines import process; {call}"],
+                              start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        for _ in range(600):  # the program has started once its pid is written
+            if pid_file.exists() and pid_file.read_text():
+                break
+            assert caller.poll() is None, "the caller ended before the program started"
+            time.sleep(0.1)
+    finally:
+        os.killpg(caller.pid, signal.SIGKILL)  # as a node's job killer or Ctrl-C reaches RunShard
+        caller.wait()
+    pid = int(pid_file.read_text())
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the program outlived its caller's process group")
 
 
 def test_run_bounded_returns_the_status_and_writes_the_log(tmp_path: Path) -> None:

@@ -143,7 +143,8 @@ class DocumentCommandEngine:
         folder = Path(self.values["workdir"])
         log = folder / "command.log"
         try:
-            status = run_bounded(args, timeout=self.timeout, cwd=folder, log=log)
+            # In our process group: a killed RunShard takes its document commands with it.
+            status = run_bounded(args, timeout=self.timeout, cwd=folder, log=log, own_group=False)
         except TimedOut as exc:
             raise EngineFailed(f"command timed out after {exc.seconds:.0f} s") from exc
         except OSError as exc:

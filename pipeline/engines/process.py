@@ -1,7 +1,7 @@
 """Engine programs: the one bounded subprocess runner and the one command-template expander.
 
-A program runs without a shell, in a process group of its own, so a timeout or an interruption
-ends everything it started (olmOCR starts a vLLM server), not only the first process.
+A program runs without a shell; a timeout or an interruption ends it together with every process
+it started (olmOCR starts a vLLM server), not only the first one.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from pipeline.engines import EngineFailed
@@ -19,43 +20,78 @@ _PLACEHOLDER = re.compile(r"\{(\w*)\}")
 
 
 class TimedOut(EngineFailed):
-    """The program was still running when its time was up; its whole process group was ended."""
+    """The program was still running when its time was up; it and its processes were ended."""
 
     def __init__(self, program: str, seconds: float) -> None:
         super().__init__(f"{program} still running after {seconds:.0f} s; stopped")
         self.seconds = seconds
 
 
-def run_bounded(args: list[str], *, timeout: float | None, cwd: Path | None = None, log: Path | None = None) -> int:
+def run_bounded(
+    args: list[str], *, timeout: float | None, cwd: Path | None = None, log: Path | None = None,
+    own_group: bool = True,
+) -> int:
     """Run ``args`` (no shell) and return its exit status; raises TimedOut after ``timeout`` seconds
     (None or 0: no limit), OSError when it cannot start.
 
-    Output goes to our stdout/stderr, or both into the file ``log``.
+    Output goes to our stdout/stderr, or both into the file ``log``. With ``own_group`` the program
+    gets a process group of its own, ended as a group. Without it, it stays in ours, so whatever
+    stops us (Ctrl-C, a kill of our process group) stops it too, and it is ended with its process
+    tree: a document command of a cloud shard must not outlive a RunShard that was killed.
     """
     with open(log, "wb") if log is not None else contextlib.nullcontext() as out:
         process = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT if out else None, start_new_session=True)
+                                   stderr=subprocess.STDOUT if out else None, start_new_session=own_group)
         try:
             return process.wait(timeout=timeout or None)
         except subprocess.TimeoutExpired:
-            end_group(process)
+            end(process, own_group)
             raise TimedOut(args[0], timeout or 0) from None
         except BaseException:
-            end_group(process)
+            end(process, own_group)
             raise
 
 
-def end_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL it after the grace time, and SIGKILL what the leader left behind."""
+def end(process: subprocess.Popen, own_group: bool = True) -> None:
+    """SIGTERM the program and its processes, SIGKILL what is left after the grace time."""
+    if own_group:
+        _end_group(process)
+    else:
+        _end_tree(process)
+
+
+def _end_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=TERMINATE_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
     # The group outlives its leader when a child ignored SIGTERM: the group id is still ours to end.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _end_tree(process: subprocess.Popen) -> None:
+    import psutil
+
+    try:
+        # Found before the leader ends: its children are orphaned then, and no longer found from it.
+        others = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        others = []
+    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+    process.terminate()
+    for member in others:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=TERMINATE_GRACE_SECONDS)
+    # psutil checks each process's start time: a pid reused meanwhile is never signalled.
+    _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.kill()  # a no-op when it has ended
     process.wait()
 
 
