@@ -9,7 +9,7 @@ import pytest
 from pypdf import PdfReader
 
 from pipeline import pdf, samples
-from pipeline.cloud import sharding
+from pipeline.cloud import counting
 from pipeline.cloud.s3 import (
     Listed,
     MarkerTarget,
@@ -98,7 +98,8 @@ def wire_log(client) -> list[int]:
     """Content-Length of every GetObject response the client receives, as the server sent them."""
     sizes: list[int] = []
     client.meta.events.register(
-        "after-call.s3.GetObject", lambda http_response, **_: sizes.append(int(http_response.headers["content-length"])))
+        "after-call.s3.GetObject",
+        lambda http_response, **_: sizes.append(int(http_response.headers["content-length"])))
     return sizes
 
 
@@ -135,14 +136,6 @@ def test_a_damaged_object_is_fetched_at_most_once(moto_endpoint, s3_client, buck
     assert sum(wire) == source.bytes_fetched <= len(data)
 
 
-def test_an_object_replaced_after_listing_is_reported_not_mixed(moto_endpoint, s3_client, bucket):
-    s3_client.put_object(Bucket=bucket, Key="doc.pdf", Body=samples.text_pdf(["one"]))
-    listed = next(iter(storage_at(moto_endpoint).list(f"s3://{bucket}/")))
-    s3_client.put_object(Bucket=bucket, Key="doc.pdf", Body=samples.text_pdf(["one", "two"]))
-    row = sharding.count_document(storage_at(moto_endpoint), listed)
-    assert row.pages is None and row.error.startswith("changed:")
-
-
 def test_storage_round_trip_on_s3_and_local(moto_endpoint, bucket, tmp_path):
     storage = storage_at(moto_endpoint)
     for base in (f"s3://{bucket}/data", str(tmp_path / "data")):
@@ -160,7 +153,8 @@ def test_storage_round_trip_on_s3_and_local(moto_endpoint, bucket, tmp_path):
 @pytest.mark.slow
 def test_marker_target_is_one_head_and_many_markers_one_list_per_thousand(moto_endpoint, s3_client, bucket):
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"status/m{i:05d}.done", Body=b""), range(1001)))
+        list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"status/m{i:05d}.done", Body=b""),
+                      range(1001)))
     with FaultProxy(moto_endpoint) as proxy:
         storage = storage_at(proxy.endpoint, connect_timeout=9.5)
         assert MarkerTarget(f"s3://{bucket}/status/m00007.done", storage).exists()
@@ -208,26 +202,19 @@ def test_a_server_that_keeps_failing_gives_a_clear_error(moto_endpoint, bucket):
         with pytest.raises(S3Error) as caught:
             storage.read_bytes(f"s3://{bucket}/k")
         with pytest.raises(S3Error):
-            sharding.count_document(storage, Listed(f"s3://{bucket}/k", "k", 5000))
+            counting.count_document(storage, Listed(f"s3://{bucket}/k", "k", 5000))
     message = str(caught.value)
     assert f"GET s3://{bucket}/k failed after 3 attempts" in message and "rerun" in message
     assert proxy.requests == 6
 
 
-def test_local_files_count_through_the_same_path(tmp_path):
-    path = tmp_path / "doc.pdf"
-    path.write_bytes(samples.text_pdf(["a", "b"]))
-    row = sharding.count_document(Storage(), Listed(str(path), "doc.pdf", path.stat().st_size))
-    assert (row.pages, row.error) == (2, "")
-    assert row.bytes_fetched > 0
-    assert sharding.count_document(Storage(), Listed(str(tmp_path / "gone.pdf"), "gone.pdf", 9)).error.startswith("missing")
-
-
 def test_secrets_never_reach_the_logs(moto_endpoint, bucket, s3_client, tmp_path):
     s3_client.put_object(Bucket=bucket, Key="raw/a.pdf", Body=samples.text_pdf(["a"]))
-    cfg = write_luigi_cfg(tmp_path / "luigi.cfg", {"core": {"log_level": "DEBUG"}, "s3": {"endpoint_url": moto_endpoint}})
+    cfg = write_luigi_cfg(tmp_path / "luigi.cfg",
+                          {"core": {"log_level": "DEBUG"}, "s3": {"endpoint_url": moto_endpoint}})
     secrets = {"AWS_SECRET_ACCESS_KEY": "sEcReT-Key-0123456789", "AWS_SESSION_TOKEN": "SeSsIoN-Token-9876543210"}
-    result = run_luigi(cfg, "CountPages", "--source", f"s3://{bucket}/raw/", "--output", str(tmp_path / "pc.csv"), env=secrets)
+    result = run_luigi(cfg, "CountPages", "--source", f"s3://{bucket}/raw/", "--output", str(tmp_path / "pc.csv"),
+                       env=secrets)
     assert result.returncode == 0, result.stdout
     assert (tmp_path / "pc.csv").read_text().count("\n") == 2
     for secret in secrets.values():
