@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import luigi
 import pytest
 
 from pipeline.cloud import counting, markers, s3, shard_plan, status
 from pipeline.config import S3Config
 from tests.fault_proxy import FaultProxy
+from tests.test_s3 import s3_endpoint_in_config  # noqa: F401 (a fixture)
 
 
 def test_shard_status_of_100000_markers():
@@ -55,21 +55,6 @@ def test_collect_status_reads_four_objects(moto_endpoint, s3_client, bucket):
     # d failed (4 pages), e remains (5 pages); the line that names no document is not counted
     assert (second["failed_pages"], second["remaining_pages"], second["total_documents"]) == (4, 5, 2)
     assert result["overall"]["total_pages"] == 15
-
-
-@pytest.fixture
-def s3_endpoint_in_config(moto_endpoint):
-    """[s3] endpoint_url = the moto server, in this process's Luigi configuration, for the test."""
-    config = luigi.configuration.get_config()
-    if not config.has_section("s3"):
-        config.add_section("s3")
-    before = config.get("s3", "endpoint_url", None)
-    config.set("s3", "endpoint_url", moto_endpoint)
-    yield moto_endpoint
-    if before is None:
-        config.remove_option("s3", "endpoint_url")
-    else:
-        config.set("s3", "endpoint_url", before)
 
 
 def test_status_command_prints_a_table_or_json(s3_endpoint_in_config, s3_client, bucket, capsys):

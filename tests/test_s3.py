@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import luigi
@@ -219,6 +220,34 @@ def test_secrets_never_reach_the_logs(moto_endpoint, bucket, s3_client, tmp_path
     assert (tmp_path / "pc.csv").read_text().count("\n") == 2
     for secret in secrets.values():
         assert secret not in result.stdout
+
+
+@pytest.fixture
+def s3_endpoint_in_config(moto_endpoint):
+    """[s3] endpoint_url = the moto server, in this process's Luigi configuration, for the test."""
+    config = luigi.configuration.get_config()
+    if not config.has_section("s3"):
+        config.add_section("s3")
+    before = config.get("s3", "endpoint_url", None)
+    config.set("s3", "endpoint_url", moto_endpoint)
+    yield moto_endpoint
+    if before is None:
+        config.remove_option("s3", "endpoint_url")
+    else:
+        config.set("s3", "endpoint_url", before)
+
+
+def test_an_s3_prefix_downloads_through_the_download_stage(s3_endpoint_in_config, s3_client, bucket, tmp_path):
+    from pipeline.layout import Layout
+    from pipeline.stages import download
+
+    s3_client.put_object(Bucket=bucket, Key="raw/doc.pdf", Body=samples.text_pdf(["a", "b"]))
+    layout = Layout(tmp_path / "data")
+    (item,) = download.iter_source(f"s3://{bucket}/raw")
+    assert download.download_one(layout, item) == "fetched"
+    meta = json.loads(layout.downloaded_meta("doc").read_text())
+    assert (meta["source"], meta["pages"]) == (f"s3://{bucket}/raw/doc.pdf", 2)
+    assert layout.downloaded_pdf("doc").read_bytes() == samples.text_pdf(["a", "b"])
 
 
 def test_download_items_of_an_s3_prefix(moto_endpoint, s3_client, bucket, tmp_path):
