@@ -349,6 +349,10 @@ def test_document_commands_are_split_then_filled_never_shell_parsed():
                     "--output-s3", "s3://o/x", "--tag=s3"]
     with pytest.raises(ValueError, match="unknown placeholder"):
         command_engine.document_command("x {nope}", {})
+    values = {name: "v" for name in reversed(command_engine.DOCUMENT_PLACEHOLDERS)}
+    with pytest.raises(ValueError, match=r"unknown placeholder \{nope\} in the command; "
+                                         r"use uri, input, workdir, outdir, output, shard$"):
+        command_engine.document_command("x {nope}", values)
 
 
 

@@ -119,7 +119,8 @@ def document_command(template: str, values: dict[str, str]) -> list[str]:
     args = shlex.split(template)
     if not args:
         raise ValueError("[s3] command is empty; set it or pick a built-in engine")
-    return expand(args, values, strict=True)
+    ordered = {name: values[name] for name in DOCUMENT_PLACEHOLDERS if name in values}  # for the message
+    return expand(args, {**ordered, **values}, strict=True)
 
 
 class DocumentCommandEngine:
