@@ -13,25 +13,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pipeline import pdf
-from pipeline.cloud import s3
+from pipeline.cloud import Progress, no_progress, s3
 
 MASTER_COLUMNS = ("key", "size", "pages", "error")
 PART_COLUMNS = (*MASTER_COLUMNS, "method", "bytes_fetched", "requests")
 LISTING_COLUMNS = ("key", "size", "etag")
 
-
-
-class Progress(Protocol):
-    """Where a long run reports: a percentage and a line; ``force`` for lines that must be shown."""
-
-    def __call__(self, percent: float, message: str, force: bool = False) -> None: ...
-
-
-def no_progress(percent: float, message: str, force: bool = False) -> None:
-    pass
 
 def csv_bytes(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
     buffer = io.StringIO()
@@ -43,8 +33,6 @@ def csv_bytes(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> bytes
 
 def csv_rows(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
-
-
 
 
 def list_documents(storage: s3.Storage, source: str, suffix: str) -> list[s3.Listed]:
@@ -157,7 +145,6 @@ def part_bytes(rows: list[CountRow]) -> bytes:
 def master_bytes(parts: list[bytes]) -> bytes:
     """The master CSV: every part's rows in order, ``key,size,pages,error`` only."""
     return csv_bytes((row for part in parts for row in csv_rows(part)), MASTER_COLUMNS)
-
 
 
 @dataclass

@@ -60,7 +60,6 @@ def scan_markers(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set
     return done, failed
 
 
-
 def marker_bytes(**fields: Any) -> bytes:
     """A marker's body: the given fields with the host and the time."""
     return (json.dumps({**fields, "host": socket.gethostname(), "time": now_iso()}, ensure_ascii=False,

@@ -118,7 +118,6 @@ def format_checks(checks: list[Check]) -> str:
     )
 
 
-
 def node_checks(storage: s3.Storage, cfg: S3Config, ocr: OCRConfig) -> list[Check]:
     """Every check of a node before RunShard, from its [s3] and [ocr] settings; the status and
     output prefixes must be writable."""

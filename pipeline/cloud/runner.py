@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.cloud import s3
-from pipeline.cloud.counting import Progress, no_progress
+from pipeline.cloud import Progress, no_progress, s3
 from pipeline.cloud.markers import doc_key, marker_bytes, marker_uri, output_uri, scan_markers, shard_marker_uri
 from pipeline.cloud.shard_plan import uri_problem
 from pipeline.engines import ENGINES, Engine, EngineSettings, get_engine
@@ -259,10 +258,6 @@ def run_documents(
             pool.shutdown(cancel_futures=True)
             raise
     return outcomes
-
-
-# --- status ---------------------------------------------------------------------------------------
-
 
 
 def run_shard(

@@ -175,7 +175,6 @@ def shard_summary(
     }
 
 
-
 def shard_uris(prefix: str, shards: int) -> dict[str, str]:
     """{'shard_1': uri, ..., 'summary': uri}: where make_shard_files writes (the task's outputs)."""
     files = {f"shard_{k}": s3.join(prefix, shard_name(k)) for k in range(1, shards + 1)}
