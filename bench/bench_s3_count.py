@@ -80,25 +80,18 @@ def model_network(client, rtt_ms: float, link_mb_s: float) -> None:
 
 
 def run_count_pages(workers: int) -> tuple[float, int, dict[str, int]]:
-    """CountPages as a Luigi task; returns (seconds, bytes fetched, {uri: pages})."""
-    import luigi
-
-    from pipeline.cloud import s3, sharding
-    from tasks.shards import CountPages
+    """counting.count_pages, as CountPages runs it; returns (seconds, bytes fetched, {uri: pages})."""
+    from pipeline.cloud import counting, s3
+    from pipeline.config import S3Config
 
     output = f"s3://{BUCKET}/manifests/page_counts_master.csv"
+    storage = s3.Storage(s3.S3Settings.from_config(pool=workers))
     started = time.perf_counter()
-    ok = luigi.build([CountPages(source=f"s3://{BUCKET}/raw/", output=output, max_workers=workers, chunk_size=2000)],
-                     local_scheduler=True, log_level="WARNING")
+    stats = counting.count_pages(storage, f"s3://{BUCKET}/raw/", output, max_workers=workers, chunk_size=2000,
+                                 block_size=S3Config().range_block_bytes)
     seconds = time.perf_counter() - started
-    if not ok:
-        raise SystemExit("CountPages failed")
-    storage = s3.Storage()
-    parts = sharding.parts_folder(output)
-    fetched = sum(int(row["bytes_fetched"]) for item in storage.list(s3.folder(parts))
-                  if item.name.startswith("part_") for row in sharding.csv_rows(storage.read_bytes(item.uri)))
-    pages = {row["key"]: int(row["pages"]) for row in sharding.csv_rows(storage.read_bytes(output))}
-    return seconds, fetched, pages
+    pages = {row["key"]: int(row["pages"]) for row in counting.csv_rows(storage.read_bytes(output))}
+    return seconds, stats.bytes_fetched, pages
 
 
 def run_baseline(client, keys: list[str], workers: int) -> tuple[float, int, dict[str, int]]:
@@ -116,7 +109,7 @@ def run_baseline(client, keys: list[str], workers: int) -> tuple[float, int, dic
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(count, keys))
     seconds = time.perf_counter() - started
-    return seconds, sum(r[1] for r in results), {f"s3://{BUCKET}/{k}": r[2] for k, r in zip(keys, results)}
+    return seconds, sum(r[1] for r in results), {f"s3://{BUCKET}/{k}": r[2] for k, r in zip(keys, results, strict=True)}
 
 
 def main() -> int:
@@ -126,7 +119,8 @@ def main() -> int:
     parser.add_argument("--endpoint", default="", help="an S3-compatible endpoint; default: start moto's server")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rtt-ms", type=float, default=0, help="network model: added latency per request")
-    parser.add_argument("--link-mb-s", type=float, default=0, help="network model: the node's bandwidth in MB/s, shared by all threads (0 = no limit)")
+    parser.add_argument("--link-mb-s", type=float, default=0,
+                        help="network model: the node's bandwidth in MB/s, shared by all threads (0 = no limit)")
     args = parser.parse_args()
 
     from tests.s3server import FAKE_CREDENTIALS, start_moto_server, stop
@@ -141,13 +135,13 @@ def main() -> int:
         from pipeline.cloud.s3 import S3Settings, get_client
 
         luigi.configuration.get_config().set("s3", "endpoint_url", endpoint)
-        # The client CountPages will use (one per process), shared with the baseline.
+        # The client count_pages will use (one per process), shared with the baseline.
         client = get_client(S3Settings.from_config(pool=args.workers))
         started = time.perf_counter()
         corpus = upload_corpus(client, args.size_mb, args.seed, args.workers)
         total = sum(len(d) for d in corpus.values())
-        print(f"corpus: {len(corpus):,} PDFs, {total / 1e6:,.1f} MB, uploaded in {time.perf_counter() - started:.1f} s; "
-              f"{args.workers} threads, endpoint {endpoint}")
+        print(f"corpus: {len(corpus):,} PDFs, {total / 1e6:,.1f} MB, uploaded in "
+              f"{time.perf_counter() - started:.1f} s; {args.workers} threads, endpoint {endpoint}")
         if args.rtt_ms or args.link_mb_s:
             model_network(client, args.rtt_ms, args.link_mb_s)
             print(f"network model: +{args.rtt_ms:g} ms per request, link {args.link_mb_s or 'unlimited'} MB/s")

@@ -10,6 +10,8 @@ from typing import Any
 
 import luigi
 
+from pipeline import engines
+
 
 class _Section(luigi.Config):
     """A luigi.Config whose section name is given by ``section`` instead of the class name."""
@@ -38,7 +40,7 @@ class DownloadConfig(_Section):
     timeout = luigi.FloatParameter(default=60.0, description="seconds per HTTP request")
 
 
-ENGINES = ("olmocr", "tesseract", "text", "command")
+ENGINES = tuple(engines.ENGINES)  # the names of the engine registry
 
 
 class OCRConfig(_Section):

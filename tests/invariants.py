@@ -256,12 +256,12 @@ def _s3_get(client, uri: str) -> bytes | None:
 
 def shard_reference(client, status_prefix: str, uris: list[str]) -> Reference:
     """The outcome of an undisturbed RunShard: source key -> text, source key -> 'failed'."""
-    from pipeline.cloud import s3, sharding
+    from pipeline.cloud import markers, s3
 
     ref = Reference()
     for uri in uris:
         key = s3.split(uri)[1]
-        done = _s3_get(client, sharding.marker_uri(status_prefix, uri, "done"))
+        done = _s3_get(client, markers.marker_uri(status_prefix, uri, "done"))
         if done is None:
             ref.quarantined[key] = "failed"
             continue
@@ -294,14 +294,14 @@ def check_shard_safe(client, status_prefix: str, uris: list[str]) -> list[str]:
 def check_shard_converged(client, status_prefix: str, output_prefix: str, shard: int, uris: list[str],
                           ref: Reference, work_dir: Path) -> list[str]:
     """The end state of a shard after a rerun, against the undisturbed run ``ref`` (by source key)."""
-    from pipeline.cloud import s3, sharding
+    from pipeline.cloud import markers, s3
 
     problems = check_shard_safe(client, status_prefix, uris)
     listed: set[str] = set()
     for uri in uris:
         key = s3.split(uri)[1]
-        done = _s3_get(client, sharding.marker_uri(status_prefix, uri, "done"))
-        failed = _s3_get(client, sharding.marker_uri(status_prefix, uri, "failed"))
+        done = _s3_get(client, markers.marker_uri(status_prefix, uri, "done"))
+        failed = _s3_get(client, markers.marker_uri(status_prefix, uri, "failed"))
         if key in ref.texts:
             if done is None:
                 problems.append(f"{uri}: lost (no .done marker)")
@@ -321,7 +321,7 @@ def check_shard_converged(client, status_prefix: str, output_prefix: str, shard:
     bucket = s3.split(output_prefix)[0]
     problems += [f"s3://{bucket}/{k}: an output no .done marker lists" for k in s3_objects(client, output_prefix)
                  if f"s3://{bucket}/{k}" not in listed]
-    summary = _s3_get(client, sharding.shard_marker_uri(status_prefix, shard))
+    summary = _s3_get(client, markers.shard_marker_uri(status_prefix, shard))
     if summary is None:
         problems.append(f"shard {shard}: no shard marker")
     else:

@@ -3,12 +3,8 @@ stood in for by small scripts that write real-format records."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +94,7 @@ def test_tesseract_reads_scanned_pages(tmp_path: Path, capsys: pytest.CaptureFix
     assert record["metadata"]["total-fallback-pages"] == 0
     found = page_texts(record)
     assert len(found) == 3
-    for expected, text in zip(SCANNED_PAGES, found):
+    for expected, text in zip(SCANNED_PAGES, found, strict=True):
         assert character_error_rate(expected, text) < 0.05, (expected, text)
     out = capsys.readouterr().out
     for name, reason in (("empty", "empty"), ("truncated", "truncated"), ("not_a_pdf", "not_a_pdf"),
@@ -345,40 +341,53 @@ def test_command_engine_needs_a_command(tmp_path: Path) -> None:
         get_engine("command", EngineSettings()).run([], tmp_path)
 
 
-def test_fill_template_keeps_other_braces() -> None:
-    template = ["ocr", "--in={chunk_list}", "{output}", '{"json": {workspace}}', "{unknown}"]
-    assert command_engine.fill_template(template, {"{chunk_list}": "/c.txt", "{output}": "/o.jsonl",
-                                                   "{workspace}": "/w"}) == [
-        "ocr", "--in=/c.txt", "/o.jsonl", '{"json": /w}', "{unknown}"]
+def test_document_commands_are_split_then_filled_never_shell_parsed():
+    template = "run_resume_pipeline.py --input {uri} --workdir '{workdir}' --output-s3 {output} --tag=s{shard}"
+    argv = command_engine.document_command(template, {"uri": "s3://b/a b; rm -rf ~.pdf", "workdir": "/w d",
+                                                      "output": "s3://o/x", "shard": "3", "input": "", "outdir": ""})
+    assert argv == ["run_resume_pipeline.py", "--input", "s3://b/a b; rm -rf ~.pdf", "--workdir", "/w d",
+                    "--output-s3", "s3://o/x", "--tag=s3"]
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        command_engine.document_command("x {nope}", {})
+    values = {name: "v" for name in reversed(command_engine.DOCUMENT_PLACEHOLDERS)}
+    with pytest.raises(ValueError, match=r"unknown placeholder \{nope\} in the command; "
+                                         r"use uri, input, workdir, outdir, output, shard$"):
+        command_engine.document_command("x {nope}", values)
 
 
-def test_run_bounded_stops_the_whole_process_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pid_file = tmp_path / "grandchild.pid"
-    program = textwrap.dedent(f"""
-        import subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
-        time.sleep(60)
-    """)
-    monkeypatch.setattr(command_engine, "TERMINATE_GRACE_SECONDS", 5.0)
-    started = time.monotonic()
-    with pytest.raises(command_engine.EngineFailed, match="still running"):
-        command_engine.run_bounded([sys.executable, "-c", program], timeout=1.5)
-    assert time.monotonic() - started < 10
-    grandchild = int(pid_file.read_text())
-    for _ in range(50):
-        try:
-            os.kill(grandchild, 0)
-        except ProcessLookupError:
-            break
-        # Reaped by init once its parent is gone; a zombie still answers kill(0), so check its state.
-        state = Path(f"/proc/{grandchild}/stat")
-        if state.exists() and state.read_text().split(") ")[-1].startswith("Z"):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(grandchild, signal.SIGKILL)
-        pytest.fail("the grandchild outlived the timeout")
+
+
+def document_engine(tmp_path: Path, command: str, timeout: float = 0.0) -> command_engine.DocumentCommandEngine:
+    folder = tmp_path / "doc"
+    (folder / "output").mkdir(parents=True)
+    return command_engine.DocumentCommandEngine(command, {"uri": "s3://b/raw/a b.pdf", "workdir": str(folder),
+                                                          "output": "s3://o/b/raw/a b", "shard": "2"}, timeout)
+
+
+def test_document_command_engine_runs_once_per_document(tmp_path: Path) -> None:
+    script = tmp_path / "engine.py"
+    script.write_text("import pathlib, sys\nuri, pdf, outdir, out, shard = sys.argv[1:]\nprint('working on', uri)\n"
+                      "pathlib.Path(outdir, 'sub').mkdir()\npathlib.Path(outdir, 'sub', 'r.txt').write_text("
+                      "' '.join([uri, pathlib.Path(pdf).name, out, shard, pathlib.Path.cwd().name]))\n")
+    engine = document_engine(tmp_path, f"{sys.executable} {script} {{uri}} {{input}} {{outdir}} {{output}} {{shard}}")
+    outdir = tmp_path / "doc" / "output"
+    assert engine.run([tmp_path / "in put.pdf"], outdir) == [outdir / "sub" / "r.txt"]
+    assert (outdir / "sub" / "r.txt").read_text() == "s3://b/raw/a b.pdf in put.pdf s3://o/b/raw/a b 2 doc"
+    assert (tmp_path / "doc" / "command.log").read_text() == "working on s3://b/raw/a b.pdf\n"
+
+
+def test_document_command_engine_failures_say_why(tmp_path: Path) -> None:
+    program = "import sys; sys.exit('cannot process ' + sys.argv[1])"
+    failing = document_engine(tmp_path, f"{sys.executable} -c \"{program}\" {{uri}}")
+    with pytest.raises(command_engine.EngineFailed, match="command exited with 1: cannot process s3://b/raw/a b.pdf"):
+        failing.run([tmp_path / "a.pdf"], tmp_path / "doc" / "output")
+    missing = command_engine.DocumentCommandEngine("no-such-program {input}", {"workdir": str(tmp_path / "doc")})
+    with pytest.raises(command_engine.EngineFailed, match="command could not start"):
+        missing.run([tmp_path / "a.pdf"], tmp_path / "doc" / "output")
+    hanging = command_engine.DocumentCommandEngine(f"{sys.executable} -c \"import time; time.sleep(600)\"",
+                                                   {"workdir": str(tmp_path / "doc")}, timeout=1)
+    with pytest.raises(command_engine.EngineFailed, match="command timed out after 1 s"):
+        hanging.run([tmp_path / "a.pdf"], tmp_path / "doc" / "output")
 
 
 def test_chunk_timeout_grows_with_pages(tmp_path: Path) -> None:
@@ -396,6 +405,14 @@ def test_get_engine_names() -> None:
     for name in ("text", "tesseract", "olmocr", "command"):
         assert get_engine(name).name == name
     with pytest.raises(ValueError):
+        get_engine("nope")
+
+
+def test_config_checks_and_the_registry_know_the_same_engines() -> None:
+    from pipeline import config, engines
+
+    assert config.ENGINES == tuple(engines.ENGINES) == ("olmocr", "tesseract", "text", "command")
+    with pytest.raises(ValueError, match="use olmocr, tesseract, text or command"):
         get_engine("nope")
 
 

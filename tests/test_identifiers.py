@@ -244,7 +244,7 @@ HOSTILE_KEYS = [
 
 
 def test_hostile_keys_are_counted_sharded_and_run_without_becoming_paths(tmp_path, moto_endpoint, s3_client, bucket):
-    from pipeline.cloud import s3, sharding
+    from pipeline.cloud import counting, markers, s3, shard_plan
     from tests.s3server import run_luigi
     from tests.test_shards import get, keys, make_cfg
 
@@ -256,7 +256,7 @@ def test_hostile_keys_are_counted_sharded_and_run_without_becoming_paths(tmp_pat
 
     counted = run_luigi(cfg, "CountPages", "--source", f"s3://{bucket}/", "--output", f"s3://{bucket}/pc.csv")
     assert counted.returncode == 0, counted.stdout[-3000:]
-    rows = {r["key"]: r for r in sharding.csv_rows(get(s3_client, bucket, "pc.csv"))}
+    rows = {r["key"]: r for r in counting.csv_rows(get(s3_client, bucket, "pc.csv"))}
     assert {k: int(r["pages"]) for k, r in rows.items()} == {
         f"s3://{bucket}/{k}": n % 3 + 1 for n, k in enumerate(HOSTILE_KEYS)}
 
@@ -264,14 +264,14 @@ def test_hostile_keys_are_counted_sharded_and_run_without_becoming_paths(tmp_pat
     assert sharded.returncode == 0, sharded.stdout[-3000:]
     summary = json.loads(get(s3_client, bucket, "manifests/shards/shard_summary.json"))
     assert summary["skipped"] == [] and summary["documents"] == len(HOSTILE_KEYS)
-    uris = sharding.parse_shard_file(get(s3_client, bucket, "manifests/shards/shard_1.txt"))
+    uris = shard_plan.parse_shard_file(get(s3_client, bucket, "manifests/shards/shard_1.txt"))
     assert sorted(uris) == sorted(f"s3://{bucket}/{k}" for k in HOSTILE_KEYS)  # one line per key, none split
 
     ran = run_luigi(cfg, "RunShard", "--shard", "1")
     assert ran.returncode == 0, ran.stdout[-3000:]
     for n, key in enumerate(HOSTILE_KEYS):
         uri = f"s3://{bucket}/{key}"
-        (output,) = json.loads(get(s3_client, bucket, f"status/{sharding.doc_key(uri)}.done"))["outputs"]
+        (output,) = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))["outputs"]
         assert output.startswith(f"s3://{bucket}/outputs/{bucket}/")
         assert "/../" not in output and "/./" not in output and "//" not in output[len("s3://"):]
         record = json.loads(get(s3_client, bucket, s3.split(output)[1]))

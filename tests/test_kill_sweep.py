@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import faults, samples
-from pipeline.cloud import sharding
+from pipeline.cloud import counting, shard_plan
 
 from . import invariants
 from .conftest import FULL_CAMPAIGN, Site, luigi_executable, snapshot, write_config
@@ -332,8 +332,8 @@ def test_run_shard_killed_at_each_point_and_rerun_loses_nothing(tmp_path, moto_e
     for name in (bucket, reference_bucket):
         for key, data in docs.items():
             s3_client.put_object(Bucket=name, Key=key, Body=data)
-        s3_client.put_object(Bucket=name, Key=f"manifests/shards/{sharding.shard_name(1)}",
-                             Body=sharding.shard_file_bytes([f"s3://{name}/{k}" for k in docs]))
+        s3_client.put_object(Bucket=name, Key=f"manifests/shards/{shard_plan.shard_name(1)}",
+                             Body=shard_plan.shard_file_bytes([f"s3://{name}/{k}" for k in docs]))
     reference_cfg = shard_cfg(tmp_path / "reference", moto_endpoint, reference_bucket)
     assert run_luigi(reference_cfg, "RunShard", "--shard", "1").returncode == 0
     ref = invariants.shard_reference(s3_client, f"s3://{reference_bucket}/status",
@@ -368,7 +368,7 @@ def test_count_pages_killed_at_each_point_and_rerun_gives_the_same_csv(tmp_path,
     assert run_luigi(cfg, "CountPages", *common, "--output", reference).returncode == 0
     expected = invariants.s3_objects(s3_client, f"s3://{bucket}/reference")
     master = s3_client.get_object(Bucket=bucket, Key="reference/pc.csv")["Body"].read()
-    assert len(sharding.csv_rows(master)) == 6
+    assert len(counting.csv_rows(master)) == 6
 
     argv, env = luigi_command(cfg, "CountPages", *common, "--output", f"s3://{bucket}/counts/pc.csv")
 

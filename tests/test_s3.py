@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import luigi
@@ -9,7 +10,7 @@ import pytest
 from pypdf import PdfReader
 
 from pipeline import pdf, samples
-from pipeline.cloud import sharding
+from pipeline.cloud import counting
 from pipeline.cloud.s3 import (
     Listed,
     MarkerTarget,
@@ -98,7 +99,8 @@ def wire_log(client) -> list[int]:
     """Content-Length of every GetObject response the client receives, as the server sent them."""
     sizes: list[int] = []
     client.meta.events.register(
-        "after-call.s3.GetObject", lambda http_response, **_: sizes.append(int(http_response.headers["content-length"])))
+        "after-call.s3.GetObject",
+        lambda http_response, **_: sizes.append(int(http_response.headers["content-length"])))
     return sizes
 
 
@@ -135,14 +137,6 @@ def test_a_damaged_object_is_fetched_at_most_once(moto_endpoint, s3_client, buck
     assert sum(wire) == source.bytes_fetched <= len(data)
 
 
-def test_an_object_replaced_after_listing_is_reported_not_mixed(moto_endpoint, s3_client, bucket):
-    s3_client.put_object(Bucket=bucket, Key="doc.pdf", Body=samples.text_pdf(["one"]))
-    listed = next(iter(storage_at(moto_endpoint).list(f"s3://{bucket}/")))
-    s3_client.put_object(Bucket=bucket, Key="doc.pdf", Body=samples.text_pdf(["one", "two"]))
-    row = sharding.count_document(storage_at(moto_endpoint), listed)
-    assert row.pages is None and row.error.startswith("changed:")
-
-
 def test_storage_round_trip_on_s3_and_local(moto_endpoint, bucket, tmp_path):
     storage = storage_at(moto_endpoint)
     for base in (f"s3://{bucket}/data", str(tmp_path / "data")):
@@ -160,7 +154,8 @@ def test_storage_round_trip_on_s3_and_local(moto_endpoint, bucket, tmp_path):
 @pytest.mark.slow
 def test_marker_target_is_one_head_and_many_markers_one_list_per_thousand(moto_endpoint, s3_client, bucket):
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"status/m{i:05d}.done", Body=b""), range(1001)))
+        list(pool.map(lambda i: s3_client.put_object(Bucket=bucket, Key=f"status/m{i:05d}.done", Body=b""),
+                      range(1001)))
     with FaultProxy(moto_endpoint) as proxy:
         storage = storage_at(proxy.endpoint, connect_timeout=9.5)
         assert MarkerTarget(f"s3://{bucket}/status/m00007.done", storage).exists()
@@ -208,30 +203,51 @@ def test_a_server_that_keeps_failing_gives_a_clear_error(moto_endpoint, bucket):
         with pytest.raises(S3Error) as caught:
             storage.read_bytes(f"s3://{bucket}/k")
         with pytest.raises(S3Error):
-            sharding.count_document(storage, Listed(f"s3://{bucket}/k", "k", 5000))
+            counting.count_document(storage, Listed(f"s3://{bucket}/k", "k", 5000))
     message = str(caught.value)
     assert f"GET s3://{bucket}/k failed after 3 attempts" in message and "rerun" in message
     assert proxy.requests == 6
 
 
-def test_local_files_count_through_the_same_path(tmp_path):
-    path = tmp_path / "doc.pdf"
-    path.write_bytes(samples.text_pdf(["a", "b"]))
-    row = sharding.count_document(Storage(), Listed(str(path), "doc.pdf", path.stat().st_size))
-    assert (row.pages, row.error) == (2, "")
-    assert row.bytes_fetched > 0
-    assert sharding.count_document(Storage(), Listed(str(tmp_path / "gone.pdf"), "gone.pdf", 9)).error.startswith("missing")
-
-
 def test_secrets_never_reach_the_logs(moto_endpoint, bucket, s3_client, tmp_path):
     s3_client.put_object(Bucket=bucket, Key="raw/a.pdf", Body=samples.text_pdf(["a"]))
-    cfg = write_luigi_cfg(tmp_path / "luigi.cfg", {"core": {"log_level": "DEBUG"}, "s3": {"endpoint_url": moto_endpoint}})
+    cfg = write_luigi_cfg(tmp_path / "luigi.cfg",
+                          {"core": {"log_level": "DEBUG"}, "s3": {"endpoint_url": moto_endpoint}})
     secrets = {"AWS_SECRET_ACCESS_KEY": "sEcReT-Key-0123456789", "AWS_SESSION_TOKEN": "SeSsIoN-Token-9876543210"}
-    result = run_luigi(cfg, "CountPages", "--source", f"s3://{bucket}/raw/", "--output", str(tmp_path / "pc.csv"), env=secrets)
+    result = run_luigi(cfg, "CountPages", "--source", f"s3://{bucket}/raw/", "--output", str(tmp_path / "pc.csv"),
+                       env=secrets)
     assert result.returncode == 0, result.stdout
     assert (tmp_path / "pc.csv").read_text().count("\n") == 2
     for secret in secrets.values():
         assert secret not in result.stdout
+
+
+@pytest.fixture
+def s3_endpoint_in_config(moto_endpoint):
+    """[s3] endpoint_url = the moto server, in this process's Luigi configuration, for the test."""
+    config = luigi.configuration.get_config()
+    if not config.has_section("s3"):
+        config.add_section("s3")
+    before = config.get("s3", "endpoint_url", None)
+    config.set("s3", "endpoint_url", moto_endpoint)
+    yield moto_endpoint
+    if before is None:
+        config.remove_option("s3", "endpoint_url")
+    else:
+        config.set("s3", "endpoint_url", before)
+
+
+def test_an_s3_prefix_downloads_through_the_download_stage(s3_endpoint_in_config, s3_client, bucket, tmp_path):
+    from pipeline.layout import Layout
+    from pipeline.stages import download
+
+    s3_client.put_object(Bucket=bucket, Key="raw/doc.pdf", Body=samples.text_pdf(["a", "b"]))
+    layout = Layout(tmp_path / "data")
+    (item,) = download.iter_source(f"s3://{bucket}/raw")
+    assert download.download_one(layout, item) == "fetched"
+    meta = json.loads(layout.downloaded_meta("doc").read_text())
+    assert (meta["source"], meta["pages"]) == (f"s3://{bucket}/raw/doc.pdf", 2)
+    assert layout.downloaded_pdf("doc").read_bytes() == samples.text_pdf(["a", "b"])
 
 
 def test_download_items_of_an_s3_prefix(moto_endpoint, s3_client, bucket, tmp_path):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pipeline import samples
-from pipeline.cloud import s3, sharding
+from pipeline.cloud import markers, s3
 from tests.fault_proxy import FaultProxy
 from tests.s3server import run_luigi
 from tests.test_shards import get, keys, make_cfg, put_shard, upload
@@ -105,14 +105,14 @@ def shard_texts(client, bucket: str, run: str, uris: list[str]) -> dict[str, str
     """uri -> text of the record its .done marker points at (every document must have one)."""
     texts = {}
     for uri in uris:
-        marker = json.loads(get(client, bucket, f"{run}/status/{sharding.doc_key(uri)}.done"))
+        marker = json.loads(get(client, bucket, f"{run}/status/{markers.doc_key(uri)}.done"))
         (output,) = marker["outputs"]
         (line,) = get(client, bucket, s3.split(output)[1]).decode("utf-8").splitlines()
         texts[uri] = json.loads(line)["text"]
     return texts
 
 
-def markers(client, bucket: str, run: str) -> dict[str, dict]:
+def marker_objects(client, bucket: str, run: str) -> dict[str, dict]:
     return keys(client, bucket, f"{run}/status/")
 
 
@@ -128,8 +128,8 @@ def setup_shard(tmp_path, moto_endpoint, s3_client, bucket, count: int = 6) -> t
 
 
 def assert_shard_converged(tmp_path, client, bucket: str, run: str, uris: list[str], expected: dict[str, str]) -> None:
-    status = markers(client, bucket, run)
-    assert sorted(status) == sorted([f"{run}/status/{sharding.doc_key(u)}.done" for u in uris]
+    status = marker_objects(client, bucket, run)
+    assert sorted(status) == sorted([f"{run}/status/{markers.doc_key(u)}.done" for u in uris]
                                     + [f"{run}/status/_shards/shard_1.done"])
     assert shard_texts(client, bucket, run, uris) == expected
     assert json.loads(get(client, bucket, f"{run}/status/_shards/shard_1.done"))["failed"] == []
@@ -160,20 +160,20 @@ def test_run_shard_outage_fails_clearly_blames_no_document_and_a_rerun_converges
 
     assert failed.returncode != 0 and len(down.injected) == 3
     assert "failed after 3 attempts" in failed.stdout and "then rerun" in failed.stdout, failed.stdout[-3000:]
-    before = markers(s3_client, bucket, "outage")
+    before = marker_objects(s3_client, bucket, "outage")
     assert before and all(k.endswith(".pdf.done") for k in before)  # no .failed: S3, not a document, failed
 
     with FaultProxy(moto_endpoint) as healthy:
         result = run_luigi(shard_cfg(tmp_path, healthy.endpoint, bucket, "outage"), "RunShard", "--shard", "1")
     assert result.returncode == 0, result.stdout[-3000:]
     assert_shard_converged(tmp_path, s3_client, bucket, "outage", uris, expected)
-    after = markers(s3_client, bucket, "outage")
+    after = marker_objects(s3_client, bucket, "outage")
     assert all(after[k]["LastModified"] == v["LastModified"] for k, v in before.items())  # not run twice
 
 
 def test_an_upload_that_never_arrived_is_redone_not_trusted(tmp_path, moto_endpoint, s3_client, bucket):
     uris, expected = setup_shard(tmp_path, moto_endpoint, s3_client, bucket)
-    lost = sharding.output_uri(f"s3://{bucket}/lost/outputs", uris[2])
+    lost = markers.output_uri(f"s3://{bucket}/lost/outputs", uris[2])
 
     def lose_one_output(n: int, method: str, path: str):
         return "lose" if method == "PUT" and f"/{s3.split(lost)[1]}/".replace(" ", "%20") in path else None
@@ -184,7 +184,7 @@ def test_an_upload_that_never_arrived_is_redone_not_trusted(tmp_path, moto_endpo
     assert [m for _, m, _ in proxy.injected] == ["PUT"]
     assert failed.returncode != 0
     assert "outputs of 1 documents are not in storage" in failed.stdout and uris[2] in failed.stdout
-    assert f"lost/status/{sharding.doc_key(uris[2])}.done" not in markers(s3_client, bucket, "lost")
+    assert f"lost/status/{markers.doc_key(uris[2])}.done" not in marker_objects(s3_client, bucket, "lost")
 
     result = run_luigi(shard_cfg(tmp_path, moto_endpoint, bucket, "lost"), "RunShard", "--shard", "1")
     assert result.returncode == 0, result.stdout[-3000:]
@@ -195,9 +195,9 @@ def test_a_done_marker_whose_outputs_are_gone_is_redone_on_the_next_run(tmp_path
     uris, expected = setup_shard(tmp_path, moto_endpoint, s3_client, bucket)
     # As if the run had been killed before the shard's marker, and one output then went missing.
     s3_client.delete_object(Bucket=bucket, Key="undisturbed/status/_shards/shard_1.done")
-    marker = json.loads(get(s3_client, bucket, f"undisturbed/status/{sharding.doc_key(uris[4])}.done"))
+    marker = json.loads(get(s3_client, bucket, f"undisturbed/status/{markers.doc_key(uris[4])}.done"))
     s3_client.delete_object(Bucket=bucket, Key=s3.split(marker["outputs"][0])[1])
-    before = markers(s3_client, bucket, "undisturbed")
+    before = marker_objects(s3_client, bucket, "undisturbed")
     read_once: set[str] = set()
 
     def cut_first_reads(n: int, method: str, path: str):  # the shard file and each marker read
@@ -213,8 +213,8 @@ def test_a_done_marker_whose_outputs_are_gone_is_redone_on_the_next_run(tmp_path
     assert len(proxy.injected) == 1 + len(uris)
     assert "1 documents had a .done marker but not all its outputs" in result.stdout
     assert_shard_converged(tmp_path, s3_client, bucket, "undisturbed", uris, expected)
-    after = markers(s3_client, bucket, "undisturbed")
-    redone = f"undisturbed/status/{sharding.doc_key(uris[4])}.done"
+    after = marker_objects(s3_client, bucket, "undisturbed")
+    redone = f"undisturbed/status/{markers.doc_key(uris[4])}.done"
     assert after[redone]["LastModified"] >= before[redone]["LastModified"]
     assert all(after[k]["LastModified"] == v["LastModified"] for k, v in before.items() if k != redone)
     assert json.loads(get(s3_client, bucket, redone))["attempts"] == 1

@@ -15,7 +15,7 @@ import pytest
 from pypdf import PdfReader
 
 from pipeline import pdf, samples
-from pipeline.cloud import s3, sharding
+from pipeline.cloud import counting, markers, s3, shard_plan
 from tests.fault_proxy import FaultProxy, answer_status
 from tests.s3server import bad_startxref, luigi_command, noise_pdf, run_luigi, write_luigi_cfg
 
@@ -83,7 +83,7 @@ def part_rows(client, bucket: str, prefix: str) -> list[dict[str, str]]:
     rows = []
     for key in sorted(keys(client, bucket, prefix)):
         if key.rsplit("/", 1)[-1].startswith("part_"):
-            rows += sharding.csv_rows(get(client, bucket, key))
+            rows += counting.csv_rows(get(client, bucket, key))
     return rows
 
 
@@ -98,7 +98,7 @@ def test_count_pages_on_s3_matches_a_full_parse_with_few_bytes(tmp_path, moto_en
 
     master = get(s3_client, bucket, "manifests/page_counts/page_counts_master.csv")
     assert master.splitlines()[0] == b"key,size,pages,error"
-    rows = {r["key"]: r for r in sharding.csv_rows(master)}
+    rows = {r["key"]: r for r in counting.csv_rows(master)}
     assert list(rows) == sorted(f"s3://{bucket}/{k}" for k in {**good, **bad})
     for key, data in good.items():
         row = rows[f"s3://{bucket}/{key}"]
@@ -131,9 +131,10 @@ def test_count_pages_on_a_local_folder_to_a_local_csv(tmp_path, moto_endpoint):
         (folder / key).parent.mkdir(parents=True, exist_ok=True)
         (folder / key).write_bytes(data)
     output = tmp_path / "counts" / "page_counts_master.csv"
-    result = run_luigi(make_cfg(tmp_path, moto_endpoint), "CountPages", "--source", str(folder), "--output", str(output))
+    result = run_luigi(make_cfg(tmp_path, moto_endpoint), "CountPages", "--source", str(folder),
+                       "--output", str(output))
     assert result.returncode == 0, result.stdout
-    rows = {r["key"]: r for r in sharding.csv_rows(output.read_bytes())}
+    rows = {r["key"]: r for r in counting.csv_rows(output.read_bytes())}
     assert {k: int(r["pages"]) for k, r in rows.items() if r["pages"] and not r["error"]} == {
         str(folder / k): full_parse(d) for k, d in good.items()}
     assert {k for k, r in rows.items() if r["error"]} == {str(folder / k) for k in bad}
@@ -170,10 +171,10 @@ def test_count_pages_killed_after_some_parts_resumes_with_the_missing_ones(tmp_p
     after = keys(s3_client, bucket, parts_prefix)
     assert all(after[k]["LastModified"] == before[k] for k in done_parts)
     assert len([k for k in after if k.split("/")[-1].startswith("part_")]) == 8
-    counted_first = {row["key"] for k in done_parts for row in sharding.csv_rows(get(s3_client, bucket, k))}
+    counted_first = {row["key"] for k in done_parts for row in counting.csv_rows(get(s3_client, bucket, k))}
     fetched_again = {path.split("?")[0] for method, path in watch.log if method == "GET"}
     assert not {f"/{bucket}/{k.removeprefix(f's3://{bucket}/')}" for k in counted_first} & fetched_again
-    rows = sharding.csv_rows(get(s3_client, bucket, "counts/pc.csv"))
+    rows = counting.csv_rows(get(s3_client, bucket, "counts/pc.csv"))
     assert {r["key"]: int(r["pages"]) for r in rows} == {f"s3://{bucket}/{k}": full_parse(d) for k, d in docs.items()}
 
 
@@ -184,7 +185,7 @@ def test_count_pages_retries_server_errors_then_fails_clearly(tmp_path, moto_end
         result = run_luigi(make_cfg(tmp_path, flaky.endpoint, max_attempts=5), *args)
     assert result.returncode == 0, result.stdout
     assert flaky.failed == 3
-    assert sharding.csv_rows(get(s3_client, bucket, "pc.csv"))[0]["pages"] == "2"
+    assert counting.csv_rows(get(s3_client, bucket, "pc.csv"))[0]["pages"] == "2"
 
     with FaultProxy(moto_endpoint, answer_status(500, lambda n: True)) as down:
         result = run_luigi(make_cfg(tmp_path, down.endpoint, max_attempts=2), *args[:-1], f"s3://{bucket}/pc2.csv")
@@ -195,43 +196,6 @@ def test_count_pages_retries_server_errors_then_fails_clearly(tmp_path, moto_end
 
 # --- ShardManifest ---------------------------------------------------------------------------------
 
-def test_balance_is_even_deterministic_and_complete():
-    rng = random.Random(5)
-    documents = {f"s3://b/doc{i:04d}.pdf": int(rng.lognormvariate(3, 1.2)) + 1 for i in range(800)}
-    shards = sharding.balance(documents, 7)
-    assert sorted(u for s in shards for u in s) == sorted(documents)
-    loads = [sum(documents[u] for u in s) for s in shards]
-    assert max(loads) - min(loads) <= max(documents.values())
-    assert max(loads) / (sum(loads) / 7) - 1 < 0.01
-    shuffled = dict(sorted(documents.items(), key=lambda _: rng.random()))
-    assert sharding.balance(shuffled, 7) == shards
-    assert all(s == sorted(s, key=lambda u: (-documents[u], u)) for s in shards)
-
-
-def test_balance_improves_on_largest_first():
-    # Largest-first alone gives 7 and 5 pages here.
-    documents = {"a": 3, "b": 3, "c": 2, "d": 2, "e": 2}
-    assert sorted(sorted(documents[u] for u in s) for s in sharding.balance(documents, 2)) == [[2, 2, 2], [3, 3]]
-
-
-def test_select_documents_rules():
-    rows = [
-        {"key": "s3://b/ok.pdf", "pages": "10", "error": ""},
-        {"key": "s3://b/one.pdf", "pages": "1", "error": ""},
-        {"key": "s3://b/bad.pdf", "pages": "", "error": "truncated: cut short"},
-        {"key": "s3://b/ok.pdf", "pages": "10", "error": ""},
-        {"key": "s3://b/line\nbreak.pdf", "pages": "3", "error": ""},
-        {"key": "relative/x.pdf", "pages": "4", "error": ""},
-    ]
-    with pytest.raises(ValueError, match="--skip-errors"):
-        sharding.select_documents(rows, min_pages=2, skip_errors=False, source_base="s3://b")
-    with pytest.raises(ValueError, match="--source-base"):
-        sharding.select_documents(rows, min_pages=2, skip_errors=True)
-    docs, skipped = sharding.select_documents(rows, min_pages=2, skip_errors=True, source_base="s3://b/")
-    assert docs == {"s3://b/ok.pdf": 10, "s3://b/relative/x.pdf": 4}
-    assert [s["kind"] for s in skipped] == ["min_pages", "error", "duplicate", "bad_key"]
-
-
 def test_shard_manifest_cli_balanced_deterministic_with_filters(tmp_path, moto_endpoint, s3_client, bucket):
     rng = random.Random(11)
     rows = [{"key": f"s3://{bucket}/raw/d{i:03d}.pdf", "size": 1000, "pages": rng.randint(1, 400), "error": ""}
@@ -239,7 +203,7 @@ def test_shard_manifest_cli_balanced_deterministic_with_filters(tmp_path, moto_e
     rows += [{"key": f"s3://{bucket}/raw/bad{i}.pdf", "size": 0, "pages": "", "error": "empty: zero-byte file"}
              for i in range(3)]
     counts = tmp_path / "page_counts_master.csv"
-    counts.write_bytes(sharding.csv_bytes(rows, sharding.MASTER_COLUMNS))
+    counts.write_bytes(counting.csv_bytes(rows, counting.MASTER_COLUMNS))
     cfg = make_cfg(tmp_path, moto_endpoint)
 
     def manifest(prefix: str, *extra: str):
@@ -257,7 +221,7 @@ def test_shard_manifest_cli_balanced_deterministic_with_filters(tmp_path, moto_e
     assert first == second and sorted(first) == [f"shard_{k}.txt" for k in range(1, 5)] + ["shard_summary.json"]
 
     eligible = {r["key"]: r["pages"] for r in rows if not r["error"] and r["pages"] >= 5}
-    listed = [u for k in range(1, 5) for u in sharding.parse_shard_file(first[f"shard_{k}.txt"])]
+    listed = [u for k in range(1, 5) for u in shard_plan.parse_shard_file(first[f"shard_{k}.txt"])]
     assert sorted(listed) == sorted(eligible)
     summary = json.loads(first["shard_summary.json"])
     assert summary["documents"] == len(eligible) and summary["pages"] == sum(eligible.values())
@@ -265,7 +229,7 @@ def test_shard_manifest_cli_balanced_deterministic_with_filters(tmp_path, moto_e
     assert abs(sum(s["share"] for s in summary["shards"]) - 1) < 1e-4
     assert summary["skipped_by_reason"] == {"error": 3, "min_pages": 300 - len(eligible)}
     for shard in summary["shards"]:
-        uris = sharding.parse_shard_file(first[shard["file"]])
+        uris = shard_plan.parse_shard_file(first[shard["file"]])
         assert shard["documents"] == len(uris) and shard["pages"] == sum(eligible[u] for u in uris)
 
 
@@ -276,7 +240,8 @@ WEIRD_KEYS = ["raw/plain.pdf", "raw/with space & (quote's).pdf", "raw/ünïcöd�
 
 
 def put_shard(client, bucket: str, shard: int, uris: list[str]) -> None:
-    client.put_object(Bucket=bucket, Key=f"manifests/shards/{sharding.shard_name(shard)}", Body=sharding.shard_file_bytes(uris))
+    client.put_object(Bucket=bucket, Key=f"manifests/shards/{shard_plan.shard_name(shard)}",
+                      Body=shard_plan.shard_file_bytes(uris))
 
 
 def test_run_shard_with_the_text_engine_end_to_end(tmp_path, moto_endpoint, s3_client, bucket):
@@ -285,8 +250,8 @@ def test_run_shard_with_the_text_engine_end_to_end(tmp_path, moto_endpoint, s3_c
     upload(s3_client, bucket, docs)
     uris = [f"s3://{bucket}/{k}" for k in docs]
     put_shard(s3_client, bucket, 1, uris)
-    counts = sharding.csv_bytes(({"key": u, "size": 1, "pages": i + 1, "error": ""} for i, u in enumerate(uris)),
-                                sharding.MASTER_COLUMNS)
+    counts = counting.csv_bytes(({"key": u, "size": 1, "pages": i + 1, "error": ""} for i, u in enumerate(uris)),
+                                counting.MASTER_COLUMNS)
     s3_client.put_object(Bucket=bucket, Key="pc.csv", Body=counts)
     s3_client.put_object(Bucket=bucket, Key="manifests/shards/shard_summary.json", Body=json.dumps(
         {"page_counts": f"s3://{bucket}/pc.csv", "shards": [{"shard": 1}]}).encode())
@@ -298,11 +263,11 @@ def test_run_shard_with_the_text_engine_end_to_end(tmp_path, moto_endpoint, s3_c
     status = keys(s3_client, bucket, "status/")
     done = {k for k in status if k.endswith(".done")}
     assert len(done) == len(WEIRD_KEYS) and "status/_shards/shard_1.done" not in status
-    failed = json.loads(get(s3_client, bucket, f"status/{sharding.doc_key(uris[-1])}.failed"))
+    failed = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[-1])}.failed"))
     assert failed["attempts"] == 1 and "no record" in failed["error"]
     for key in WEIRD_KEYS:
         uri = f"s3://{bucket}/{key}"
-        outputs = json.loads(get(s3_client, bucket, f"status/{sharding.doc_key(uri)}.done"))["outputs"]
+        outputs = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))["outputs"]
         record = json.loads(get(s3_client, bucket, s3.split(outputs[0])[1]))
         assert record["metadata"]["Source-File"] == uri and "page 0" in record["text"]
     assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
@@ -312,7 +277,7 @@ def test_run_shard_with_the_text_engine_end_to_end(tmp_path, moto_endpoint, s3_c
     assert second.returncode == 0, second.stdout
     after = keys(s3_client, bucket, "status/")
     assert all(after[k]["LastModified"] == status[k]["LastModified"] for k in done)
-    assert json.loads(get(s3_client, bucket, f"status/{sharding.doc_key(uris[-1])}.failed"))["attempts"] == 2
+    assert json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[-1])}.failed"))["attempts"] == 2
     assert json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))["failed"] == [uris[-1]]
     assert "RunShard(shard=1)" in run_luigi(cfg, "RunShard", "--shard", "1").stdout  # complete: nothing runs
 
@@ -329,21 +294,6 @@ def test_run_shard_with_the_text_engine_end_to_end(tmp_path, moto_endpoint, s3_c
     overall = json.loads(cli.stdout)["overall"]
     assert (overall["done_documents"], overall["failed_documents"], overall["remaining_pages"]) == (5, 1, 0)
     assert [m for m, _ in watch.log] == ["GET"] * 4  # summary, shard file, page counts, one LIST
-
-
-def test_shard_status_of_100000_markers_takes_well_under_a_second():
-    uris = [f"s3://b/raw/{i:06d}.pdf" for i in range(100_000)]
-    shards = {k + 1: uris[k::4] for k in range(4)}
-    pages = {u: 3 for u in uris}
-    done = {sharding.doc_key(u) for u in uris[:60_000]}
-    failed = {sharding.doc_key(u) for u in uris[59_000:61_000]}
-    started = time.monotonic()
-    status = sharding.shard_status(shards, pages, done, failed)
-    assert time.monotonic() - started < 1.0
-    assert status["overall"] == {
-        "done_documents": 60_000, "done_pages": 180_000, "failed_documents": 1_000, "failed_pages": 3_000,
-        "remaining_documents": 39_000, "remaining_pages": 117_000, "total_documents": 100_000, "total_pages": 300_000}
-    assert "100.0%" not in sharding.format_status(status)
 
 
 COUNTER_SCRIPT = """\
@@ -376,15 +326,16 @@ def test_run_shard_killed_mid_shard_reruns_without_repeats_or_gaps(tmp_path, mot
         return counter.read_text(encoding="utf-8").splitlines() if counter.exists() else []
 
     argv, env = luigi_command(cfg, "RunShard", "--shard", "2")
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None and time.monotonic() < deadline, "RunShard ended before the kill"
             lines = counted()
-            markers = [k for k in keys(s3_client, bucket, "status/") if k.endswith(".done")]
+            done_markers = [k for k in keys(s3_client, bucket, "status/") if k.endswith(".done")]
             # Kill between documents' bookkeeping: every counted document already has its marker.
-            if len(lines) >= 4 and len(markers) == len(lines) == len(counted()):
+            if len(lines) >= 4 and len(done_markers) == len(lines) == len(counted()):
                 break
             time.sleep(0.05)
     finally:
@@ -396,7 +347,7 @@ def test_run_shard_killed_mid_shard_reruns_without_repeats_or_gaps(tmp_path, mot
     assert result.returncode == 0, result.stdout
     lines = counted()
     assert sorted(lines) == sorted(u for u in uris if "fail" not in u) and len(set(lines)) == len(lines)
-    failed = json.loads(get(s3_client, bucket, f"status/{sharding.doc_key(uris[-1])}.failed"))
+    failed = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[-1])}.failed"))
     assert failed["attempts"] == 1 and "cannot process" in failed["error"]
     summary = json.loads(get(s3_client, bucket, "status/_shards/shard_2.done"))
     assert summary["failed"] == [uris[-1]] and summary["done"] == 12
@@ -425,25 +376,3 @@ def test_preflight_passes_on_a_good_node_and_says_what_to_fix(tmp_path, moto_end
                        min_root_free_gb=0, min_work_free_gb=0)
     result = run_luigi(missing, "Preflight")
     assert result.returncode == 30 and "fix: install no-such-program" in result.stdout
-
-
-# --- naming and commands ---------------------------------------------------------------------------
-
-def test_commands_are_split_then_filled_never_shell_parsed():
-    template = "run_resume_pipeline.py --input {uri} --workdir '{workdir}' --output-s3 {output} --tag=s{shard}"
-    argv = sharding.expand_command(template, {"uri": "s3://b/a b; rm -rf ~.pdf", "workdir": "/w d", "output": "s3://o/x",
-                                              "shard": "3", "input": "", "outdir": ""})
-    assert argv == ["run_resume_pipeline.py", "--input", "s3://b/a b; rm -rf ~.pdf", "--workdir", "/w d",
-                    "--output-s3", "s3://o/x", "--tag=s3"]
-    with pytest.raises(ValueError, match="unknown placeholder"):
-        sharding.expand_command("x {nope}", {})
-
-
-def test_doc_keys_are_one_to_one_and_cannot_escape():
-    assert sharding.doc_key("s3://b/raw/a b.pdf") == "b/raw/a b.pdf"
-    assert sharding.doc_key("s3://b//lead.pdf") == "b/%/lead.pdf"
-    assert sharding.doc_key("s3://b/raw/../x.pdf") == "b/raw/%2E%2E/x.pdf"
-    assert sharding.doc_key("s3://b/raw/%2E%2E/x.pdf") == "b/raw/%252E%252E/x.pdf"
-    assert sharding.marker_uri("s3://s/status/", "s3://b/k.pdf", "done") == "s3://s/status/b/k.pdf.done"
-    assert sharding.output_uri("s3://o/out", "s3://b/raw/k.pdf") == "s3://o/out/b/raw/k"
-    assert sharding.shard_marker_uri("s3://s/status", 3) == "s3://s/status/_shards/shard_3.done"

@@ -12,14 +12,16 @@ import re
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import luigi
 
 from pipeline import atomic, faults, pdf
+from pipeline.layout import InvalidIdentifier, identifier_of
 
 _CLIENTS: dict[tuple[int, S3Settings], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -317,21 +319,26 @@ class Storage:
         return {item.name for item in self.list(prefix)}
 
 
+@dataclass(frozen=True)
+class DownloadItem:
+    """One object as the download stage takes it: the fields of ``stages.download.SourceItem``,
+    which this module cannot import (the download stage imports it: no cycle)."""
+
+    identifier: str
+    uri: str
+    fetch: Callable[[Path], None]  # writes the object's bytes to the given path
+
+
 def iter_download_items(source: str, storage: Storage | None = None) -> Iterator[Any]:
-    """Download's items for an s3:// prefix: a download.SourceItem per .pdf object, or the
+    """The download stage's items for an s3:// prefix: a DownloadItem per .pdf object, or the
     layout.InvalidIdentifier of a key whose file name cannot be an identifier."""
-    from functools import partial
-
-    from pipeline.layout import InvalidIdentifier, identifier_of
-    from pipeline.stages.download import SourceItem
-
     storage = storage or Storage()
     for item in storage.list(folder(source)):
         name = item.name.rsplit("/", 1)[-1]
         if not name.lower().endswith(".pdf"):
             continue
         try:
-            yield SourceItem(identifier_of(name), item.uri, partial(storage.download, item.uri))
+            yield DownloadItem(identifier_of(name), item.uri, partial(storage.download, item.uri))
         except InvalidIdentifier as exc:
             yield exc
 

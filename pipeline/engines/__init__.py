@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -92,22 +93,30 @@ def say(message: str) -> None:
     print(message.encode("utf-8", "backslashreplace").decode("utf-8"), flush=True)
 
 
+# The one list of engines: [ocr] engine and [s3] engine choose from these names (config checks,
+# Preflight and RunShard read it here). Modules are imported when an engine is first asked for,
+# so a chunk job loads only its own.
+ENGINES: dict[str, str] = {
+    "olmocr": "pipeline.engines.olmocr:OlmOCREngine",
+    "tesseract": "pipeline.engines.tesseract:TesseractEngine",
+    "text": "pipeline.engines.text:TextEngine",
+    "command": "pipeline.engines.command:CommandEngine",
+}
+
+
+def engine_names(conjunction: str = "or") -> str:
+    """'olmocr, tesseract, text or command': the engines, for messages that say what to use."""
+    names = list(ENGINES)
+    return f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
+
+
+class EngineFailed(RuntimeError):
+    """The OCR program failed as a whole (exit status, timeout, no output): the chunk is not done."""
+
+
 def get_engine(name: str, settings: EngineSettings | None = None) -> Engine:
-    settings = settings or EngineSettings()
-    if name == "text":
-        from pipeline.engines.text import TextEngine
-
-        return TextEngine(settings)
-    if name == "tesseract":
-        from pipeline.engines.tesseract import TesseractEngine
-
-        return TesseractEngine(settings)
-    if name == "olmocr":
-        from pipeline.engines.olmocr import OlmOCREngine
-
-        return OlmOCREngine(settings)
-    if name == "command":
-        from pipeline.engines.command import CommandEngine
-
-        return CommandEngine(settings)
-    raise ValueError(f"unknown OCR engine {name!r}; use olmocr, tesseract, text or command")
+    if name not in ENGINES:
+        raise ValueError(f"unknown OCR engine {name!r}; use {engine_names()}")
+    module, _, cls = ENGINES[name].partition(":")
+    engine: Engine = getattr(importlib.import_module(module), cls)(settings or EngineSettings())
+    return engine

@@ -5,31 +5,25 @@ absolute PDF path per line, ``{workspace}`` the workspace folder and ``{output}`
 program must write. It runs without a shell; its output is copied into ``workspace/results/`` only
 after it exits with status 0, so a crash never leaves a half-written results file behind.
 
-Also home of ``run_bounded``, the subprocess runner the olmocr engine shares.
+``DocumentCommandEngine`` is the cloud shard's per-document command ([s3] command): its own
+placeholders, one program run per document, its output kept in a log file.
 """
 from __future__ import annotations
 
-import contextlib
-import os
+import shlex
 import shutil
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
 from pipeline import atomic, olmocr_format
-from pipeline.engines import EngineSettings, output_name, page_count, say
+from pipeline.engines import EngineFailed, EngineSettings, output_name, page_count, say
+from pipeline.engines.process import TimedOut, expand, run_bounded
 from pipeline.isolation import Limits, Workers
 
 # A whole chunk may take this long before it is treated as hung: generous, because SLURM's
 # walltime is the real limit on a cluster; this one keeps a local run from waiting forever.
 BASE_SECONDS = 900.0
 SECONDS_PER_PAGE = 30.0
-TERMINATE_GRACE_SECONDS = 20.0
-
-
-class EngineFailed(RuntimeError):
-    """The OCR program failed as a whole (exit status, timeout, no output): the chunk is not done."""
 
 
 def chunk_timeout(pdfs: list[Path], limits: Limits | None = None) -> float:
@@ -64,34 +58,6 @@ def valid_results(produced: Path) -> bytes:
     return b"".join(kept)
 
 
-def run_bounded(args: list[str], *, timeout: float, cwd: Path | None = None) -> int:
-    """Run ``args`` (no shell) and return its exit status; output goes to our stdout/stderr.
-
-    The program gets a process group of its own, so on timeout or interruption every process it
-    started (olmOCR starts a vLLM server) is ended too, not only the first one.
-    """
-    process = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _end_group(process)
-        raise EngineFailed(f"{args[0]} still running after {timeout:.0f} s; stopped") from None
-    except BaseException:
-        _end_group(process)
-        raise
-
-
-def _end_group(process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def write_chunk_list(path: Path, pdfs: list[Path]) -> list[Path]:
     """Write one absolute path per line; returns the PDFs listed (a name with a line break cannot be)."""
     listed = []
@@ -103,16 +69,6 @@ def write_chunk_list(path: Path, pdfs: list[Path]) -> list[Path]:
         listed.append(absolute)
     atomic.write_bytes(path, "".join(f"{p}\n" for p in listed).encode("utf-8", "surrogateescape"))
     return listed
-
-
-def fill_template(template: list[str], values: dict[str, str]) -> list[str]:
-    """Replace the placeholders inside each argument; other braces are left alone."""
-    args = []
-    for arg in template:
-        for key, value in values.items():
-            arg = arg.replace(key, value)
-        args.append(arg)
-    return args
 
 
 class CommandEngine:
@@ -135,8 +91,8 @@ class CommandEngine:
             chunk_list = Path(tmp) / "chunk.txt"
             write_chunk_list(chunk_list, pdfs)
             produced = Path(tmp) / out.name
-            args = fill_template(self.settings.command, {
-                "{chunk_list}": str(chunk_list), "{workspace}": str(workspace), "{output}": str(produced),
+            args = expand(self.settings.command, {
+                "chunk_list": str(chunk_list), "workspace": str(workspace), "output": str(produced),
             })
             say(f"command engine: running {args[0]} on {len(pdfs)} PDFs")
             status = run_bounded(args, timeout=chunk_timeout(pdfs, self.settings.limits()))
@@ -149,3 +105,52 @@ class CommandEngine:
                 say(f"command engine: {out.name} line {line.line_number}: {line.error}")
             atomic.write_bytes(out, valid_results(produced))
         return [out]
+
+
+DOCUMENT_PLACEHOLDERS = ("uri", "input", "workdir", "outdir", "output", "shard")
+
+
+def document_command(template: str, values: dict[str, str]) -> list[str]:
+    """Split the template like a shell would, THEN fill placeholders inside each argument.
+
+    A URI with spaces or quotes stays one argument, and nothing is ever run through a shell; an
+    unknown placeholder raises ValueError.
+    """
+    args = shlex.split(template)
+    if not args:
+        raise ValueError("[s3] command is empty; set it or pick a built-in engine")
+    ordered = {name: values[name] for name in DOCUMENT_PLACEHOLDERS if name in values}  # for the message
+    return expand(args, {**ordered, **values}, strict=True)
+
+
+class DocumentCommandEngine:
+    """One run of the [s3] command for one document of a cloud shard.
+
+    ``values`` fill ``{uri}`` (the document), ``{output}`` (its output prefix), ``{shard}`` and
+    ``{workdir}`` (the document's folder: the working directory, where ``command.log`` goes);
+    ``run`` adds ``{input}`` (the local PDF) and ``{outdir}`` (the workspace). Every file the program
+    leaves in the workspace is an output. The run is bounded by ``timeout`` seconds (0 = none).
+    """
+
+    name = "command"
+
+    def __init__(self, template: str, values: dict[str, str], timeout: float = 0.0) -> None:
+        self.template, self.values, self.timeout = template, values, timeout
+        self.failures: list[dict[str, str]] = []
+
+    def run(self, pdfs: list[Path], workspace: Path) -> list[Path]:
+        (pdf_path,) = pdfs
+        args = document_command(self.template, {**self.values, "input": str(pdf_path), "outdir": str(workspace)})
+        folder = Path(self.values["workdir"])
+        log = folder / "command.log"
+        try:
+            # In our process group: a killed RunShard takes its document commands with it.
+            status = run_bounded(args, timeout=self.timeout, cwd=folder, log=log, own_group=False)
+        except TimedOut as exc:
+            raise EngineFailed(f"command timed out after {exc.seconds:.0f} s") from exc
+        except OSError as exc:
+            raise EngineFailed(f"command could not start: {exc}") from exc
+        if status:
+            tail = log.read_bytes()[-1500:].decode("utf-8", "replace").strip()
+            raise EngineFailed(f"command exited with {status}: {tail}")
+        return sorted(p for p in Path(workspace).rglob("*") if p.is_file())

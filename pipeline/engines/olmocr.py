@@ -25,8 +25,9 @@ import shutil
 from pathlib import Path
 
 from pipeline import atomic
-from pipeline.engines import EngineSettings, say
-from pipeline.engines.command import EngineFailed, chunk_timeout, run_bounded, valid_results, write_chunk_list
+from pipeline.engines import EngineFailed, EngineSettings, say
+from pipeline.engines.command import chunk_timeout, valid_results, write_chunk_list
+from pipeline.engines.process import run_bounded
 
 
 def chunk_key(pdfs: list[Path]) -> str:

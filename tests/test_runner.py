@@ -1,0 +1,118 @@
+"""cloud/runner: one shard's documents through their engine, with .done/.failed markers and the
+attempt policy, on a real moto server (the text engine and small command programs)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import samples
+from pipeline.cloud import markers, runner, s3
+from pipeline.config import OCRConfig, S3Config
+from pipeline.engines import EngineSettings
+from tests.test_shards import get, keys, upload
+
+
+def storage_at(endpoint: str) -> s3.Storage:
+    return s3.Storage(s3.S3Settings(endpoint_url=endpoint))
+
+
+def shard_settings(tmp_path: Path, bucket: str, **values) -> runner.ShardSettings:
+    defaults = {"shard": 1, "status_prefix": f"s3://{bucket}/status", "output_prefix": f"s3://{bucket}/outputs",
+                "work_dir": tmp_path / "work", "engine": "text", "engine_settings": EngineSettings(workers=1),
+                "parallel": 2, "attempts": 2}
+    return runner.ShardSettings(**{**defaults, **values})
+
+
+def test_run_shard_marks_each_document_and_retries_failures_up_to_the_attempts(
+        tmp_path, moto_endpoint, s3_client, bucket):
+    docs = {"raw/a b.pdf": samples.text_pdf(["alpha"]), "raw/ünï.pdf": samples.text_pdf(["beta", "gamma"]),
+            "raw/truncated.pdf": samples.text_pdf(["x"] * 3)[:700] + b"\n%%EOF\n"}
+    upload(s3_client, bucket, docs)
+    uris = [f"s3://{bucket}/{k}" for k in docs] + ["raw/relative.pdf"]
+    settings, storage = shard_settings(tmp_path, bucket), storage_at(moto_endpoint)
+    warnings: list[str] = []
+    lines: list[str] = []
+
+    def progress(percent: float, message: str, force: bool = False) -> None:
+        lines.append(message)
+
+    with pytest.raises(RuntimeError, match=r"shard 1: 1 documents failed \(first: .*truncated.pdf.*rerun RunShard "
+                                           r"--shard 1 to retry them \(at most 2 attempts each\)"):
+        runner.run_shard(storage, settings, uris, progress, warnings.append)
+    assert warnings[0] == ("RunShard 1: shard file line rejected: 'raw/relative.pdf' is neither an s3:// URI "
+                           "nor an absolute path")
+    assert any("truncated.pdf failed (attempt 1)" in w for w in warnings)
+    assert lines[0] == "shard 1: 4 documents, 0 done, 0 failed for good, 3 to run"
+    for uri in uris[:2]:
+        marker = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))
+        assert marker["attempts"] == 1 and marker["shard"] == 1
+        (output,) = marker["outputs"]
+        record = json.loads(get(s3_client, bucket, s3.split(output)[1]))
+        assert record["metadata"]["Source-File"] == uri
+    failed = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[2])}.failed"))
+    assert failed["attempts"] == 1 and "no record" in failed["error"]
+    assert "status/_shards/shard_1.done" not in keys(s3_client, bucket, "status/")
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
+
+    summary = runner.run_shard(storage, settings, uris, progress, warnings.append)
+    assert summary == {"shard": 1, "documents": 4, "done": 2, "failed": [uris[2]],
+                       "rejected": [{"line": "raw/relative.pdf", "reason": warnings[0].split(": ", 2)[2]}]}
+    assert json.loads(get(s3_client, bucket, "status/_shards/shard_1.done")) == summary
+    assert json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[2])}.failed"))["attempts"] == 2
+    assert lines[-1] == "shard 1: finished, 1 documents failed for good"
+
+
+def test_a_done_marker_whose_outputs_are_gone_is_dropped_and_redone(tmp_path, moto_endpoint, s3_client, bucket):
+    upload(s3_client, bucket, {"raw/a.pdf": samples.text_pdf(["a"]), "raw/b.pdf": samples.text_pdf(["b"])})
+    uris = [f"s3://{bucket}/raw/a.pdf", f"s3://{bucket}/raw/b.pdf"]
+    settings, storage = shard_settings(tmp_path, bucket), storage_at(moto_endpoint)
+    runner.run_shard(storage, settings, uris)
+    (lost,) = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[0])}.done"))["outputs"]
+    s3_client.delete_object(Bucket=bucket, Key=s3.split(lost)[1])
+
+    plan = runner.plan_shard(storage, settings, uris)
+    assert (plan.redo, plan.done, plan.todo) == ([uris[0]], [uris[1]], [(uris[0], 0)])
+    assert f"status/{markers.doc_key(uris[0])}.done" not in keys(s3_client, bucket, "status/")
+
+
+def test_the_shard_command_runs_once_per_document_with_its_placeholders(tmp_path, moto_endpoint, s3_client, bucket):
+    upload(s3_client, bucket, {"raw/a b.pdf": samples.text_pdf(["a"]), "raw/slow.pdf": samples.text_pdf(["s"])})
+    script = tmp_path / "engine.py"
+    script.write_text("import pathlib, sys, time\nuri, pdf, outdir, output, shard = sys.argv[1:]\n"
+                      "if 'slow' in uri:\n    time.sleep(600)\n"
+                      "pathlib.Path(outdir, 'result.txt').write_text(' '.join([uri, output, shard]))\n")
+    settings = shard_settings(tmp_path, bucket, engine="command", timeout=1, attempts=1, shard=3,
+                              command=f"{sys.executable} {script} {{uri}} {{input}} {{outdir}} {{output}} {{shard}}")
+    uri, slow = f"s3://{bucket}/raw/a b.pdf", f"s3://{bucket}/raw/slow.pdf"
+    storage = storage_at(moto_endpoint)
+
+    done = runner.run_document(storage, settings, uri)
+    output = markers.output_uri(settings.output_prefix, uri)
+    assert done.ok and done.outputs == [f"{output}/result.txt"]
+    assert get(s3_client, bucket, s3.split(done.outputs[0])[1]).decode() == f"{uri} {output} 3"
+    hung = runner.run_document(storage, settings, slow)
+    assert not hung.ok and hung.error == "command timed out after 1 s"
+    assert json.loads(get(s3_client, bucket, f"status/{markers.doc_key(slow)}.failed"))["error"] == hung.error
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
+
+
+def test_shard_settings_take_s3_over_ocr(tmp_path):
+    cfg = S3Config(status_prefix="s3://b/status", output_prefix="s3://b/out", work_dir=str(tmp_path / "w"),
+                   engine="command", command="ocr-one {input} {outdir}", document_timeout=30.0, parallel_documents=3)
+    ocr = OCRConfig(engine="tesseract", command="chunk-ocr {chunk_list} {output}", tesseract_lang="deu")
+    settings = runner.ShardSettings.from_config(4, cfg, ocr)
+    assert (settings.engine, settings.command, settings.timeout, settings.parallel) == (
+        "command", "ocr-one {input} {outdir}", 30.0, 3)
+    assert settings.engine_settings == EngineSettings.from_config(ocr)
+    assert settings.work_dir == (tmp_path / "w").resolve()
+    from_ocr = runner.ShardSettings.from_config(4, S3Config(status_prefix="s", output_prefix="o"), ocr)
+    assert from_ocr.engine == "tesseract"
+    with pytest.raises(ValueError, match="use one of olmocr, tesseract, text, command"):
+        runner.ShardSettings.from_config(1, S3Config(status_prefix="s", output_prefix="o", engine="gpu"), ocr)
+    with pytest.raises(ValueError, match=r"set command in luigi.cfg \[s3\]"):
+        runner.ShardSettings.from_config(1, S3Config(status_prefix="s", output_prefix="o", engine="command"), ocr)
+    with pytest.raises(ValueError, match=r"set status_prefix, output_prefix in luigi.cfg \[s3\]"):
+        runner.ShardSettings.from_config(1, S3Config(), ocr)
