@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.executors.slurm import client as slurm
+from pipeline.executors.base import SlurmError
+from pipeline.executors.slurm.client import SlurmClient
 from pipeline.layout import BatchPaths
 
 from .conftest import Site, snapshot, write_config
@@ -29,6 +30,9 @@ from .invariants import Reference, assert_converged, reference
 from .s3server import RETCODES
 from .test_slurm import cluster  # noqa: F401  (the fixture)
 from .test_slurm_luigi import call_log, events, read_calls, wait_until  # noqa: F401  (call_log: a fixture)
+
+# The commands of the dev cluster.
+slurm = SlurmClient()
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
@@ -372,30 +376,31 @@ def test_sacct_failing_falls_back_to_the_controller(monkeypatch: pytest.MonkeyPa
     def answer(command: str, args: list[str]) -> str:
         calls.append(command)
         if command == "sacct":
-            raise slurm.SlurmError("sacct -j 7 failed (exit 1): Problem talking to the database: Connection refused")
+            raise SlurmError("sacct -j 7 failed (exit 1): Problem talking to the database: Connection refused")
         if command == "squeue":
             return "7_0|RUNNING|0:05|2026-01-01T00:00:00|2026-01-01T02:00:00|None\n"
         raise AssertionError(f"unexpected {command}")
 
-    monkeypatch.setattr(slurm, "_run", answer)
-    assert {k: s.state for k, s in slurm.query(["7"]).items()} == {"7_0": "RUNNING"}
+    client = SlurmClient()
+    monkeypatch.setattr(client, "_run", answer)
+    assert {k: s.state for k, s in client.query(["7"]).items()} == {"7_0": "RUNNING"}
     assert calls == ["sacct", "squeue"]
 
     def nothing_answers(command: str, args: list[str]) -> str:
-        raise slurm.SlurmError(f"{command} failed (exit 1): Unable to contact slurm controller")
+        raise SlurmError(f"{command} failed (exit 1): Unable to contact slurm controller")
 
-    monkeypatch.setattr(slurm, "_run", nothing_answers)
-    with pytest.raises(slurm.SlurmError, match="sacct failed.*the controller could not answer either"):
-        slurm.query(["7"])
+    monkeypatch.setattr(client, "_run", nothing_answers)
+    with pytest.raises(SlurmError, match="sacct failed.*the controller could not answer either"):
+        client.query(["7"])
 
 
 def test_a_requeued_job_that_sacct_calls_node_fail_is_not_submitted_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.executors.base import ChunkRun
-    from pipeline.executors.slurm.client import JobState
     from pipeline.executors.slurm.executor import SlurmExecutor
+    from pipeline.executors.slurm.parse import JobState
+    from pipeline.executors.walltime import WalltimeModel
     from pipeline.layout import Layout
-    from pipeline.stages.chunks import WalltimeModel
 
     layout = Layout(tmp_path / "data", 2)
     paths = BatchPaths(layout.batch_dir(7))
@@ -420,11 +425,12 @@ def test_a_requeued_job_that_sacct_calls_node_fail_is_not_submitted_again(
         return {"101_0": JobState("101", 0, step["requeued"]), "101_1": JobState("101", 1, step["ended"])}
 
     # The controller holds chunk 0 again (requeued); chunk 1's NODE_FAIL is final.
-    monkeypatch.setattr(slurm, "submit", submit)
-    monkeypatch.setattr(slurm, "query", query)
-    monkeypatch.setattr(slurm, "query_controller", lambda ids: {
+    client = SlurmClient()
+    monkeypatch.setattr(client, "submit", submit)
+    monkeypatch.setattr(client, "query", query)
+    monkeypatch.setattr(client, "query_controller", lambda ids: {
         "101_0": JobState("101", 0, "PENDING"), "101_1": JobState("101", 1, "NODE_FAIL")})
-    monkeypatch.setattr(slurm, "partition_max_time", lambda partition=None: 3600)
-    SlurmExecutor(layout, ["true"], sleep=lambda s: None, walltime=WalltimeModel(60, 1, 0)).run(
+    monkeypatch.setattr(client, "partition_max_time", lambda partition=None: 3600)
+    SlurmExecutor(layout, ["true"], client=client, sleep=lambda s: None, walltime=WalltimeModel(60, 1, 0)).run(
         paths, [ChunkRun(0, 1, 1), ChunkRun(1, 1, 1)], lambda *a: None)
     assert submitted == [[0, 1], [1]]
