@@ -1,5 +1,5 @@
-"""pipeline.executors.base: how ends are described, attempts counted across runs, and the one factory
-that builds either executor from the [ocr] and [slurm] settings."""
+"""pipeline.executors.base: the one factory that builds either executor from the [ocr] and [slurm]
+settings, and the walltime a run plans with."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import events
 from pipeline.config import OCRConfig, SlurmConfig
-from pipeline.executors.base import describe_end, failed_attempts, make_executor, planned_walltime
+from pipeline.executors.base import make_executor, planned_walltime
 from pipeline.executors.local import LocalExecutor
 from pipeline.executors.slurm.executor import SlurmExecutor
 from pipeline.executors.walltime import WalltimeModel
@@ -26,29 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
     return Layout(tmp_path / "data", 2)
-
-
-@pytest.mark.parametrize("state, code, text", [
-    ("FAILED", "1:0", "FAILED (exit code 1:0)"),
-    ("FAILED", "0:11", "FAILED (killed by SIGSEGV)"),
-    ("OUT_OF_MEMORY", "0:125", "OUT_OF_MEMORY (killed by signal 125)"),
-    ("COMPLETED", "0:0", "COMPLETED without writing its done marker"),
-    ("NODE_FAIL", None, "NODE_FAIL (exit code unknown)"),
-])
-def test_how_an_end_is_described(state: str, code: str | None, text: str) -> None:
-    assert describe_end(state, code) == text
-
-
-def test_failed_attempts_count_per_chunk_until_a_reset(layout: Layout) -> None:
-    events.log_event(layout.events, "slurm_chunk_failed", batch="0002", chunk=0, job_id="7", state="TIMEOUT")
-    events.log_event(layout.events, "local_chunk_failed", batch="0002", chunk=1, state="FAILED")
-    events.log_event(layout.events, "slurm_chunk_failed", batch="0003", chunk=0, job_id="8", state="FAILED")
-    events.log_event(layout.events, "chunk_attempts_reset", batch="0002", chunks=[1])
-    events.log_event(layout.events, "slurm_chunk_failed", batch="0002", chunk=0, job_id="9", state="FAILED")
-    counted = failed_attempts(layout.events, "0002")
-    assert {chunk: [e["state"] for e in found] for chunk, found in counted.items()} == {0: ["TIMEOUT", "FAILED"]}
-    ever = failed_attempts(layout.events, "0002", forget=False)
-    assert sorted(ever) == [0, 1]
 
 
 def test_the_factory_builds_the_local_executor_from_settings(layout: Layout) -> None:

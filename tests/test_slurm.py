@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.executors.base import SlurmError
 from pipeline.executors.slurm.client import AccountingDisabled, Backoff, PollInterval, SlurmClient, job_name
-from pipeline.executors.slurm.parse import JobState
+from pipeline.executors.slurm.parse import JobState, SlurmError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurm"
 JOBS = json.loads((FIXTURES / "jobs.json").read_text())

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from pipeline import events
-from pipeline.executors.base import ChunkRun, SlurmError
+from pipeline.executors.base import ChunkRun
 from pipeline.executors.slurm.client import SlurmClient
 from pipeline.executors.slurm.executor import SlurmExecutor, latest_submissions
-from pipeline.executors.slurm.parse import JobState, task_key
+from pipeline.executors.slurm.parse import JobState, SlurmError, task_key
 from pipeline.executors.walltime import WalltimeModel, capped
 from pipeline.layout import BatchPaths, Layout
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.executors.base import SlurmError
 from pipeline.executors.slurm.client import SlurmClient
+from pipeline.executors.slurm.parse import SlurmError
 from pipeline.layout import BatchPaths
 
 from .conftest import Site, snapshot, write_config

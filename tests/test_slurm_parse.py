@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.executors.base import SlurmError
 from pipeline.executors.slurm import parse as slurm
-from pipeline.executors.slurm.parse import JobState
+from pipeline.executors.slurm.parse import JobState, SlurmError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurm"
 JOBS = json.loads((FIXTURES / "jobs.json").read_text())

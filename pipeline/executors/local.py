@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import atomic, events
-from pipeline.executors.base import ChunkOutcome, ChunkRun, Progress, attempt_count, describe_end, failed_attempts
+from pipeline.executors.attempts import ChunkOutcome, ChunkRun, Progress, attempt_count, describe_end, failed_attempts
 from pipeline.executors.jobscript import render, write_job_script
 from pipeline.executors.records import local_record
 from pipeline.executors.slurm.states import COMPLETED, FAILED

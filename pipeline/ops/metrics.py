@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import atomic, events, pdf
-from pipeline.executors.base import SlurmError
 from pipeline.executors.records import Attempt, attempts, completed_chunks
 from pipeline.executors.slurm.client import SlurmClient
 from pipeline.executors.slurm.executor import record_missing_ends
+from pipeline.executors.slurm.parse import SlurmError
 from pipeline.executors.walltime import Fit, fit_startup, samples
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages import batches, bisect

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import sh
 
-from pipeline.executors.base import SlurmError
 from pipeline.executors.slurm.parse import (
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     JobState,
+    SlurmError,
     compress_indices,
     parse_config,
     parse_duration,

@@ -29,18 +29,17 @@ from typing import Any
 
 from pipeline import events
 from pipeline.executors import records
-from pipeline.executors.base import (
+from pipeline.executors.attempts import (
     ChunkOutcome,
     ChunkRun,
     Progress,
-    SlurmError,
     attempt_count,
     describe_end,
     failed_attempts,
 )
 from pipeline.executors.jobscript import render, write_job_script
 from pipeline.executors.slurm.client import Backoff, PollInterval, SlurmClient, job_name
-from pipeline.executors.slurm.parse import JobState, task_key
+from pipeline.executors.slurm.parse import JobState, SlurmError, task_key
 from pipeline.executors.slurm.states import FAILED, TIMEOUT
 from pipeline.executors.walltime import WalltimeModel, capped
 from pipeline.layout import BatchPaths, Layout

@@ -9,7 +9,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.executors.base import SlurmError
 from pipeline.executors.slurm.states import base_state, outcome
 
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "ElapsedRaw", "Start", "End", "Reason")
@@ -21,6 +20,10 @@ _ARRAY_ID = re.compile(r"^(\d+)_(\d+)$")
 _ARRAY_RANGE = re.compile(r"^(\d+)_\[([^\]]*)\]$")
 _PLAIN_ID = re.compile(r"^(\d+)$")
 _KEY_VALUE = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=(\S*)")
+
+
+class SlurmError(RuntimeError):
+    """A SLURM command failed or answered something unreadable; the jobs themselves may be fine."""
 
 
 @dataclass(frozen=True)
