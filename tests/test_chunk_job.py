@@ -100,7 +100,8 @@ def texts_of(paths: BatchPaths, results: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("stage", [False, True])
-def test_every_document_has_its_results_with_or_without_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: bool) -> None:
+def test_every_document_has_its_results_with_or_without_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                stage: bool) -> None:
     pages = {"one.pdf": ["First page of one", "Second page of one"], "two.pdf": ["Only page of two"]}
     paths = make_chunk(tmp_path, {name: samples.text_pdf(text) for name, text in pages.items()})
     node = tmp_path / "node_tmp"
