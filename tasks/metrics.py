@@ -1,12 +1,12 @@
 """MetricsSummary: how fast chunks run here and how long the waiting work will take."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import luigi
 
-from pipeline import atomic, events
 from pipeline.config import OCRConfig, SlurmConfig
-from pipeline.executors.slurm.client import SlurmError
-from pipeline.executors.slurm.executor import record_missing_ends
+from pipeline.executors.slurm.client import SlurmClient
 from pipeline.ops import metrics
 
 from .base import ProgressMixin, layout
@@ -25,19 +25,12 @@ class MetricsSummary(ProgressMixin, luigi.Task):
         return self._written
 
     def run(self) -> None:
-        lay = layout()
-        ocr = OCRConfig()
-        note = ""
-        if ocr.executor == "slurm":
-            try:
-                added = record_missing_ends(lay)
-                note = f"; {added} job ends read back from sacct" if added else ""
-            except SlurmError as exc:
-                note = f"; jobs without end records stay unmeasured ({exc})"
-        parallel = SlurmConfig().array_throttle if ocr.executor == "slurm" else ocr.parallel_chunks
-        summary = metrics.summarize(metrics.attempts(events.read(lay.metrics)), metrics.waiting_work(lay),
-                                    pages_per_chunk=ocr.pages_per_chunk, parallel=parallel or None)
-        atomic.write_json(self.output().path, {**summary, "time": events.now_iso()})
+        ocr, slurm = OCRConfig(), SlurmConfig()
+        on_slurm = ocr.executor == "slurm"
+        summary, note = metrics.write_summary(
+            layout(), Path(self.output().path), pages_per_chunk=ocr.pages_per_chunk,
+            parallel=(slurm.array_throttle if on_slurm else ocr.parallel_chunks) or None,
+            slurm=SlurmClient(slurm.command_timeout) if on_slurm else None)
         self._written = True
         self.report(1, 1, f"{summary['chunks_done']} chunks, {summary['pages_done']} pages measured{note}")
         print("\n" + metrics.format_summary(summary), flush=True)

@@ -1,4 +1,5 @@
-"""The chunk job: a done marker that lists every PDF without a record, and why it has none."""
+"""pipeline.executors.chunk_job in this process (and once as the command the job script runs): results
+in place before the done marker, which lists every PDF without a record and why it has none."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import atomic, samples
+import pytest
+
+from pipeline import atomic, olmocr_format, samples
 from pipeline.engines import EngineSettings
-from pipeline.executors.chunk_job import run_chunk
+from pipeline.executors.chunk_job import main, run_chunk
 from pipeline.executors.jobscript import job_command
 from pipeline.layout import BatchPaths
 from pipeline.stages.integrity import failure_of
@@ -84,3 +87,67 @@ def test_a_document_the_engine_dropped_gets_its_lines_of_this_runs_log(tmp_path:
     assert failure["file"] == "dropped.pdf" and failure["error"] == "NoRecord"
     assert "command engine wrote no record" in failure["message"]
     assert failure["log"] == "my-ocr: dropped.pdf: page 2: model output could not be parsed"
+
+
+def texts_of(paths: BatchPaths, results: list[str]) -> dict[str, str]:
+    """{PDF file name: text} of the records in the chunk's result files."""
+    found = {}
+    for name in results:
+        for line in olmocr_format.iter_records(paths.results / name):
+            assert line.record is not None, line.error
+            found[Path(olmocr_format.source_file_of(line.record) or "").name] = line.record["text"]
+    return found
+
+
+@pytest.mark.parametrize("stage", [False, True])
+def test_every_document_has_its_results_with_or_without_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                stage: bool) -> None:
+    pages = {"one.pdf": ["First page of one", "Second page of one"], "two.pdf": ["Only page of two"]}
+    paths = make_chunk(tmp_path, {name: samples.text_pdf(text) for name, text in pages.items()})
+    node = tmp_path / "node_tmp"
+    node.mkdir()
+    monkeypatch.delenv("SLURM_TMPDIR", raising=False)
+    if stage:  # a node-local folder: PDFs are read from there, results copied back
+        monkeypatch.setenv("SLURM_TMPDIR", str(node))
+    else:
+        monkeypatch.delenv("PIPELINE_STAGE_DIR", raising=False)
+    record = run_chunk(paths, 0, "text", EngineSettings(workers=1))
+    assert (record["documents"], record["records"], record["missing"], record["failed"]) == (2, 2, [], [])
+    assert record["job_id"] == os.environ.get("SLURM_JOB_ID", "local") and record["engine"] == "text"
+    texts = texts_of(paths, record["results"])
+    assert sorted(texts) == ["one.pdf", "two.pdf"]
+    assert all(page in texts[name] for name, text in pages.items() for page in text)
+    assert list(node.iterdir()) == []  # the staged copies are gone
+
+
+def test_a_done_chunk_is_not_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_TMPDIR", raising=False)
+    monkeypatch.delenv("PIPELINE_STAGE_DIR", raising=False)
+    paths = make_chunk(tmp_path, {"one.pdf": samples.text_pdf(["Some text"])})
+    first = run_chunk(paths, 0, "text", EngineSettings(workers=1))
+    before = {p: p.read_bytes() for p in paths.results.iterdir()}
+    (paths.dir / "one.pdf").unlink()  # a rerun that read its input again would fail
+    assert run_chunk(paths, 0, "text", EngineSettings(workers=1)) == first
+    assert {p: p.read_bytes() for p in paths.results.iterdir()} == before
+
+
+def test_the_command_line_runs_one_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_TMPDIR", raising=False)
+    monkeypatch.delenv("PIPELINE_STAGE_DIR", raising=False)
+    paths = make_chunk(tmp_path, {"one.pdf": samples.text_pdf(["Chunk one"])}, index=1)
+    settings = EngineSettings(workers=1, document_timeout=30)
+    assert main(["--batch-dir", str(paths.dir), "--engine", "text", "--settings", settings.to_json(),
+                 "--chunk", "1"]) == 0
+    assert atomic.read_json(paths.done_marker(1))["records"] == 1
+    assert not paths.done_marker(0).exists()
+
+
+def test_the_chunk_job_starts_without_luigi_or_the_tasks(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.chunk_job", "--help"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=True)
+    assert "--batch-dir" in result.stdout
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "pipeline.executors.chunk_job" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("luigi", "tasks", "sh", "boto3")
+                or m in ("pipeline.config", "pipeline.executors.slurm.client")}

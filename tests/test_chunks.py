@@ -1,5 +1,5 @@
-"""pipeline.stages.chunks: packing, retry chunks and the walltime model, checked against independent
-arithmetic; the plan of a real batch (chunks.json and its chunk lists)."""
+"""pipeline.stages.chunks: packing and retry chunks, checked against independent arithmetic; the plan of
+a real batch (chunks.json and its chunk lists)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import events
+from pipeline.executors.walltime import WalltimeModel
 from pipeline.layout import Layout
 from pipeline.stages import chunks
-from pipeline.stages.chunks import WalltimeModel, format_walltime, pack_chunks, retry_chunks
+from pipeline.stages.chunks import pack_chunks, retry_chunks
 
 from .stage_inputs import batch, write_results
 
@@ -115,47 +116,6 @@ def test_packing_is_deterministic_whatever_the_input_order(seed):
     shuffled = pack_chunks(dict(shuffled_items), limit)
     as_tuples = lambda chunks: [(c.index, c.pages, c.identifiers) for c in chunks]  # noqa: E731
     assert as_tuples(first) == as_tuples(again) == as_tuples(shuffled)
-
-
-# --- walltime -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("pages, expected", [
-    (0, 360),          # (300 + 0) * 1.2
-    (100, 1080),       # (300 + 600) * 1.2
-    (1500, 11160),     # (300 + 9000) * 1.2
-])
-def test_default_walltime_is_base_plus_six_seconds_a_page_plus_twenty_percent(pages, expected):
-    assert WalltimeModel().seconds(pages) == expected
-
-
-def test_walltime_fractions_round_up_to_whole_seconds():
-    # (300 + 6 * 7) * 1.2 = 410.4: the job must not get less than the model says
-    assert WalltimeModel().seconds(7) == 411
-
-
-def test_walltime_settings_factor_and_cap():
-    model = WalltimeModel(base_seconds=60, seconds_per_page=2, buffer=0.5)
-    assert model.seconds(10) == 120               # (60 + 20) * 1.5
-    assert model.seconds(10, factor=2) == 240     # a resubmission after TIMEOUT gets more
-    capped = WalltimeModel(max_seconds=3600)
-    assert capped.seconds(100) == 1080            # under the cap: unchanged
-    assert capped.seconds(1500) == 3600           # 11160 capped by the partition
-    assert capped.seconds(100, factor=10) == 3600
-
-
-@pytest.mark.parametrize("seconds, text", [
-    (0, "00:01:00"),
-    (59, "00:01:00"),
-    (60, "00:01:00"),
-    (61, "00:02:00"),
-    (3600, "01:00:00"),
-    (11160, "03:06:00"),
-    (86400, "1-00:00:00"),
-    (90061, "1-01:02:00"),
-    (3 * 86400 + 5 * 3600 + 7 * 60, "3-05:07:00"),
-])
-def test_format_walltime_is_slurm_time_rounded_up_to_minutes(seconds, text):
-    assert format_walltime(seconds) == text
 
 
 # --- retry chunks ---------------------------------------------------------------------------------

@@ -1,33 +1,26 @@
-"""pipeline.executors.base.LocalExecutor: real job processes, retried like on SLURM, one outcome per chunk."""
+"""pipeline.executors.base: the one factory that builds either executor from the [ocr] and [slurm]
+settings, and the walltime a run plans with."""
 from __future__ import annotations
 
-import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pipeline import events
-from pipeline.executors.base import ChunkRun, LocalExecutor, describe_end, exit_code_text
+from pipeline.config import OCRConfig, SlurmConfig
+from pipeline.executors.base import make_executor, planned_walltime
+from pipeline.executors.local import LocalExecutor
+from pipeline.executors.slurm.executor import SlurmExecutor
+from pipeline.executors.walltime import WalltimeModel
 from pipeline.layout import BatchPaths, Layout
 
-# The job script: plan_NNN lists one mode per attempt (the last one repeats).
-JOB = """#!/bin/bash
-dir=%s
-chunk=$SLURM_ARRAY_TASK_ID
-n=$(printf %%03d "$chunk")
-echo run >> "$dir/attempts_$n"
-attempt=$(wc -l < "$dir/attempts_$n")
-read -r -a modes < "$dir/plan_$n"
-mode=${modes[$((attempt - 1))]:-${modes[-1]}}
-echo "chunk $chunk attempt $attempt: $mode"
-case $mode in
-    ok) mkdir -p "$dir/results/done"; echo '{"chunk": '"$chunk"', "missing": []}' > "$dir/results/done/chunk_$n.done" ;;
-    fail) exit 3 ;;
-    nomarker) exit 0 ;;
-    abort) kill -ABRT $$ ;;
-esac
-"""
+from .test_metrics import recorded
+from .test_slurm import cluster  # noqa: F401  (the fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -35,94 +28,60 @@ def layout(tmp_path: Path) -> Layout:
     return Layout(tmp_path / "data", 2)
 
 
-@pytest.fixture
-def paths(layout: Layout) -> BatchPaths:
-    paths = BatchPaths(layout.batch_dir(5))
-    paths.dir.mkdir(parents=True)
-    return paths
+def test_the_factory_builds_the_local_executor_from_settings(layout: Layout) -> None:
+    paths = BatchPaths(layout.batch_dir(4))
+    executor = make_executor(layout, paths, OCRConfig(executor="local", engine="text", parallel_chunks=3),
+                             SlurmConfig(max_retries=5))
+    assert isinstance(executor, LocalExecutor)
+    assert (executor.parallel, executor.max_retries) == (3, 5)
+    assert executor.command[1:] == ["-m", "pipeline.chunk_job", "--batch-dir", str(paths.dir), "--engine", "text",
+                                    "--settings", executor.command[-1]]
 
 
-def plan(paths: BatchPaths, **modes: str) -> list[ChunkRun]:
-    for name, mode in modes.items():
-        (paths.dir / f"plan_{int(name.lstrip('c')):03d}").write_text(mode + "\n")
-    return [ChunkRun(int(name.lstrip("c")), 1, 1) for name in modes]
+def test_the_factory_builds_the_slurm_executor_from_settings(layout: Layout) -> None:
+    paths = BatchPaths(layout.batch_dir(4))
+    slurm = SlurmConfig(partition="short", account="lab", gres="gpu:1", cpus_per_task=4, mem="8G",
+                        extra_args="--qos=high --comment='two words'", directives="--nice=7\n\n --hint=nomultithread",
+                        env_setup="module load cuda\n", array_throttle=3, walltime_base_seconds=60,
+                        walltime_seconds_per_page=2, walltime_buffer=0.5, max_retries=4, command_timeout=7,
+                        poll_initial_seconds=2, cancel_on_exit=True)
+    executor = make_executor(layout, paths, OCRConfig(executor="slurm", engine="tesseract"), slurm)
+    assert isinstance(executor, SlurmExecutor)
+    assert executor.client.timeout == 7  # [slurm] command_timeout reaches every SLURM command
+    assert (executor.partition, executor.account, executor.gres, executor.cpus_per_task, executor.mem) == (
+        "short", "lab", "gpu:1", 4, "8G")
+    assert executor.extra_args == ["--qos=high", "--comment=two words"]  # split like a shell, never run by one
+    assert executor.directives == ["--nice=7", "--hint=nomultithread"] and executor.env_setup == ["module load cuda"]
+    assert (executor.array_throttle, executor.max_retries, executor.poll_initial, executor.cancel_on_exit) == (
+        3, 4, 2, True)
+    assert executor.walltime == WalltimeModel(60, 2, 0.5)  # capped when it runs, by the partition's MaxTime
+    assert "--engine" in executor.command and "tesseract" in executor.command
 
 
-def attempts(paths: BatchPaths, index: int) -> int:
-    path = paths.dir / f"attempts_{index:03d}"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+def test_planned_walltime_of_a_local_run_needs_no_slurm(layout: Layout) -> None:
+    events.append(layout.metrics, recorded())
+    slurm = SlurmConfig(walltime_model="fitted", walltime_base_seconds=100)
+    assert planned_walltime(layout, OCRConfig(executor="local"), slurm).seconds(100) == 288  # (40 + 2 * 100) * 1.2
+    # In a process of its own: no SLURM module is loaded, no SLURM command runs (none is on PATH).
+    # The package is imported as `python -m pipeline.<tool>` does, without the tasks (which load them all).
+    code = ("import sys\n"
+            "sys.argv[:1] = ['-m']\n"
+            "from pathlib import Path\n"
+            "from pipeline.config import OCRConfig, SlurmConfig\n"
+            "from pipeline.executors.base import planned_walltime\n"
+            "from pipeline.layout import Layout\n"
+            f"model = planned_walltime(Layout(Path({str(layout.base)!r}), 2), OCRConfig(executor='local'), "
+            "SlurmConfig(walltime_model='fitted'))\n"
+            "print(model.seconds(100), sorted(m for m in sys.modules if m.startswith('pipeline.executors.slurm.')"
+            " or m == 'sh'))\n")
+    env = {**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "288 ['pipeline.executors.slurm.states']"
 
 
-def executor(layout: Layout, paths: BatchPaths, **options: Any) -> LocalExecutor:
-    return LocalExecutor(layout, JOB % paths.dir, **{"parallel": 2, **options})
-
-
-def failed_events(layout: Layout) -> list[dict[str, Any]]:
-    return [e for e in events.read(layout.events) if e["event"] == "local_chunk_failed"]
-
-
-def test_failures_are_retried_then_reported_per_chunk(layout: Layout, paths: BatchPaths) -> None:
-    chunks = plan(paths, c0="ok", c1="fail ok", c2="fail", c3="nomarker", c4="abort")
-    messages: list[str] = []
-    outcomes = executor(layout, paths, max_retries=1).run(paths, chunks, lambda d, t, m: messages.append(m))
-    assert {i: o.done for i, o in outcomes.items()} == {0: True, 1: True, 2: False, 3: False, 4: False}
-    assert [attempts(paths, i) for i in range(5)] == [1, 2, 2, 2, 2]
-    assert (outcomes[1].attempts, outcomes[2].attempts) == (2, 2)
-    assert [(outcomes[i].state, outcomes[i].exit_code) for i in (2, 3, 4)] == [
-        ("FAILED", "3:0"), ("COMPLETED", "0:0"), ("FAILED", "0:6")]
-    assert outcomes[2].message == (f"batch 0005 chunk 2: ended FAILED (exit code 3:0) after 2 attempts; "
-                                   f"log: {paths.chunk_log(2)}")
-    assert "COMPLETED without writing its done marker" in outcomes[3].message
-    assert "killed by SIGABRT" in outcomes[4].message
-    assert all(outcomes[i].log == str(paths.chunk_log(i)) for i in range(5))
-    # Both attempts are in the chunk's log, one after the other.
-    assert [line for line in paths.chunk_log(2).read_text().splitlines() if "attempt" in line] == [
-        "--- attempt 1 of chunk 2 ---", "chunk 2 attempt 1: fail", "--- attempt 2 of chunk 2 ---",
-        "chunk 2 attempt 2: fail"]
-    assert sorted((e["chunk"], e["attempt"]) for e in failed_events(layout)) == [
-        (1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)]
-    assert any("chunk 2 ended FAILED (exit code 3:0); running it again (attempt 2)" in m for m in messages)
-    states = [(m["chunk"], m["state"], m["exit_code"]) for m in events.read(layout.metrics)]
-    assert sorted(states) == [(0, "COMPLETED", 0), (1, "COMPLETED", 0), (1, "FAILED", 3), (2, "FAILED", 3),
-                              (2, "FAILED", 3), (3, "FAILED", 0), (3, "FAILED", 0), (4, "FAILED", -6), (4, "FAILED", -6)]
-
-
-def test_a_chunk_can_have_its_own_retry_limit(layout: Layout, paths: BatchPaths) -> None:
-    plan(paths, c0="fail")
-    [outcome] = executor(layout, paths, max_retries=3).run(paths, [ChunkRun(0, 1, 1, max_retries=0)],
-                                                           lambda *a: None).values()
-    assert (outcome.done, outcome.attempts, attempts(paths, 0)) == (False, 1, 1)
-
-
-def test_attempts_count_across_runs_and_done_chunks_never_run_again(layout: Layout, paths: BatchPaths) -> None:
-    chunks = plan(paths, c0="ok", c1="fail")
-    executor(layout, paths, max_retries=1).run(paths, chunks, lambda *a: None)
-    assert (attempts(paths, 0), attempts(paths, 1)) == (1, 2)
-
-    # A rerun: chunk 0 is done, chunk 1 used its attempts; nothing runs, the outcomes say so.
-    again = executor(layout, paths, max_retries=1).run(paths, chunks, lambda *a: None)
-    assert (attempts(paths, 0), attempts(paths, 1)) == (1, 2)
-    assert again[0].done and (again[1].done, again[1].state, again[1].exit_code) == (False, "FAILED", "3:0")
-    assert "after 2 attempts" in again[1].message
-
-    # Once its attempts are forgotten (the engine was broken and is fixed), it runs again.
-    (paths.dir / "plan_001").write_text("ok\n")
-    events.log_event(layout.events, "chunk_attempts_reset", batch="0005", chunks=[1])
-    fixed = executor(layout, paths, max_retries=1).run(paths, chunks, lambda *a: None)
-    assert fixed[1].done and attempts(paths, 1) == 3
-    assert json.loads(paths.done_marker(1).read_text())["chunk"] == 1
-
-
-@pytest.mark.parametrize("state, code, text", [
-    ("FAILED", "1:0", "FAILED (exit code 1:0)"),
-    ("FAILED", "0:11", "FAILED (killed by SIGSEGV)"),
-    ("OUT_OF_MEMORY", "0:125", "OUT_OF_MEMORY (killed by signal 125)"),
-    ("COMPLETED", "0:0", "COMPLETED without writing its done marker"),
-    ("NODE_FAIL", None, "NODE_FAIL (exit code unknown)"),
-])
-def test_how_an_end_is_described(state: str, code: str | None, text: str) -> None:
-    assert describe_end(state, code) == text
-
-
-def test_exit_codes_in_slurms_form() -> None:
-    assert (exit_code_text(0), exit_code_text(3), exit_code_text(-6)) == ("0:0", "3:0", "0:6")
+@pytest.mark.slurm
+def test_planned_walltime_of_a_slurm_run_is_capped_by_the_partition(cluster: None, layout: Layout) -> None:
+    model = planned_walltime(layout, OCRConfig(executor="slurm"), SlurmConfig(partition="short"))
+    assert model.seconds(1000) == 60  # MaxTime=00:01:00
+    assert planned_walltime(layout, OCRConfig(executor="slurm"), SlurmConfig()).seconds(2000) == 7200  # default: 2 h

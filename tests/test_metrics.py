@@ -1,5 +1,7 @@
 """pipeline.ops.metrics and MetricsSummary on recorded metrics; the walltime model through PlanChunks.
 
+tests/test_records.py and tests/test_walltime.py use the recorded chunks below too.
+
 The recorded chunks lie on elapsed = 40 s + 2 s x pages plus residuals that sum to zero and are
 orthogonal to the page counts, so least squares must give exactly 40 s and 2 s/page.
 """
@@ -41,9 +43,10 @@ def end(chunk: int, pages: int, job: str, state: str, elapsed: int, start: str, 
 
 
 def recorded() -> list[dict[str, Any]]:
-    records = [submit(i, p, "11", w) for i, (p, w) in enumerate(zip(PAGES, REQUESTED))]
+    records = [submit(i, p, "11", w) for i, (p, w) in enumerate(zip(PAGES, REQUESTED, strict=True))]
     records += [submit(5, 600, "11", 720), submit(6, 10, "11", 720)]
-    records += [end(i, p, "11", "COMPLETED", e, *t) for i, (p, e, t) in enumerate(zip(PAGES, ELAPSED, TIMES))]
+    records += [end(i, p, "11", "COMPLETED", e, *t)
+                for i, (p, e, t) in enumerate(zip(PAGES, ELAPSED, TIMES, strict=True))]
     # Chunk 5 ran out of time and is in the queue again; chunk 6 failed. Neither counts as done.
     records += [
         end(5, 600, "11", "TIMEOUT", 720, "2026-01-01T23:21:20+00:00", "2026-01-01T23:33:20+00:00", "0:15"),
@@ -51,38 +54,6 @@ def recorded() -> list[dict[str, Any]]:
         submit(5, 600, "12", 1080),
     ]
     return records
-
-
-def test_attempts_join_submit_and_end_records() -> None:
-    runs = metrics.attempts(recorded())
-    assert len(runs) == 8
-    first = next(r for r in runs if r.chunk == 0)
-    assert (first.walltime_requested, first.state, first.elapsed, first.submitted_at) == (
-        600, "COMPLETED", 241, "2026-01-01T22:59:00+00:00")
-    assert [(r.chunk, r.job_id) for r in metrics.unmeasured(runs)] == [(5, "12")]
-    # Measuring a job twice (a rerun read its end again) is still one attempt.
-    again = metrics.attempts(recorded() + [end(0, 100, "11", "COMPLETED", 241, *TIMES[0])])
-    assert len(again) == 8
-
-
-def test_fit_gives_startup_and_seconds_per_page() -> None:
-    fit = metrics.fit_startup(metrics.samples(metrics.attempts(recorded())))
-    assert fit is not None and fit.samples == 5  # the TIMEOUT and FAILED attempts are not samples
-    assert fit.startup_seconds == pytest.approx(40.0)
-    assert fit.seconds_per_page == pytest.approx(2.0)
-    assert metrics.fit_startup([(100, 300.0), (100, 320.0)]) is None  # one page count: no line
-
-
-def test_walltime_model_fixed_and_fitted() -> None:
-    fixed = WalltimeModel(300, 6, 0.2)
-    fitted = metrics.fitted_walltime(fixed, metrics.attempts(recorded()), min_chunks=5)
-    assert fitted.base_seconds == pytest.approx(40.0) and fitted.seconds_per_page == pytest.approx(2.0)
-    assert fitted.buffer == 0.2
-    assert fitted.seconds(100) == 288  # (40 + 2 * 100) * 1.2
-    # Four completed chunks are too few: the fixed model stays.
-    fewer = [r for r in recorded() if not (r["chunk"] == 4 and r.get("state"))]
-    assert metrics.fitted_walltime(fixed, metrics.attempts(fewer), min_chunks=5) == fixed
-    assert fixed.seconds(100) == 1080  # (300 + 6 * 100) * 1.2
 
 
 def test_peak_concurrency_counts_an_end_before_a_start_at_the_same_moment() -> None:
@@ -159,6 +130,18 @@ def test_waiting_work_reads_open_batches_and_downloads(tmp_path: Path) -> None:
     # A batch folder of the older scripts (PDFs, no batch.json yet) counts with its pages.
     atomic.write_bytes(layout.batch_dir(4) / "old.pdf", samples.text_pdf(["one", "two", "three"]))
     assert metrics.waiting_work(layout) == metrics.Waiting([250], 103, 2, 200)
+
+
+def test_write_summary_writes_the_figures_of_the_moment(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data", 2)
+    events.append(layout.metrics, recorded())
+    write_waiting_work(layout)
+    output = layout.manifests / "metrics_summary.json"
+    summary, note = metrics.write_summary(layout, output, pages_per_chunk=200, parallel=None, slurm=None)
+    assert note == "" and summary["parallel_chunks"] == {"chunks": 2, "source": "observed"}
+    expected_summary_figures(summary, at_once=2)
+    written = json.loads(output.read_text())
+    assert written.pop("time") and written == json.loads(json.dumps(summary))
 
 
 def test_metrics_summary_task_on_recorded_metrics(make_site) -> None:

@@ -18,11 +18,11 @@ import pytest
 
 from pipeline import events
 from pipeline.executors.base import ChunkRun
-from pipeline.executors.slurm import client as slurm
-from pipeline.executors.slurm.client import JobState, SlurmError
-from pipeline.executors.slurm.executor import SlurmExecutor, capped, latest_submissions
+from pipeline.executors.slurm.client import SlurmClient
+from pipeline.executors.slurm.executor import SlurmExecutor, latest_submissions
+from pipeline.executors.slurm.parse import JobState, SlurmError, task_key
+from pipeline.executors.walltime import WalltimeModel, capped
 from pipeline.layout import BatchPaths, Layout
-from pipeline.stages.chunks import WalltimeModel
 
 from .test_slurm import cluster  # noqa: F401  (the fixture)
 
@@ -54,19 +54,23 @@ def write_marker(paths: BatchPaths, index: int) -> None:
 # --- a scripted cluster -----------------------------------------------------------------------
 
 class FakeCluster:
-    """Stands in for pipeline.executors.slurm.client: each poll runs the next step of a script, on a fake clock."""
+    """Stands in for the executor's SlurmClient: each poll runs the next step of a script, on a fake clock."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, steps: list[Callable[[FakeCluster], Any]]) -> None:
+    def __init__(self, steps: list[Callable[[FakeCluster], Any]]) -> None:
         self.steps = steps
         self.now = 1_000_000.0
         self.submissions: list[dict[str, Any]] = []
         self.queries: list[set[str]] = []
         self.cancelled: list[str] = []
-        monkeypatch.setattr(slurm, "submit", self.submit)
-        monkeypatch.setattr(slurm, "query", self.query)
-        monkeypatch.setattr(slurm, "query_controller", lambda ids: {})
-        monkeypatch.setattr(slurm, "partition_max_time", lambda partition=None: 3600)
-        monkeypatch.setattr(slurm, "cancel", self.cancelled.extend)
+
+    def query_controller(self, job_ids: set[str]) -> dict[str, JobState]:
+        return {}
+
+    def partition_max_time(self, partition: str | None = None) -> int:
+        return 3600
+
+    def cancel(self, job_ids: list[str]) -> None:
+        self.cancelled.extend(job_ids)
 
     def submit(self, script: Path, *, array_indices: list[int], time: int, **options: Any) -> str:
         job = str(100 + len(self.submissions))
@@ -95,26 +99,25 @@ def states(job: str, **by_index: str) -> dict[str, JobState]:
     for name, state in by_index.items():
         index = int(name.lstrip("c"))
         exit_code = "5:0" if state == "FAILED" else "0:0"
-        out[slurm.task_key(job, index)] = JobState(job, index, state, exit_code, 1, "t0", "t1", None)
+        out[task_key(job, index)] = JobState(job, index, state, exit_code, 1, "t0", "t1", None)
     return out
 
 
 def fake_executor(layout: Layout, fake: FakeCluster, **options: Any) -> SlurmExecutor:
-    return SlurmExecutor(layout, ["true"], sleep=fake.sleep, clock=fake.clock,
+    return SlurmExecutor(layout, ["true"], client=fake, sleep=fake.sleep, clock=fake.clock,  # type: ignore[arg-type]
                          walltime=WalltimeModel(60, 1, 0), poll_initial=10, poll_max=60, **options)
 
 
 CHUNKS = [ChunkRun(0, 10, 2), ChunkRun(1, 20, 3)]
 
 
-def test_waits_through_preemption_and_needs_the_marker(layout: Layout, paths: BatchPaths,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waits_through_preemption_and_needs_the_marker(layout: Layout, paths: BatchPaths) -> None:
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
         write_marker(paths, 1)
         return states(f.job(), c0="COMPLETED", c1="RUNNING")
 
-    fake = FakeCluster(monkeypatch, [
+    fake = FakeCluster([
         lambda f: {},  # sacct does not know the job yet
         lambda f: states(f.job(), c0="PENDING", c1="RUNNING"),
         lambda f: states(f.job(), c0="PREEMPTED", c1="RUNNING"),
@@ -140,7 +143,7 @@ def test_waits_through_preemption_and_needs_the_marker(layout: Layout, paths: Ba
     assert "0/2 chunks done; 1 pending, 1 running (job 100)" in messages
 
 
-def test_poll_interval_grows_while_quiet(layout: Layout, paths: BatchPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_poll_interval_grows_while_quiet(layout: Layout, paths: BatchPaths) -> None:
     times: list[float] = []
 
     def pending(f: FakeCluster) -> dict[str, JobState]:
@@ -152,21 +155,20 @@ def test_poll_interval_grows_while_quiet(layout: Layout, paths: BatchPaths, monk
         write_marker(paths, 1)
         return states(f.job(), c0="COMPLETED", c1="COMPLETED")
 
-    fake = FakeCluster(monkeypatch, [pending] * 6 + [finish])
+    fake = FakeCluster([pending] * 6 + [finish])
     start = fake.now
     fake_executor(layout, fake).run(paths, CHUNKS, lambda *a: None)
-    gaps = [round(b - a, 2) for a, b in zip([start] + times, times)]
+    gaps = [round(b - a, 2) for a, b in zip([start] + times, times, strict=False)]
     assert gaps == [10, 10, 15, 22.5, 33.75, 50.62]
 
 
-def test_failures_are_resubmitted_and_timeouts_get_more_time(layout: Layout, paths: BatchPaths,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failures_are_resubmitted_and_timeouts_get_more_time(layout: Layout, paths: BatchPaths) -> None:
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
         write_marker(paths, 1)
         return {**states(f.job(-2), c0="COMPLETED"), **states(f.job(), c1="COMPLETED")}
 
-    fake = FakeCluster(monkeypatch, [
+    fake = FakeCluster([
         lambda f: states(f.job(), c0="TIMEOUT", c1="FAILED"),
         lambda f: states(f.job(), c0="TIMEOUT", c1="RUNNING"),
         lambda f: {**states(f.job(-2), c1="OUT_OF_MEMORY"), **states(f.job(), c0="RUNNING")},
@@ -183,8 +185,8 @@ def test_failures_are_resubmitted_and_timeouts_get_more_time(layout: Layout, pat
     assert failed[1]["exit_code"] == "5:0"
 
 
-def test_final_failure_names_everything(layout: Layout, paths: BatchPaths, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeCluster(monkeypatch, [
+def test_final_failure_names_everything(layout: Layout, paths: BatchPaths) -> None:
+    fake = FakeCluster([
         lambda f: states(f.job(), c0="FAILED", c1="COMPLETED"),
         lambda f: states(f.job(), c0="CANCELLED", c1="NODE_FAIL"),
     ])
@@ -203,42 +205,39 @@ def test_final_failure_names_everything(layout: Layout, paths: BatchPaths, monke
     assert first["state"] == "COMPLETED"  # COMPLETED without a done marker is a failure too
 
 
-def test_failed_queries_are_retried_then_reported(layout: Layout, paths: BatchPaths,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_queries_are_retried_then_reported(layout: Layout, paths: BatchPaths) -> None:
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
         write_marker(paths, 1)
         return states(f.job(), c0="COMPLETED", c1="COMPLETED")
 
     error = SlurmError("sacct failed (exit 1): Connection refused")
-    fake = FakeCluster(monkeypatch, [lambda f: error, lambda f: error, finish])
+    fake = FakeCluster([lambda f: error, lambda f: error, finish])
     messages: list[str] = []
     fake_executor(layout, fake).run(paths, CHUNKS, lambda done, total, msg: messages.append(msg))
     assert not logged(layout, "slurm_chunk_failed") and len(fake.submissions) == 1
     assert sum("status query failed" in m for m in messages) == 2
 
-    fake = FakeCluster(monkeypatch, [lambda f: error] * 10)
+    fake = FakeCluster([lambda f: error] * 10)
     with pytest.raises(SlurmError, match="3 status queries in a row failed.*re-attach"):
         fake_executor(layout, fake, max_query_failures=3).run(
             BatchPaths(layout.batch_dir(8)), CHUNKS, lambda *a: None)
 
 
-def test_a_job_nobody_knows_is_lost_after_a_while(layout: Layout, paths: BatchPaths,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_nobody_knows_is_lost_after_a_while(layout: Layout, paths: BatchPaths) -> None:
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 0)
         write_marker(paths, 1)
         return states(f.job(), c0="COMPLETED", c1="COMPLETED")
 
-    fake = FakeCluster(monkeypatch, [lambda f: {}] * 4 + [finish])
+    fake = FakeCluster([lambda f: {}] * 4 + [finish])
     fake_executor(layout, fake, lost_after=25).run(paths, CHUNKS, lambda *a: None)
     assert len(fake.submissions) == 2
     assert {e["state"] for e in logged(layout, "slurm_chunk_failed")} == {"LOST"}
 
 
-def test_restart_reattaches_instead_of_submitting(layout: Layout, paths: BatchPaths,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeCluster(monkeypatch, [])
+def test_restart_reattaches_instead_of_submitting(layout: Layout, paths: BatchPaths) -> None:
+    fake = FakeCluster([])
     events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
     events.log_event(layout.events, "slurm_submitted", batch="0008", chunks=[0, 1], job_id="78", walltime=80)
 
@@ -254,8 +253,7 @@ def test_restart_reattaches_instead_of_submitting(layout: Layout, paths: BatchPa
     assert latest_submissions(layout.events, "0007")[1]["job_id"] == "77"
 
 
-def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths) -> None:
     events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
 
     def finish(f: FakeCluster) -> dict[str, JobState]:
@@ -263,18 +261,17 @@ def test_restart_resubmits_what_ended_badly(layout: Layout, paths: BatchPaths,
         write_marker(paths, 1)
         return states(f.job(), c0="COMPLETED", c1="COMPLETED")
 
-    fake = FakeCluster(monkeypatch, [lambda f: states("77", c0="TIMEOUT", c1="FAILED"), finish])
+    fake = FakeCluster([lambda f: states("77", c0="TIMEOUT", c1="FAILED"), finish])
     fake_executor(layout, fake).run(paths, CHUNKS, lambda *a: None)
     assert [(s["indices"], s["time"]) for s in fake.submissions] == [([0, 1], 120)]
 
 
-def test_a_chunk_can_have_its_own_retry_limit(layout: Layout, paths: BatchPaths,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_chunk_can_have_its_own_retry_limit(layout: Layout, paths: BatchPaths) -> None:
     def finish(f: FakeCluster) -> dict[str, JobState]:
         write_marker(paths, 1)
         return states(f.job(), c1="COMPLETED")
 
-    fake = FakeCluster(monkeypatch, [lambda f: states(f.job(), c0="OUT_OF_MEMORY", c1="FAILED"), finish])
+    fake = FakeCluster([lambda f: states(f.job(), c0="OUT_OF_MEMORY", c1="FAILED"), finish])
     chunks = [ChunkRun(0, 10, 2, max_retries=0), ChunkRun(1, 20, 3)]
     outcomes = fake_executor(layout, fake, max_retries=2).run(paths, chunks, lambda *a: None)
     assert [s["indices"] for s in fake.submissions] == [[0, 1], [1]]
@@ -282,15 +279,14 @@ def test_a_chunk_can_have_its_own_retry_limit(layout: Layout, paths: BatchPaths,
     assert (outcomes[1].done, outcomes[1].attempts) == (True, 2)
 
 
-def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: BatchPaths,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: BatchPaths) -> None:
     # An earlier run saw chunk 0's first job fail and resubmitted it as job 78 with chunk 1; it was
     # killed; both ended badly while nobody watched.
     events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="77", walltime=80)
     events.log_event(layout.events, "slurm_chunk_failed", batch="0007", chunk=0, job_id="77", state="FAILED",
                        exit_code="1:0", attempt=1)
     events.log_event(layout.events, "slurm_submitted", batch="0007", chunks=[0, 1], job_id="78", walltime=80)
-    fake = FakeCluster(monkeypatch, [lambda f: states("78", c0="FAILED", c1="FAILED"),
+    fake = FakeCluster([lambda f: states("78", c0="FAILED", c1="FAILED"),
                                      lambda f: states(f.job(), c1="FAILED")])
     outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
     # Chunk 0 has had its two attempts; chunk 1 gets its second one, and fails again.
@@ -301,7 +297,7 @@ def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: Batc
         (0, "77", 1), (0, "78", 2), (1, "78", 1), (1, "100", 2)]
 
     # A third run asks SLURM nothing: every chunk is decided.
-    fake = FakeCluster(monkeypatch, [])
+    fake = FakeCluster([])
     outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
     assert fake.submissions == [] and fake.queries == []
     assert "chunk 1: job 100_1 ended FAILED (exit code 5:0) after 2 attempts" in outcomes[1].message
@@ -314,7 +310,7 @@ def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: Batc
         write_marker(paths, 1)
         return states(f.job(), c0="COMPLETED", c1="COMPLETED")
 
-    fake = FakeCluster(monkeypatch, [lambda f: {**states("78", c0="FAILED"), **states("100", c1="FAILED")},
+    fake = FakeCluster([lambda f: {**states("78", c0="FAILED"), **states("100", c1="FAILED")},
                                      finish])
     outcomes = fake_executor(layout, fake, max_retries=1).run(paths, CHUNKS, lambda *a: None)
     assert [s["indices"] for s in fake.submissions] == [[0, 1]]
@@ -323,12 +319,17 @@ def test_restart_counts_the_attempts_of_earlier_runs(layout: Layout, paths: Batc
 
 # --- the real cluster -------------------------------------------------------------------------
 
+# The commands of the dev cluster.
+slurm = SlurmClient()
+
+
 @pytest.mark.slurm
 def test_walltime_is_capped_by_the_partition(cluster: None) -> None:
     model = WalltimeModel(300, 6, 0.2)
-    assert capped(model, "short").seconds(1000) == 60  # MaxTime=00:01:00
-    assert capped(model, "").seconds(900) == 6840  # (300 + 5400) * 1.2, under the default partition's 2 h
-    assert capped(model, "").seconds(2000) == 7200
+    assert capped(model, slurm.partition_max_time("short")).seconds(1000) == 60  # MaxTime=00:01:00
+    # (300 + 5400) * 1.2, under the default partition's 2 h
+    assert capped(model, slurm.partition_max_time()).seconds(900) == 6840
+    assert capped(model, slurm.partition_max_time()).seconds(2000) == 7200
 
 
 JOB = """#!/bin/bash
@@ -437,7 +438,7 @@ import sys
 from pathlib import Path
 from pipeline.executors.base import ChunkRun
 from pipeline.layout import BatchPaths, Layout
-from pipeline.stages.chunks import WalltimeModel
+from pipeline.executors.walltime import WalltimeModel
 from pipeline.executors.slurm.executor import SlurmExecutor
 executor = SlurmExecutor(Layout(Path({str(layout.base)!r}), 2), {job_command!r}, walltime=WalltimeModel(120, 0, 0),
                          poll_initial=1, poll_max=2, cancel_on_exit=True)

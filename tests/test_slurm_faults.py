@@ -21,14 +21,18 @@ from typing import Any
 
 import pytest
 
-from pipeline.executors.slurm import client as slurm
+from pipeline.executors.slurm.client import SlurmClient
+from pipeline.executors.slurm.parse import SlurmError
 from pipeline.layout import BatchPaths
 
 from .conftest import Site, snapshot, write_config
 from .invariants import Reference, assert_converged, reference
 from .s3server import RETCODES
 from .test_slurm import cluster  # noqa: F401  (the fixture)
-from .test_slurm_luigi import call_log, events, read_calls, wait_until  # noqa: F401  (call_log: a fixture)
+from .test_slurm_luigi import call_log, logged, read_calls, wait_until  # noqa: F401  (call_log: a fixture)
+
+# The commands of the dev cluster.
+slurm = SlurmClient()
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
@@ -138,7 +142,7 @@ def assert_end_state(site: Site, batch: str, undisturbed: Reference, names: list
     """Every document finalized once with the undisturbed text, nothing lost or left behind
     (tests/invariants.py), and a rerun that changes no byte."""
     assert_converged(site.base, Reference(texts={n: undisturbed.texts[n] for n in names}))
-    assert [e["batch"] for e in events(site, "batch_finalized")] == [batch]
+    assert [e["batch"] for e in logged(site, "batch_finalized")] == [batch]
     before = snapshot(site.base)
     site.luigi("Finalize", "--batch", batch)
     assert snapshot(site.base) == before
@@ -205,12 +209,12 @@ def faults(cluster: None) -> Cluster:  # noqa: F811
 
 
 def submitted_jobs(site: Site) -> list[str]:
-    return [e["job_id"] for e in events(site, "slurm_submitted")]
+    return [e["job_id"] for e in logged(site, "slurm_submitted")]
 
 
 def wait_running(site: Site, process: subprocess.Popen, count: int) -> str:
     """The job id once ``count`` chunks run their OCR program."""
-    [submitted] = wait_until(lambda: events(site, "slurm_submitted"), "submission", process)
+    [submitted] = wait_until(lambda: logged(site, "slurm_submitted"), "submission", process)
     wait_until(lambda: len(runs(site)) >= count, f"{count} chunks running the OCR program", process, timeout=90)
     return submitted["job_id"]
 
@@ -245,7 +249,7 @@ def test_jobs_that_exit_0_without_output_are_retried(cluster: None, tmp_path: Pa
     plan = {c["index"]: c["documents"] for c in json.loads(BatchPaths(site.layout.batch_dir(batch)).chunk_plan
                                                              .read_text())["chunks"]}
     chunk_of = {doc: index for index, docs in plan.items() for doc in docs}
-    failed = events(site, "slurm_chunk_failed")
+    failed = logged(site, "slurm_chunk_failed")
     # Chunk 0 ended COMPLETED without its marker; beta's program wrote nothing, so its job failed.
     assert sorted((e["chunk"], e["state"]) for e in failed) == sorted(
         [(0, "COMPLETED"), (chunk_of["beta"], "FAILED")])
@@ -278,14 +282,14 @@ def test_slurmdbd_stopped_falls_back_to_the_controller(faults: Cluster, tmp_path
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     second = faults.luigi(site, "Finalize", "--batch", batch)
-    [reattached] = wait_until(lambda: events(site, "slurm_reattached"), "re-attach", second)
+    [reattached] = wait_until(lambda: logged(site, "slurm_reattached"), "re-attach", second)
     (control(site) / "release" / "all").touch()
     assert finish(second) == 0
     faults.script("start")
 
     assert (reattached["job_ids"], reattached["chunks"]) == ([job], [0, 1, 2])
     assert [c.parent for c in read_calls(call_log) if c.command == "sbatch"] == [first.pid]
-    assert submitted_jobs(site) == [job] and events(site, "slurm_chunk_failed") == []
+    assert submitted_jobs(site) == [job] and logged(site, "slurm_chunk_failed") == []
     assert sorted(n for r in runs(site) for n in r["documents"]) == names  # each chunk ran once
     assert_end_state(site, batch, undisturbed, names)
 
@@ -322,7 +326,7 @@ def test_node_drained_then_down_requeues_without_a_second_submission(faults: Clu
     (control(site) / "release" / "all").touch()
     assert finish(process) == 0
 
-    assert submitted_jobs(site) == [job] and events(site, "slurm_chunk_failed") == []
+    assert submitted_jobs(site) == [job] and logged(site, "slurm_chunk_failed") == []
     assert [c.parent for c in read_calls(call_log) if c.command == "sbatch"] == [process.pid]
     # Each chunk ran twice within the one job: killed by the node failure, then requeued.
     assert sorted((r["documents"][0], r["restarts"], r["job"] != "local") for r in runs(site)) == [
@@ -356,8 +360,8 @@ def test_slurmctld_restarted_while_jobs_run_and_the_executor_polls(faults: Clust
     plan = json.loads(BatchPaths(site.layout.batch_dir(batch)).chunk_plan.read_text())["chunks"]
     [beta_chunk] = [c["index"] for c in plan if c["documents"] == ["beta"]]
     # Only beta's chunk was submitted again, once, after its failure reached the controller.
-    assert [(e["chunk"], e["state"]) for e in events(site, "slurm_chunk_failed")] == [(beta_chunk, "FAILED")]
-    submissions = events(site, "slurm_submitted")
+    assert [(e["chunk"], e["state"]) for e in logged(site, "slurm_chunk_failed")] == [(beta_chunk, "FAILED")]
+    submissions = logged(site, "slurm_submitted")
     assert [e["chunks"] for e in submissions] == [[0, 1, 2], [beta_chunk]]
     assert sorted(n for r in runs(site) for n in r["documents"]) == ["alpha", "beta", "beta", "gamma"]
     faults.jobs.update(e["job_id"] for e in submissions)
@@ -372,30 +376,31 @@ def test_sacct_failing_falls_back_to_the_controller(monkeypatch: pytest.MonkeyPa
     def answer(command: str, args: list[str]) -> str:
         calls.append(command)
         if command == "sacct":
-            raise slurm.SlurmError("sacct -j 7 failed (exit 1): Problem talking to the database: Connection refused")
+            raise SlurmError("sacct -j 7 failed (exit 1): Problem talking to the database: Connection refused")
         if command == "squeue":
             return "7_0|RUNNING|0:05|2026-01-01T00:00:00|2026-01-01T02:00:00|None\n"
         raise AssertionError(f"unexpected {command}")
 
-    monkeypatch.setattr(slurm, "_run", answer)
-    assert {k: s.state for k, s in slurm.query(["7"]).items()} == {"7_0": "RUNNING"}
+    client = SlurmClient()
+    monkeypatch.setattr(client, "_run", answer)
+    assert {k: s.state for k, s in client.query(["7"]).items()} == {"7_0": "RUNNING"}
     assert calls == ["sacct", "squeue"]
 
     def nothing_answers(command: str, args: list[str]) -> str:
-        raise slurm.SlurmError(f"{command} failed (exit 1): Unable to contact slurm controller")
+        raise SlurmError(f"{command} failed (exit 1): Unable to contact slurm controller")
 
-    monkeypatch.setattr(slurm, "_run", nothing_answers)
-    with pytest.raises(slurm.SlurmError, match="sacct failed.*the controller could not answer either"):
-        slurm.query(["7"])
+    monkeypatch.setattr(client, "_run", nothing_answers)
+    with pytest.raises(SlurmError, match="sacct failed.*the controller could not answer either"):
+        client.query(["7"])
 
 
 def test_a_requeued_job_that_sacct_calls_node_fail_is_not_submitted_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.executors.base import ChunkRun
-    from pipeline.executors.slurm.client import JobState
     from pipeline.executors.slurm.executor import SlurmExecutor
+    from pipeline.executors.slurm.parse import JobState
+    from pipeline.executors.walltime import WalltimeModel
     from pipeline.layout import Layout
-    from pipeline.stages.chunks import WalltimeModel
 
     layout = Layout(tmp_path / "data", 2)
     paths = BatchPaths(layout.batch_dir(7))
@@ -420,11 +425,12 @@ def test_a_requeued_job_that_sacct_calls_node_fail_is_not_submitted_again(
         return {"101_0": JobState("101", 0, step["requeued"]), "101_1": JobState("101", 1, step["ended"])}
 
     # The controller holds chunk 0 again (requeued); chunk 1's NODE_FAIL is final.
-    monkeypatch.setattr(slurm, "submit", submit)
-    monkeypatch.setattr(slurm, "query", query)
-    monkeypatch.setattr(slurm, "query_controller", lambda ids: {
+    client = SlurmClient()
+    monkeypatch.setattr(client, "submit", submit)
+    monkeypatch.setattr(client, "query", query)
+    monkeypatch.setattr(client, "query_controller", lambda ids: {
         "101_0": JobState("101", 0, "PENDING"), "101_1": JobState("101", 1, "NODE_FAIL")})
-    monkeypatch.setattr(slurm, "partition_max_time", lambda partition=None: 3600)
-    SlurmExecutor(layout, ["true"], sleep=lambda s: None, walltime=WalltimeModel(60, 1, 0)).run(
+    monkeypatch.setattr(client, "partition_max_time", lambda partition=None: 3600)
+    SlurmExecutor(layout, ["true"], client=client, sleep=lambda s: None, walltime=WalltimeModel(60, 1, 0)).run(
         paths, [ChunkRun(0, 1, 1), ChunkRun(1, 1, 1)], lambda *a: None)
     assert submitted == [[0, 1], [1]]

@@ -23,10 +23,14 @@ from typing import Any
 import pytest
 
 from pipeline import events, samples
-from pipeline.executors.slurm import client as slurm
+from pipeline.executors.slurm.client import SlurmClient
+from pipeline.executors.slurm.parse import parse_key_values
 from pipeline.layout import BatchPaths
 
 from .test_slurm import cluster  # noqa: F401  (the fixture)
+
+# The commands of the dev cluster.
+slurm = SlurmClient()
 
 POLL = 0.5  # seconds between status queries in these sites (initial = max, no growth)
 
@@ -172,7 +176,7 @@ def test_one_status_query_per_poll_with_1_or_50_chunks_in_flight(cluster: None, 
         # Only sacct, once per poll, for the one array job whatever the number of chunks.
         assert {c.command for c in window} == {"sacct"}, (chunks, window)
         assert all(shlex.split(c.args)[:2] == ["-j", job] for c in window), (chunks, window)
-        gaps = [b.time - a.time for a, b in zip(window, window[1:])]
+        gaps = [b.time - a.time for a, b in zip(window, window[1:], strict=False)]
         assert len(window) >= 3 and all(POLL <= gap < POLL + 1 for gap in gaps), (chunks, gaps)
     assert abs(len(polls[1][1]) - len(polls[50][1])) <= 1, {n: len(w) for n, (_, w) in polls.items()}
 
@@ -230,7 +234,7 @@ def test_process_all_on_slurm_one_submitter_at_a_time_then_metrics(cluster: None
     # The #SBATCH line and the setup line from luigi.cfg reached SLURM and the job.
     job = logged(site, "slurm_submitted", "0001")[0]["job_id"]
     shown = subprocess.run(["scontrol", "--oneliner", "show", "job", job], capture_output=True, text=True, check=True)
-    assert {slurm.parse_key_values(line).get("Nice") for line in shown.stdout.splitlines()} == {"7"}
+    assert {parse_key_values(line).get("Nice") for line in shown.stdout.splitlines()} == {"7"}
     assert "environment set up" in BatchPaths(site.layout.batch_dir(1)).chunk_log(0).read_text()
 
     # Two workers, but one slurm_submit unit: one batch's jobs are watched to their end before the next submits.

@@ -1,2 +1,3 @@
-"""How chunks run: one executor protocol (base), a local and a SLURM backend, the walltime model,
-the job script and the chunk job every backend runs."""
+"""How chunks run: the executor protocol and its factory (base), what both backends share (attempts,
+records of metrics, the job script), the local and the SLURM backend, the walltime model, and the
+chunk job every backend runs."""

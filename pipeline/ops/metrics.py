@@ -1,9 +1,9 @@
 """Per-chunk job metrics (_manifests/metrics.ndjson) and what they tell: the time a job needs to start,
 the seconds a page takes, throughput, and how long the waiting work will take.
 
-Executors append a record when a chunk's job is submitted (batch, chunk, pages, walltime_requested,
-job_id, submitted_at) and one when it ended (state, exit_code, elapsed, start, end). Everything here
-is a pure function of those records, except ``waiting_work``, which looks at the stage folders.
+The executors write the records (pipeline.executors.records says which); everything here is a pure
+function of them, except ``waiting_work``, which looks at the stage folders, and ``write_summary``,
+which also reads back from SLURM the ends of jobs nobody watched.
 """
 from __future__ import annotations
 
@@ -11,121 +11,18 @@ import datetime as _dt
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic, pdf
+from pipeline import atomic, events, pdf
+from pipeline.executors.records import Attempt, attempts, completed_chunks
+from pipeline.executors.slurm.client import SlurmClient
+from pipeline.executors.slurm.executor import record_missing_ends
+from pipeline.executors.slurm.parse import SlurmError
+from pipeline.executors.walltime import Fit, fit_startup, samples
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages import batches, bisect
-from pipeline.stages.chunks import WalltimeModel
-
-COMPLETED = "COMPLETED"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One run of one chunk: its submit and end records together (a local run has only the end)."""
-
-    batch: str
-    chunk: int
-    pages: int
-    executor: str = ""
-    job_id: str | None = None
-    walltime_requested: int | None = None
-    submitted_at: str | None = None
-    state: str | None = None        # None while no end record exists
-    exit_code: str | None = None
-    elapsed: float | None = None
-    start: str | None = None
-    end: str | None = None
-
-    @property
-    def completed(self) -> bool:
-        return self.state == COMPLETED and self.elapsed is not None
-
-
-def attempts(records: Iterable[dict[str, Any]]) -> list[Attempt]:
-    """Submit and end records merged per (batch, chunk, job id); a field set later wins.
-
-    Records without a job id (local runs) are attempts of their own. A second end record of the same
-    job (written by a rerun that measured it again) changes nothing.
-    """
-    merged: dict[tuple[str, int, object], dict[str, Any]] = {}
-    for number, record in enumerate(records):
-        if "batch" not in record or "chunk" not in record:
-            continue
-        job = record.get("job_id")
-        key = (str(record["batch"]), int(record["chunk"]), str(job) if job else number)
-        merged.setdefault(key, {}).update({k: v for k, v in record.items() if v is not None})
-    return [
-        Attempt(
-            batch=str(f["batch"]), chunk=int(f["chunk"]), pages=int(f.get("pages") or 0),
-            executor=str(f.get("executor", "")), job_id=str(f["job_id"]) if f.get("job_id") else None,
-            walltime_requested=f.get("walltime_requested"), submitted_at=f.get("submitted_at"),
-            state=f.get("state"), exit_code=str(f["exit_code"]) if "exit_code" in f else None,
-            elapsed=f.get("elapsed"), start=f.get("start"), end=f.get("end"),
-        )
-        for f in merged.values()
-    ]
-
-
-def end_record(batch: str, chunk: int, pages: int, job_id: str, state: str, exit_code: str | None,
-               elapsed: int | None, start: str | None, end: str | None) -> dict[str, Any]:
-    """The record a SLURM job's end adds (the executor, and MetricsSummary for jobs nobody watched)."""
-    return {
-        "batch": batch, "chunk": chunk, "pages": pages, "executor": "slurm", "job_id": job_id,
-        "state": state, "exit_code": exit_code, "elapsed": elapsed, "start": start, "end": end,
-    }
-
-
-def unmeasured(runs: list[Attempt]) -> list[Attempt]:
-    """SLURM attempts submitted but without an end record (the watcher was stopped before they ended)."""
-    return [a for a in runs if a.executor == "slurm" and a.job_id and a.state is None]
-
-
-# --- the fit ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Fit:
-    """elapsed = startup_seconds + seconds_per_page * pages, by least squares over ``samples`` chunks."""
-
-    startup_seconds: float
-    seconds_per_page: float
-    samples: int
-
-
-def samples(runs: Iterable[Attempt]) -> list[tuple[int, float]]:
-    """(pages, elapsed) of every completed attempt that had pages."""
-    return [(a.pages, float(a.elapsed)) for a in runs if a.completed and a.elapsed is not None and a.pages > 0]
-
-
-def fit_startup(points: list[tuple[int, float]]) -> Fit | None:
-    """Least-squares line through (pages, elapsed); None without two different page counts."""
-    n = len(points)
-    if n < 2:
-        return None
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    if sxx == 0:
-        return None
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
-    return Fit(mean_y - slope * mean_x, slope, n)
-
-
-def fitted_walltime(fixed: WalltimeModel, runs: Iterable[Attempt], min_chunks: int = 5) -> WalltimeModel:
-    """``fixed`` with its base and seconds/page taken from the fit over completed chunks.
-
-    Falls back to ``fixed`` below ``min_chunks`` samples or when the fit finds no positive rate. The
-    buffer and the cap stay; a negative startup (noise on small chunks) counts as zero.
-    """
-    points = samples(completed_chunks(runs))
-    fit = fit_startup(points) if len(points) >= min_chunks else None
-    if fit is None or fit.seconds_per_page <= 0:
-        return fixed
-    return replace(fixed, base_seconds=max(0.0, fit.startup_seconds), seconds_per_page=fit.seconds_per_page)
-
 
 # --- the summary ------------------------------------------------------------------------------
 
@@ -179,12 +76,6 @@ def peak_concurrency(runs: Iterable[Attempt]) -> int:
 
 def _stats(values: list[float]) -> dict[str, float] | None:
     return {"mean": sum(values) / len(values), "max": max(values)} if values else None
-
-
-def completed_chunks(runs: Iterable[Attempt]) -> list[Attempt]:
-    """The last completed attempt of every chunk, in batch and chunk order."""
-    done = {(r.batch, r.chunk): r for r in runs if r.completed}
-    return [done[key] for key in sorted(done)]
 
 
 def throughput(chunks: list[Attempt]) -> dict[str, Any]:
@@ -251,7 +142,7 @@ def summarize(runs: list[Attempt], waiting: Waiting, *, pages_per_chunk: int,
     fit = fit_startup(samples(chunks))
     cost = rate(fit, chunks)
     observed = peak_concurrency(runs)
-    at_once = ({"chunks": parallel, "source": "config"} if parallel else
+    at_once: dict[str, Any] = ({"chunks": parallel, "source": "config"} if parallel else
                {"chunks": observed, "source": "observed"} if observed else {"chunks": 1, "source": "unknown"})
     return {
         "chunks_done": len(chunks),
@@ -353,3 +244,25 @@ def waiting_work(layout: Layout) -> Waiting:
         known = atomic.read_json(meta).get("pages") if meta.exists() else None
         pages += known if isinstance(known, int) else _pdf_pages(path)
     return Waiting(chunk_pages, unplanned, len(documents), pages)
+
+
+# --- the summary of a site --------------------------------------------------------------------
+
+def write_summary(layout: Layout, output: Path, *, pages_per_chunk: int, parallel: int | None,
+                  slurm: SlurmClient | None) -> tuple[dict[str, Any], str]:
+    """Summarize this base_dir's metrics into ``output`` (JSON); returns the summary and a note for people.
+
+    With ``slurm`` (a SLURM site), the ends of jobs nobody watched are read back first (one sacct
+    call); when SLURM cannot answer, those jobs stay unmeasured and the note says why.
+    """
+    note = ""
+    if slurm is not None:
+        try:
+            added = record_missing_ends(layout, slurm)
+            note = f"; {added} job ends read back from sacct" if added else ""
+        except SlurmError as exc:
+            note = f"; jobs without end records stay unmeasured ({exc})"
+    summary = summarize(attempts(events.read(layout.metrics)), waiting_work(layout),
+                        pages_per_chunk=pages_per_chunk, parallel=parallel)
+    atomic.write_json(output, {**summary, "time": events.now_iso()})
+    return summary, note

@@ -31,9 +31,9 @@ from typing import Any
 
 from pipeline import atomic, events
 from pipeline.executors.base import ATTEMPTS_RESET_EVENT, ChunkOutcome, ChunkRun, Executor, Progress, failed_attempts
+from pipeline.executors.walltime import WalltimeModel
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages import integrity
-from pipeline.stages.chunks import WalltimeModel
 from pipeline.stages.quarantine import quarantine
 
 REASON = "ocr_failed"

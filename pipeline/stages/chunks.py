@@ -1,4 +1,5 @@
-"""Chunk planning: packing a batch's documents into chunks, retry chunks, and the walltime model."""
+"""Chunk planning: packing a batch's documents into chunks and retry chunks (their walltime comes from
+pipeline.executors.walltime)."""
 from __future__ import annotations
 
 import heapq
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import atomic, events
+from pipeline.executors.walltime import WalltimeModel
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages import batches, integrity
 
@@ -85,28 +87,6 @@ def _first_fit(order: list[str], documents: dict[str, int], capacity: int) -> li
             groups.append([identifier])
             loads.append(pages)
     return groups
-
-
-@dataclass(frozen=True)
-class WalltimeModel:
-    """(base_seconds + seconds_per_page * pages) * (1 + buffer), capped at max_seconds."""
-
-    base_seconds: float = 300.0
-    seconds_per_page: float = 6.0
-    buffer: float = 0.2
-    max_seconds: int | None = None
-
-    def seconds(self, pages: int, factor: float = 1.0) -> int:
-        value = math.ceil((self.base_seconds + self.seconds_per_page * pages) * (1 + self.buffer) * factor)
-        return min(value, self.max_seconds) if self.max_seconds else value
-
-
-def format_walltime(seconds: int) -> str:
-    """SLURM's D-HH:MM:SS (whole minutes rounded up, as SLURM would)."""
-    minutes = max(1, math.ceil(seconds / 60))
-    days, rest = divmod(minutes, 24 * 60)
-    hours, mins = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
 
 
 def retry_chunks(missing: list[tuple[int, list[str]]], pages: dict[str, int], first_index: int,

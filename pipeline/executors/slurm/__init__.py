@@ -1,1 +1,1 @@
-"""The SLURM backend: the command-line client and its parsers, job states, and the executor."""
+"""The SLURM backend: job states, parsers of the commands' output, the command-line client, the executor."""

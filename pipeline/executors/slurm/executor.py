@@ -1,6 +1,6 @@
 """The SLURM executor: one array job per batch (array index = chunk index), watched until done.
 
-Same contract as pipeline.executors.base.LocalExecutor: ``run(paths, chunks, progress)`` returns when
+Same contract as pipeline.executors.local.LocalExecutor: ``run(paths, chunks, progress)`` returns when
 every chunk has its done marker or has failed for good, with each chunk's outcome (state, exit
 code, log, attempts).
 
@@ -19,24 +19,30 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import math
-import shlex
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import events
-from pipeline.config import SlurmConfig
-from pipeline.executors.base import ChunkOutcome, ChunkRun, Progress, describe_end, failed_attempts, write_job_script
-from pipeline.executors.jobscript import render
-from pipeline.executors.slurm import client as slurm
-from pipeline.executors.slurm.client import Backoff, JobState, PollInterval, SlurmError
+from pipeline.executors import records
+from pipeline.executors.attempts import (
+    ChunkOutcome,
+    ChunkRun,
+    Progress,
+    attempt_count,
+    describe_end,
+    failed_attempts,
+)
+from pipeline.executors.jobscript import render, write_job_script
+from pipeline.executors.slurm.client import Backoff, PollInterval, SlurmClient, job_name
+from pipeline.executors.slurm.parse import JobState, SlurmError, task_key
+from pipeline.executors.slurm.states import FAILED, TIMEOUT
+from pipeline.executors.walltime import WalltimeModel, capped
 from pipeline.layout import BatchPaths, Layout
-from pipeline.ops import metrics
-from pipeline.stages.chunks import WalltimeModel
 
 LOG_PATTERN = "chunk_%3a.log"  # SLURM's zero-padded array index: the same name as BatchPaths.chunk_log
 
@@ -60,7 +66,7 @@ class _Chunk:
 
     @property
     def key(self) -> str:
-        return slurm.task_key(self.job_id or "", self.index)
+        return task_key(self.job_id or "", self.index)
 
 
 def latest_submissions(log: Path, batch: str) -> dict[int, dict[str, Any]]:
@@ -73,37 +79,22 @@ def latest_submissions(log: Path, batch: str) -> dict[int, dict[str, Any]]:
     return latest
 
 
-def configured_walltime(layout: Layout) -> WalltimeModel:
-    """The walltime model of [slurm]: fixed, or fitted on this base_dir's metrics (fixed until enough chunks ran)."""
-    cfg = SlurmConfig()
-    fixed = WalltimeModel(cfg.walltime_base_seconds, cfg.walltime_seconds_per_page, cfg.walltime_buffer)
-    if cfg.walltime_model == "fixed":
-        return fixed
-    return metrics.fitted_walltime(fixed, metrics.attempts(events.read(layout.metrics)), cfg.walltime_fit_min_chunks)
-
-
-def capped(model: WalltimeModel, partition: str) -> WalltimeModel:
-    """``model`` capped at the partition's MaxTime (the cluster's default partition for '')."""
-    cap = slurm.partition_max_time(partition or None)
-    return replace(model, max_seconds=cap) if cap else model
-
-
-def record_missing_ends(layout: Layout) -> int:
+def record_missing_ends(layout: Layout, client: SlurmClient) -> int:
     """Add end records for SLURM jobs that ended while no executor watched them (one sacct call).
 
     A task killed while its jobs ran, or stopped before the last jobs left the queue, leaves submit
     records without an end; the rerun does not watch chunks that are done by then. Returns how many
     records were added.
     """
-    open_runs = metrics.unmeasured(metrics.attempts(events.read(layout.metrics)))
+    open_runs = records.unmeasured(records.attempts(events.read(layout.metrics)))
     if not open_runs:
         return 0
-    states = slurm.query({r.job_id for r in open_runs if r.job_id})
+    states = client.query({r.job_id for r in open_runs if r.job_id})
     ended = []
     for run in open_runs:
-        state = states.get(slurm.task_key(run.job_id or "", run.chunk))
+        state = states.get(task_key(run.job_id or "", run.chunk))
         if state is not None and state.outcome != "waiting":
-            ended.append(metrics.end_record(run.batch, run.chunk, run.pages, state.job_id, state.state,
+            ended.append(records.end_record(run.batch, run.chunk, run.pages, state.job_id, state.state,
                                             state.exit_code, state.elapsed_seconds, state.start, state.end))
     events.append(layout.metrics, ended)
     return len(ended)
@@ -118,10 +109,16 @@ def _epoch(iso: str | None) -> float:
 
 @dataclass
 class SlurmExecutor:
-    """Runs a batch's chunks as one SLURM array job and waits for their done markers."""
+    """Runs a batch's chunks as one SLURM array job and waits for their done markers.
+
+    ``command`` is the chunk job (``--chunk N`` appended by the job script); the other fields are
+    the [slurm] settings (pipeline.executors.base.make_executor fills them in).
+    """
 
     layout: Layout
     command: list[str]
+    max_retries: int = 2
+    client: SlurmClient = field(default_factory=SlurmClient)
     partition: str = ""
     account: str = ""
     gres: str = ""
@@ -131,8 +128,7 @@ class SlurmExecutor:
     directives: list[str] = field(default_factory=list)
     env_setup: list[str] = field(default_factory=list)
     array_throttle: int = 0
-    walltime: WalltimeModel = field(default_factory=WalltimeModel)
-    max_retries: int = 2
+    walltime: WalltimeModel = field(default_factory=WalltimeModel)  # uncapped: run() caps it at the partition's
     timeout_walltime_factor: float = 1.5
     poll_initial: float = 10.0
     poll_max: float = 300.0
@@ -143,28 +139,8 @@ class SlurmExecutor:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
 
-    @classmethod
-    def from_config(cls, layout: Layout, command: list[str]) -> SlurmExecutor:
-        cfg = SlurmConfig()
-        slurm.COMMAND_TIMEOUT = cfg.command_timeout
-        return cls(
-            layout, command,
-            partition=cfg.partition, account=cfg.account, gres=cfg.gres, cpus_per_task=cfg.cpus_per_task,
-            mem=cfg.mem, extra_args=shlex.split(cfg.extra_args), directives=_lines(cfg.directives),
-            env_setup=_lines(cfg.env_setup), array_throttle=cfg.array_throttle,
-            walltime=configured_walltime(layout),
-            max_retries=cfg.max_retries, timeout_walltime_factor=cfg.timeout_walltime_factor,
-            poll_initial=cfg.poll_initial_seconds, poll_max=cfg.poll_max_seconds, poll_growth=cfg.poll_growth,
-            max_query_failures=cfg.max_query_failures, lost_after=cfg.lost_after_seconds,
-            cancel_on_exit=cfg.cancel_on_exit,
-        )
-
     def run(self, paths: BatchPaths, chunks: list[ChunkRun], progress: Progress) -> dict[int, ChunkOutcome]:
         return _BatchRun(self, paths, chunks, progress).run()
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class _BatchRun:
@@ -172,7 +148,7 @@ class _BatchRun:
 
     def __init__(self, executor: SlurmExecutor, paths: BatchPaths, chunks: list[ChunkRun],
                  progress: Progress) -> None:
-        self.x = executor
+        self.executor = executor
         self.paths = paths
         self.batch = paths.number
         self.progress = progress
@@ -181,7 +157,7 @@ class _BatchRun:
         self.active: dict[int, _Chunk] = {}
         self.unmeasured: dict[int, _Chunk] = {}  # done chunks whose job SLURM still shows as running
         self.outcomes: dict[int, ChunkOutcome] = {}
-        self.model = capped(executor.walltime, executor.partition)
+        self.model = capped(executor.walltime, executor.client.partition_max_time(executor.partition or None))
         self.cap = self.model.max_seconds
         earlier = failed_attempts(executor.layout.events, self.batch)
         ever = failed_attempts(executor.layout.events, self.batch, forget=False)
@@ -197,7 +173,7 @@ class _BatchRun:
             if chunk.failures > chunk.limit:  # gave up in an earlier run, before it could act on it
                 last = logged[-1]
                 chunk.job_id = str(last.get("job_id") or "") or None
-                self._give_up(chunk, JobState(chunk.job_id or "", run.index, str(last.get("state", "FAILED")),
+                self._give_up(chunk, JobState(chunk.job_id or "", run.index, str(last.get("state", FAILED)),
                                               last.get("exit_code"), reason=last.get("reason")))
             else:
                 self.active[run.index] = chunk
@@ -209,13 +185,13 @@ class _BatchRun:
 
     def run(self) -> dict[int, ChunkOutcome]:
         try:
-            with self._sigterm_raises() if self.x.cancel_on_exit else contextlib.nullcontext():
+            with self._sigterm_raises() if self.executor.cancel_on_exit else contextlib.nullcontext():
                 fresh = self._reattach()
                 if fresh:
                     self._submit(fresh)
                 self._wait()
         except (KeyboardInterrupt, SystemExit):
-            if self.x.cancel_on_exit:
+            if self.executor.cancel_on_exit:
                 self._cancel()
             raise
         self._measure_last()
@@ -223,20 +199,21 @@ class _BatchRun:
 
     def _reattach(self) -> list[_Chunk]:
         """Adopt the chunks whose last logged job still pends or runs; return the ones to submit."""
-        logged = {i: r for i, r in latest_submissions(self.x.layout.events, self.batch).items() if i in self.active}
+        submissions = latest_submissions(self.executor.layout.events, self.batch)
+        logged = {i: r for i, r in submissions.items() if i in self.active}
         if not logged:
             return list(self.active.values())
         states = self._confirmed(self._query_with_retries({str(r["job_id"]) for r in logged.values()}),
-                                 {slurm.task_key(str(r["job_id"]), i) for i, r in logged.items()})
+                                 {task_key(str(r["job_id"]), i) for i, r in logged.items()})
         fresh, adopted = [], []
-        now = self.x.clock()
+        now = self.executor.clock()
         for index, chunk in list(self.active.items()):
             record = logged.get(index)
             if record is None:
                 fresh.append(chunk)
                 continue
             job_id, submitted = str(record["job_id"]), _epoch(record.get("time"))
-            state = states.get(slurm.task_key(job_id, index))
+            state = states.get(task_key(job_id, index))
             if self.paths.done_marker(index).exists():  # ended well while nobody watched
                 chunk.job_id = job_id
                 self._chunk_done(chunk, state)
@@ -247,19 +224,19 @@ class _BatchRun:
                 if self._chunk_failed(chunk, state):
                     fresh.append(chunk)
                 continue
-            recent = state is None and now - submitted < self.x.lost_after  # sacct may not know it yet
+            recent = state is None and now - submitted < self.executor.lost_after  # sacct may not know it yet
             if recent or (state is not None and state.outcome == "waiting"):
                 chunk.job_id, chunk.walltime = job_id, int(record.get("walltime") or chunk.walltime)
                 chunk.seen = submitted if recent else now
                 chunk.state = state.state if state else None
                 adopted.append(chunk)
                 continue
-            if state is not None and state.state == "TIMEOUT":
+            if state is not None and state.state == TIMEOUT:
                 chunk.walltime = self._longer(int(record.get("walltime") or chunk.walltime))
             fresh.append(chunk)
         if adopted:
-            jobs = sorted({c.job_id for c in adopted}, key=int)
-            events.log_event(self.x.layout.events, "slurm_reattached", batch=self.batch,
+            jobs = sorted({c.job_id for c in adopted if c.job_id}, key=int)
+            events.log_event(self.executor.layout.events, "slurm_reattached", batch=self.batch,
                                chunks=[c.index for c in adopted], job_ids=jobs)
             self.progress(self.done, self.total, f"re-attached to job {', '.join(jobs)} for "
                                                  f"{len(adopted)} chunks still pending or running")
@@ -268,35 +245,32 @@ class _BatchRun:
     def _submit(self, chunks: list[_Chunk]) -> None:
         walltime = max(c.walltime for c in chunks)
         indices = sorted(c.index for c in chunks)
-        x = self.x
-        job_id = slurm.submit(
-            self.script, job_name=slurm.job_name(self.batch), array_indices=indices,
-            throttle=x.array_throttle or None, comment=f"ocr batch {self.batch}",
-            partition=x.partition or None, account=x.account or None, gres=x.gres or None,
-            cpus=x.cpus_per_task or None, mem=x.mem or None, time=walltime,
+        executor = self.executor
+        job_id = executor.client.submit(
+            self.script, job_name=job_name(self.batch), array_indices=indices,
+            throttle=executor.array_throttle or None, comment=f"ocr batch {self.batch}",
+            partition=executor.partition or None, account=executor.account or None, gres=executor.gres or None,
+            cpus=executor.cpus_per_task or None, mem=executor.mem or None, time=walltime,
             output=str(self.paths.logs / LOG_PATTERN),
             # Logs of earlier attempts of a chunk stay above the new attempt's output.
-            extra_args=["--open-mode=append", *x.extra_args],
+            extra_args=["--open-mode=append", *executor.extra_args],
         )
-        events.log_event(x.layout.events, "slurm_submitted", batch=self.batch, chunks=indices,
+        events.log_event(executor.layout.events, "slurm_submitted", batch=self.batch, chunks=indices,
                            job_id=job_id, walltime=walltime)
         submitted_at = events.now_iso()
-        events.append(x.layout.metrics, [{
-            "batch": self.batch, "chunk": c.index, "pages": c.run.pages, "executor": "slurm",
-            "walltime_requested": walltime, "job_id": job_id, "attempt": c.failures + 1,
-            "submitted_at": submitted_at,
-        } for c in chunks])
-        now = x.clock()
+        events.append(executor.layout.metrics, [records.submission_record(
+            self.batch, c.index, c.run.pages, job_id, walltime, c.failures + 1, submitted_at) for c in chunks])
+        now = executor.clock()
         for chunk in chunks:
             chunk.job_id, chunk.walltime, chunk.seen, chunk.state = job_id, walltime, now, None
         self.progress(self.done, self.total, f"submitted job {job_id} for {len(indices)} chunks "
                                              f"(walltime {walltime} s)")
 
     def _wait(self) -> None:
-        interval = PollInterval(self.x.poll_initial, self.x.poll_max, self.x.poll_growth)
+        interval = PollInterval(self.executor.poll_initial, self.executor.poll_max, self.executor.poll_growth)
         pause = interval.current
         while self.active:
-            self.x.sleep(pause)
+            self.executor.sleep(pause)
             changed = self._poll()
             pause = interval.next(changed)
 
@@ -304,7 +278,7 @@ class _BatchRun:
         """One status query for every job; returns whether anything changed."""
         states = self._confirmed(self._query_with_retries(self._job_ids()), {
             c.key for i, c in self.active.items() if not self.paths.done_marker(i).exists()})
-        now = self.x.clock()
+        now = self.executor.clock()
         changed = False
         retry: list[_Chunk] = []
         lost: list[_Chunk] = []
@@ -317,7 +291,7 @@ class _BatchRun:
                 self._chunk_done(chunk, state)
                 changed = True
             elif state is None:
-                if now - chunk.seen > self.x.lost_after:
+                if now - chunk.seen > self.executor.lost_after:
                     lost.append(chunk)
             elif state.outcome == "waiting":
                 changed |= state.state != chunk.state
@@ -346,7 +320,7 @@ class _BatchRun:
         if not ended:
             return states
         try:
-            known = slurm.query_controller({states[k].job_id for k in ended})
+            known = self.executor.client.query_controller({states[k].job_id for k in ended})
         except SlurmError:
             return {k: s for k, s in states.items() if k not in ended}
         return {**states, **{k: known[k] for k in ended if k in known and known[k].outcome == "waiting"}}
@@ -356,17 +330,17 @@ class _BatchRun:
         if not chunks:
             return []
         try:
-            known = slurm.query_controller({c.job_id for c in chunks if c.job_id})
+            known = self.executor.client.query_controller({c.job_id for c in chunks if c.job_id})
         except SlurmError:
             return []
         retry = []
         for chunk in chunks:
             state = known.get(chunk.key)
             if state is not None and state.outcome == "waiting":
-                chunk.seen, chunk.state = self.x.clock(), state.state
+                chunk.seen, chunk.state = self.executor.clock(), state.state
             elif self._chunk_failed(chunk, state or JobState(
                     chunk.job_id or "", chunk.index, "LOST",
-                    reason=f"neither sacct nor squeue reports it {self.x.lost_after:.0f} s after submission")):
+                    reason=f"neither sacct nor squeue reports it {self.executor.lost_after:.0f} s after submission")):
                 retry.append(chunk)
         return retry
 
@@ -385,11 +359,11 @@ class _BatchRun:
         self._metrics_end(chunk, state)
         chunk.failures += 1
         chunk.failed_jobs.add(chunk.job_id or "")
-        events.log_event(self.x.layout.events, "slurm_chunk_failed", batch=self.batch, chunk=chunk.index,
+        events.log_event(self.executor.layout.events, "slurm_chunk_failed", batch=self.batch, chunk=chunk.index,
                            job_id=chunk.job_id, state=state.state, exit_code=state.exit_code,
                            reason=state.reason, attempt=chunk.failures)
         if chunk.failures <= chunk.limit:
-            if state.state == "TIMEOUT":
+            if state.state == TIMEOUT:
                 chunk.walltime = self._longer(chunk.walltime)
             self.progress(self.done, self.total, f"chunk {chunk.index} (job {chunk.key}) ended "
                                                  f"{describe_end(state.state, state.exit_code)}; "
@@ -406,17 +380,17 @@ class _BatchRun:
                                                   log, (
             f"batch {self.batch} chunk {chunk.index}: job {chunk.key} ended {what}"
             + (f", reason {state.reason}" if state.reason else "")
-            + f" after {chunk.failures} attempt{'s' if chunk.failures > 1 else ''}; log: {log}"))
+            + f" after {attempt_count(chunk.failures)}; log: {log}"))
         self.progress(self.done, self.total, f"chunk {chunk.index} FAILED: {what}")
 
     def _longer(self, walltime: int) -> int:
-        longer = math.ceil(walltime * self.x.timeout_walltime_factor)
+        longer = math.ceil(walltime * self.executor.timeout_walltime_factor)
         return min(longer, self.cap) if self.cap else longer
 
     # --- metrics ------------------------------------------------------------------------------
 
     def _metrics_end(self, chunk: _Chunk, state: JobState) -> None:
-        events.append(self.x.layout.metrics, [metrics.end_record(
+        events.append(self.executor.layout.metrics, [records.end_record(
             self.batch, chunk.index, chunk.run.pages, chunk.job_id or "", state.state, state.exit_code,
             state.elapsed_seconds, state.start, state.end)])
 
@@ -432,9 +406,9 @@ class _BatchRun:
         for _ in range(3):
             if not self.unmeasured:
                 return
-            self.x.sleep(self.x.poll_initial)
+            self.executor.sleep(self.executor.poll_initial)
             try:
-                self._measure(slurm.query(self._job_ids()))
+                self._measure(self.executor.client.query(self._job_ids()))
             except SlurmError:
                 return
 
@@ -444,12 +418,12 @@ class _BatchRun:
         return {c.job_id for c in [*self.active.values(), *self.unmeasured.values()] if c.job_id}
 
     def _query_with_retries(self, job_ids: set[str]) -> dict[str, JobState]:
-        backoff = Backoff(base=self.x.poll_initial, maximum=self.x.poll_max)
-        for failures in range(1, self.x.max_query_failures + 1):
+        backoff = Backoff(base=self.executor.poll_initial, maximum=self.executor.poll_max)
+        for failures in range(1, self.executor.max_query_failures + 1):
             try:
-                return slurm.query(job_ids)
+                return self.executor.client.query(job_ids)
             except SlurmError as exc:
-                if failures == self.x.max_query_failures:
+                if failures == self.executor.max_query_failures:
                     raise SlurmError(
                         f"batch {self.batch}: {failures} status queries in a row failed, the last with: {exc}. "
                         f"The jobs ({', '.join(sorted(job_ids, key=int))}) keep running; run the same command "
@@ -457,7 +431,7 @@ class _BatchRun:
                     ) from exc
                 delay = backoff.delay(failures)
                 self.progress(self.done, self.total, f"status query failed ({exc}); retrying in {delay:.0f} s")
-                self.x.sleep(delay)
+                self.executor.sleep(delay)
         raise AssertionError("unreachable")
 
     def _report(self) -> None:
@@ -493,9 +467,9 @@ class _BatchRun:
         if not jobs:
             return
         try:
-            slurm.cancel(jobs)
+            self.executor.client.cancel(jobs)
             error = None
         except SlurmError as exc:
             error = str(exc)
-        events.log_event(self.x.layout.events, "slurm_cancelled", batch=self.batch, job_ids=jobs,
+        events.log_event(self.executor.layout.events, "slurm_cancelled", batch=self.batch, job_ids=jobs,
                            chunks=sorted(self.active), error=error)
