@@ -142,7 +142,7 @@ SECTIONS: tuple[type[_Section], ...] = (
 
 # Luigi's own settings as this package needs them, used where the site's luigi.cfg does not set them:
 # exit codes that tell cron a failure (Luigi's default is 0), and a worker that waits while another
-# site's worker runs a task it needs (the first failure still ends the run: see tasks/command_line.py).
+# site's worker runs a task it needs (the first failure still ends the run: see pipeline/run_control.py).
 LUIGI_DEFAULTS: dict[str, dict[str, str]] = {
     "retcode": {"already_running": "10", "missing_data": "20", "not_run": "25", "task_failed": "30",
                 "scheduling_error": "35", "unhandled_exception": "40"},
