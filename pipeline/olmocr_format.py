@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -171,13 +171,6 @@ class ResultLine:
     line_number: int
     record: dict[str, Any] | None
     error: str | None = None
-
-
-@dataclass
-class ScanStats:
-    files: int = 0
-    records: int = 0
-    malformed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def result_files(results_dir: Path) -> list[Path]:
