@@ -92,7 +92,8 @@ class S3Config(_Section):
     command = luigi.Parameter(default="", description="engine=command: argument template, placeholders "
                               "{uri} {input} {workdir} {outdir} {output} {shard}; never run by a shell")
     parallel_documents = luigi.IntParameter(default=2, description="documents processed at once on a node")
-    document_attempts = luigi.IntParameter(default=3, description="runs a failing document gets before it stays .failed")
+    document_attempts = luigi.IntParameter(default=3, description="runs a failing document gets before it "
+                                           "stays .failed")
     document_timeout = luigi.FloatParameter(default=0.0, description="seconds per document command; 0 = no limit")
     min_root_free_gb = luigi.FloatParameter(default=5.0, description="Preflight: free space needed on /")
     min_work_free_gb = luigi.FloatParameter(default=50.0, description="Preflight: free space needed on work_dir")
