@@ -85,6 +85,9 @@ def _whole_output(layout: Layout, identifier: str) -> bool:
     return meta.get("identifier") == identifier and isinstance(record.get("text"), str)
 
 
+BATCH_RECORD = "batch.json"  # a batch's identifiers and pages (DESIGN.md's stage layout)
+
+
 def _is_temp(path: Path) -> bool:
     return path.name.startswith(".")
 
@@ -93,8 +96,9 @@ def held_identifiers(base: Path, fanout_width: int = 2) -> set[str]:
     """Documents the pipeline has taken charge of: a 01 .meta.json, or listed in a batch.json."""
     held = {p.name[: -len(".meta.json")] for p in (base / DOWNLOADED).rglob("*.meta.json") if not _is_temp(p)}
     for paths in _batches(base, fanout_width).values():
-        if paths.manifest.exists():
-            held.update(_json(paths.manifest)["documents"])
+        record = paths.dir / BATCH_RECORD
+        if record.exists():
+            held.update(_json(record)["documents"])
     return held
 
 
@@ -165,8 +169,9 @@ def check_converged(base: Path, ref: Reference, fanout_width: int = 2) -> list[s
     for number, paths in sorted(batches.items()):
         if not paths.finalized.exists():
             problems.append(f"batch {number}: no finalized.json")
-        if paths.manifest.exists():
-            for identifier in _json(paths.manifest)["documents"]:
+        record = paths.dir / BATCH_RECORD
+        if record.exists():
+            for identifier in _json(record)["documents"]:
                 if identifier in owner:
                     problems.append(f"{identifier}: in batch {owner[identifier]} and in batch {number}")
                 owner[identifier] = number
@@ -176,7 +181,8 @@ def check_converged(base: Path, ref: Reference, fanout_width: int = 2) -> list[s
         if _whole_output(layout, identifier):
             named = _json(layout.processed_metadata(identifier)).get("batch")
             if named != owner[identifier]:
-                problems.append(f"{identifier}: metadata names batch {named}, batch.json of {owner[identifier]} lists it")
+                problems.append(f"{identifier}: metadata names batch {named}, "
+                                f"batch.json of {owner[identifier]} lists it")
     events = base / MANIFESTS / "events.ndjson"
     if events.exists():
         counts: dict[str, int] = {}
@@ -275,7 +281,7 @@ def check_shard_safe(client, status_prefix: str, uris: list[str]) -> list[str]:
     from pipeline.cloud import s3
 
     problems = []
-    for key, item in sorted(s3_objects(client, status_prefix).items()):
+    for key in sorted(s3_objects(client, status_prefix)):
         uri = f"s3://{s3.split(status_prefix)[0]}/{key}"
         try:
             marker = json.loads(_s3_get(client, uri) or b"")
