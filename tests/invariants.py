@@ -85,9 +85,6 @@ def _whole_output(layout: Layout, identifier: str) -> bool:
     return meta.get("identifier") == identifier and isinstance(record.get("text"), str)
 
 
-BATCH_RECORD = "batch.json"  # a batch's identifiers and pages (DESIGN.md's stage layout)
-
-
 def _is_temp(path: Path) -> bool:
     return path.name.startswith(".")
 
@@ -96,9 +93,8 @@ def held_identifiers(base: Path, fanout_width: int = 2) -> set[str]:
     """Documents the pipeline has taken charge of: a 01 .meta.json, or listed in a batch.json."""
     held = {p.name[: -len(".meta.json")] for p in (base / DOWNLOADED).rglob("*.meta.json") if not _is_temp(p)}
     for paths in _batches(base, fanout_width).values():
-        record = paths.dir / BATCH_RECORD
-        if record.exists():
-            held.update(_json(record)["documents"])
+        if paths.manifest.exists():
+            held.update(_json(paths.manifest)["documents"])
     return held
 
 
@@ -169,9 +165,8 @@ def check_converged(base: Path, ref: Reference, fanout_width: int = 2) -> list[s
     for number, paths in sorted(batches.items()):
         if not paths.finalized.exists():
             problems.append(f"batch {number}: no finalized.json")
-        record = paths.dir / BATCH_RECORD
-        if record.exists():
-            for identifier in _json(record)["documents"]:
+        if paths.manifest.exists():
+            for identifier in _json(paths.manifest)["documents"]:
                 if identifier in owner:
                     problems.append(f"{identifier}: in batch {owner[identifier]} and in batch {number}")
                 owner[identifier] = number
