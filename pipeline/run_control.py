@@ -38,7 +38,7 @@ from pipeline.layout import Layout
 SETTINGS_ERROR = 2
 # What a task's ``checked_at_start`` may name (a task without it: only the settings and luigid):
 CHECKS = {
-    "base_dir": "it works under [pipeline] base_dir (the cloud shard tasks work on S3 and a work_dir)",
+    "base_dir": "it works under [pipeline] base_dir (the cloud shard tasks do not: they work on S3)",
     "batch": "its ``batch`` parameter names a batch that must exist (only CreateBatch opens one)",
     "source": "it downloads: its ``source`` parameter, else [download] source, must be set and exist",
     "source_if_set": "it may download: [download] source, when set, must exist",
