@@ -2,7 +2,7 @@
 
 ``luigi --module pipeline <Task>`` finds every task here; the code doing the work lives in the
 modules of this package, the tasks in the ``tasks`` package. Importing it also sets up the run
-(Luigi defaults, start-up checks, stop at the first failure): see tasks/command_line.py.
+(Luigi defaults, start-up checks, stop at the first failure): see pipeline/run_control.py.
 
 ``python -m pipeline.<tool>`` (a chunk job on a compute node, the shard status command) needs none
 of that: while Python locates such a module, ``sys.argv[0]`` is ``"-m"``, and Luigi and the tasks
@@ -11,7 +11,7 @@ are then not imported, so a chunk job starts in a fraction of the time.
 import sys
 
 if sys.argv[:1] != ["-m"]:
+    from pipeline import run_control
     from tasks import *  # noqa: F403  (registers the tasks with Luigi)
-    from tasks import command_line
 
-    command_line.install()
+    run_control.install()

@@ -94,7 +94,8 @@ class S3Config(_Section):
     command = luigi.Parameter(default="", description="engine=command: argument template, placeholders "
                               "{uri} {input} {workdir} {outdir} {output} {shard}; never run by a shell")
     parallel_documents = luigi.IntParameter(default=2, description="documents processed at once on a node")
-    document_attempts = luigi.IntParameter(default=3, description="runs a failing document gets before it stays .failed")
+    document_attempts = luigi.IntParameter(default=3, description="runs a failing document gets before it "
+                                           "stays .failed")
     document_timeout = luigi.FloatParameter(default=0.0, description="seconds per document command; 0 = no limit")
     min_root_free_gb = luigi.FloatParameter(default=5.0, description="Preflight: free space needed on /")
     min_work_free_gb = luigi.FloatParameter(default=50.0, description="Preflight: free space needed on work_dir")
@@ -144,7 +145,7 @@ SECTIONS: tuple[type[_Section], ...] = (
 
 # Luigi's own settings as this package needs them, used where the site's luigi.cfg does not set them:
 # exit codes that tell cron a failure (Luigi's default is 0), and a worker that waits while another
-# site's worker runs a task it needs (the first failure still ends the run: see tasks/command_line.py).
+# site's worker runs a task it needs (the first failure still ends the run: see pipeline/run_control.py).
 LUIGI_DEFAULTS: dict[str, dict[str, str]] = {
     "retcode": {"already_running": "10", "missing_data": "20", "not_run": "25", "task_failed": "30",
                 "scheduling_error": "35", "unhandled_exception": "40"},

@@ -1,4 +1,4 @@
-"""Append-only NDJSON logs (_manifests/events.ndjson, metrics.ndjson) and their compaction."""
+"""The append-only NDJSON logs (_manifests/events.ndjson, metrics.ndjson): whole lines under concurrency."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -60,12 +60,3 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             if isinstance(record, dict):
                 yield record
 
-
-def compact(path: Path, summary_path: Path, key: str) -> dict[str, dict[str, Any]]:
-    """Fold records by ``key`` (later fields win) and write the result atomically as a summary."""
-    folded: dict[str, dict[str, Any]] = {}
-    for record in read(path):
-        if key in record:
-            folded.setdefault(str(record[key]), {}).update(record)
-    atomic.write_json(summary_path, folded)
-    return folded

@@ -13,7 +13,7 @@ PROCESSING = "03_ocr_processing"
 OCR_COMPLETED = "04_ocr_completed"
 PROCESSED = "05_processed"
 QUARANTINE = "_quarantine"
-MANIFESTS = "_manifests"
+MANIFESTS = "_manifests"  # the folder of the event log, metrics and run records (its name on disk stays)
 
 _BATCH_DIR = re.compile(r"^batch_(\d+)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -152,7 +152,7 @@ class Layout:
     def metrics(self) -> Path:
         return self.manifests / "metrics.ndjson"
 
-    def waiting_pdfs(self):
+    def waiting_pdfs(self) -> list[tuple[str, Path]]:
         """PDFs in 01_downloaded (and a legacy 02_ocr_pending), as (identifier, path), sorted."""
         found: list[tuple[str, Path]] = []
         for stage in (DOWNLOADED, PENDING_LEGACY):

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -121,25 +121,25 @@ def build_record(
         position += len(content)
     text = "".join(text_parts)
     today = _dt.date.today().isoformat()
-    record = {
+    metadata: dict[str, Any] = {
+        "Source-File": source_file,
+        ENGINE_VERSION_KEY: version,
+        "pdf-total-pages": len(page_texts),
+        "total-input-tokens": input_tokens,
+        "total-output-tokens": output_tokens,
+        "total-fallback-pages": fallback_pages,
+    }
+    if replaced:
+        metadata[REPLACED_KEY] = replaced
+    return {
         "id": hashlib.sha1(text.encode("utf-8")).hexdigest(),
         "text": text,
         "source": "olmocr",
         "added": today,
         "created": today,
-        "metadata": {
-            "Source-File": source_file,
-            ENGINE_VERSION_KEY: version,
-            "pdf-total-pages": len(page_texts),
-            "total-input-tokens": input_tokens,
-            "total-output-tokens": output_tokens,
-            "total-fallback-pages": fallback_pages,
-        },
+        "metadata": metadata,
         "attributes": {"pdf_page_numbers": spans},
     }
-    if replaced:
-        record["metadata"][REPLACED_KEY] = replaced
-    return record
 
 
 def source_file_of(record: dict[str, Any]) -> str | None:
@@ -173,13 +173,6 @@ class ResultLine:
     error: str | None = None
 
 
-@dataclass
-class ScanStats:
-    files: int = 0
-    records: int = 0
-    malformed: list[dict[str, Any]] = field(default_factory=list)
-
-
 def result_files(results_dir: Path) -> list[Path]:
     """olmOCR output files in the deterministic order where a later file wins a duplicate."""
     files = [p for p in Path(results_dir).glob("*.jsonl") if p.is_file()]
@@ -210,14 +203,17 @@ def identifiers_in(files: Iterable[Path]) -> set[str]:
     found = set()
     for path in files:
         for line in iter_records(path):
-            if line.record is not None:
-                found.add(identifier_from_source(source_file_of(line.record)))
+            source = source_file_of(line.record) if line.record is not None else None
+            if source is not None:  # always, for a well-formed record
+                found.add(identifier_from_source(source))
     return found
 
 
 def record_stats(record: dict[str, Any]) -> dict[str, Any]:
     """OCR statistics of one record for the metadata file."""
-    meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    meta = record.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     text = record.get("text") or ""
     spans = (record.get("attributes") or {}).get("pdf_page_numbers") or []
     return {

@@ -134,7 +134,6 @@ class Ref:
 
 
 _WS = b" \t\r\n\x0c\x00"
-_DELIM = b"()<>[]{}/%"
 _TOKEN = re.compile(rb"[^\s()<>\[\]{}/%]+")
 _REF_ARRAY = re.compile(rb"\[(?:\s*\d+\s+\d+\s+R)+\s*(\]?)")
 _PARTIAL_REF = re.compile(rb"[\s\d]*")  # what is left when the read stops inside a reference array
@@ -431,7 +430,7 @@ class _Resolver:
         if not (isinstance(index, list) and all(isinstance(i, int) and i >= 0 for i in index)):
             raise _FastPathFailed("bad /Index in xref stream")
         subsections, first_row = [], 0
-        for start, count in zip(index[::2], index[1::2]):
+        for start, count in zip(index[::2], index[1::2], strict=False):  # an odd last entry is ignored
             subsections.append((start, count, first_row))
             first_row += count
         predictor, row_bytes, bpp = self._predictor(stream)
@@ -636,7 +635,7 @@ def _png_unpredict(data: bytes, row_bytes: int, bpp: int = 1) -> bytes:
     for start in range(0, len(data) - row_bytes, row):
         kind, line = data[start], bytearray(data[start + 1:start + row])
         if kind == 2:
-            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev))
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev, strict=False))
         elif kind == 1:
             for i in range(bpp, len(line)):
                 line[i] = (line[i] + line[i - bpp]) & 0xFF

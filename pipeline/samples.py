@@ -52,7 +52,8 @@ def scanned_pdf(pages: list[str], dpi: int = 150) -> bytes:
     """An image-only PDF: each page's text drawn into a greyscale image, no text layer."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default(size=max(12, dpi * 22 // 100))
+    size = max(12, dpi * 22 // 100)
+    font = ImageFont.load_default(size=size)
     images = []
     width, height = int(8.27 * dpi), int(11.69 * dpi)
     for text in pages:
@@ -61,7 +62,7 @@ def scanned_pdf(pages: list[str], dpi: int = 150) -> bytes:
         y = dpi
         for line in text.splitlines():
             draw.text((dpi, y), line, fill=0, font=font)
-            y += int(font.size * 1.6)
+            y += int(size * 1.6)
         images.append(image)
     buffer = io.BytesIO()
     images[0].save(buffer, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)
@@ -124,7 +125,8 @@ def pdf_stream(data: bytes, flate: bool = False) -> bytes:
     """A stream object's body, Flate-compressed when asked."""
     if flate:
         data = zlib.compress(data)
-    return b"<< /Length %d%s >>\nstream\n" % (len(data), b" /Filter /FlateDecode" if flate else b"") + data + b"\nendstream"
+    header = b"<< /Length %d%s >>\nstream\n" % (len(data), b" /Filter /FlateDecode" if flate else b"")
+    return header + data + b"\nendstream"
 
 
 def pdf_from_objects(objects: list[bytes]) -> bytes:

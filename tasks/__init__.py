@@ -6,6 +6,6 @@ from .process_all import ProcessAll
 from .shards import CountPages, Preflight, RunShard, ShardFile, ShardManifest, ShardStatus
 
 __all__ = [
-    "CountPages", "CreateBatch", "Download", "Finalize", "OCRBatch", "PlanChunks", "Preflight", "ProcessAll",
-    "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults",
+    "CountPages", "CreateBatch", "Download", "Finalize", "MetricsSummary", "OCRBatch", "PlanChunks", "Preflight",
+    "ProcessAll", "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults",
 ]

@@ -51,6 +51,7 @@ class BatchNotFound(LookupError):
 
 class BatchTask(ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
+    checked_at_start = ("base_dir", "batch")  # see pipeline/run_control.py
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -13,6 +13,8 @@ from .base import BatchTask
 class CreateBatch(BatchTask):
     """Take waiting PDFs into a new batch folder, or adopt a batch folder made by the older scripts."""
 
+    checked_at_start = ("base_dir",)  # it opens the batch
+
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.paths.batch_record))
 

@@ -21,6 +21,7 @@ def this_minute() -> str:
 class Download(ProgressMixin, luigi.Task):
     """One pass over the source; ``run`` (default: this minute) lets cron start a new pass each time."""
 
+    checked_at_start = ("base_dir", "source")  # see pipeline/run_control.py
     source = luigi.Parameter(default="", description="folder, URL list or s3:// prefix; default [download] source")
     run_id = luigi.Parameter(default="", description="names this pass (ProcessAll passes its own); default: now")
 

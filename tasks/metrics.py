@@ -15,6 +15,7 @@ from .base import ProgressMixin, layout
 class MetricsSummary(ProgressMixin, luigi.Task):
     """Compact _manifests/metrics.ndjson into metrics_summary.json and print the figures."""
 
+    checked_at_start = ("base_dir",)  # see pipeline/run_control.py
     _written = False
 
     def output(self) -> luigi.LocalTarget:

@@ -20,6 +20,7 @@ from .download import Download, this_minute
 class ProcessAll(ProgressMixin, luigi.Task):
     """One pass of the whole pipeline; a new ``run_id`` (default: this minute) starts a new pass."""
 
+    checked_at_start = ("base_dir", "source_if_set")  # see pipeline/run_control.py
     run_id = luigi.Parameter(default="", description="names this pass; default: the current UTC minute")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

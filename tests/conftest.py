@@ -32,7 +32,9 @@ def luigi_executable() -> str:
 
 @contextmanager
 def running_luigid(folder: Path, **scheduler: object) -> Iterator[int]:
-    """A real luigid on 127.0.0.1 (state and logs in ``folder``, ``scheduler`` its [scheduler] settings); yields its port."""
+    """A real luigid on 127.0.0.1 (state and logs in ``folder``, ``scheduler`` its [scheduler] settings).
+
+    Yields its port."""
     from .s3server import free_port  # a plugin module (pytest_plugins): imported by pytest first
 
     port = free_port()

@@ -177,7 +177,8 @@ def xref_shifted(rng: random.Random, data: bytes) -> bytes:
         end = data.rfind(b"startxref")
         return data[:end] + b"startxref\n%d\n%%%%EOF\n" % moved
     insert = rng.randrange(16, len(data) // 2)  # the objects moved
-    return data[:insert] + b"%" + bytes(rng.randrange(32, 127) for _ in range(rng.randint(1, 3000))) + b"\n" + data[insert:]
+    comment = b"%" + bytes(rng.randrange(32, 127) for _ in range(rng.randint(1, 3000))) + b"\n"
+    return data[:insert] + comment + data[insert:]
 
 
 def huge_count(rng: random.Random, data: bytes) -> bytes | None:
@@ -254,7 +255,7 @@ def _xref_rows(raw: bytes, predicted: bool, width: int) -> bytes:
         return data
     out, prev = bytearray(), bytearray(width)
     for i in range(0, len(data), width + 1):  # qpdf writes PNG "Up" rows
-        row = bytearray((a + b) & 0xFF for a, b in zip(data[i + 1:i + 1 + width], prev))
+        row = bytearray((a + b) & 0xFF for a, b in zip(data[i + 1:i + 1 + width], prev, strict=False))
         out += row
         prev = row
     return bytes(out)

@@ -176,7 +176,8 @@ def check_converged(base: Path, ref: Reference, fanout_width: int = 2) -> list[s
         if _whole_output(layout, identifier):
             named = _json(layout.processed_metadata(identifier)).get("batch")
             if named != owner[identifier]:
-                problems.append(f"{identifier}: metadata names batch {named}, batch.json of {owner[identifier]} lists it")
+                problems.append(f"{identifier}: metadata names batch {named}, "
+                                f"batch.json of {owner[identifier]} lists it")
     events = base / MANIFESTS / "events.ndjson"
     if events.exists():
         counts: dict[str, int] = {}
@@ -275,7 +276,7 @@ def check_shard_safe(client, status_prefix: str, uris: list[str]) -> list[str]:
     from pipeline.cloud import s3
 
     problems = []
-    for key, item in sorted(s3_objects(client, status_prefix).items()):
+    for key in sorted(s3_objects(client, status_prefix)):
         uri = f"s3://{s3.split(status_prefix)[0]}/{key}"
         try:
             marker = json.loads(_s3_get(client, uri) or b"")

@@ -1,17 +1,20 @@
 """Crash-safe writes (pipeline.atomic): temp file, fsync, rename; never a partly written target."""
 from __future__ import annotations
 
+import errno
 import os
-import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from pipeline import atomic
+from pipeline import atomic, faults
+
+from .conftest import ROOT
 
 
 def test_write_bytes_creates_folders_and_leaves_only_the_target(tmp_path):
@@ -94,44 +97,107 @@ def test_remove_files_reports_what_it_removed(tmp_path):
     assert not present.exists()
 
 
+SIZE = 2 << 20
+VERSIONS = (b"A" * SIZE, b"B" * (SIZE + 4096))
+
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from pipeline import atomic
 
     target, size = Path(sys.argv[1]), int(sys.argv[2])
-    contents = [b"A" * size, b"B" * (size + 4096)]
-    n = 0
-    while True:
-        atomic.write_bytes(target, contents[n % 2])
-        n += 1
-        if n == 1:
-            print("first", flush=True)
+    if sys.argv[3:]:
+        atomic.copy_file(Path(sys.argv[3]), target)  # from a pipe: the test decides how much arrives
+    else:
+        for n in range(3):
+            atomic.write_bytes(target, [b"A" * size, b"B" * (size + 4096)][n % 2])
 """)
 
 
-def test_a_writer_killed_at_any_moment_never_leaves_a_partial_target(tmp_path):
-    """SIGKILL a process that rewrites a large file in a loop: the target is always one whole version."""
-    size = 8 << 20
-    whole = {b"A" * size, b"B" * (size + 4096)}
-    target = tmp_path / "big.bin"
-    rng = random.Random(1234)
-    interrupted = 0
-    rounds = 0
-    while rounds < 40 and interrupted < 3:
-        rounds += 1
-        child = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(size)], stdout=subprocess.PIPE)
-        assert child.stdout.readline() == b"first\n"
-        time.sleep(rng.uniform(0.0, 0.25))
-        child.send_signal(signal.SIGKILL)
+def writer(target: Path, *source: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(SIZE), *map(str, source)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def assert_whole_or_absent(target: Path, versions: set[bytes]) -> list[Path]:
+    """The target holds one whole version (or none); anything else is a hidden temp file of it."""
+    if target.exists():
+        assert target.read_bytes() in versions
+    leftovers = [p for p in target.parent.iterdir() if p != target]
+    assert all(p.name.startswith(f".{target.name}.") and p.name.endswith(".tmp") for p in leftovers), leftovers
+    return leftovers
+
+
+def test_a_writer_killed_inside_its_write_leaves_the_old_target_whole(tmp_path):
+    """SIGKILL while the new version is half written to the temp file: the target keeps the old one."""
+    target = tmp_path / "out" / "big.bin"
+    atomic.write_bytes(target, VERSIONS[0])
+    pipe = tmp_path / "incoming"
+    os.mkfifo(pipe)
+    child = writer(target, pipe)
+    try:
+        fd = -1
+
+        def reader_is_there() -> bool:
+            nonlocal fd
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # ENXIO: the writer has not opened its end yet
+                assert child.poll() is None and exc.errno == errno.ENXIO, exc
+                return False
+            return True
+
+        wait_for(reader_is_there, "the writer to open the pipe")
+        os.set_blocking(fd, True)
+        half = len(VERSIONS[1]) // 2 // (1 << 20) * (1 << 20)  # whole blocks of copy_file's 1 MiB
+        os.write(fd, VERSIONS[1][:half])
+        temp = lambda: [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]  # noqa: E731
+        wait_for(lambda: len(temp()) == 1 and temp()[0].stat().st_size == half, "half of the new version")
+        child.send_signal(signal.SIGKILL)  # it waits for the rest, inside its write
         child.wait()
-        child.stdout.close()
-        assert target.read_bytes() in whole
-        leftovers = [p for p in tmp_path.iterdir() if p != target]
-        # A kill mid-write may leave a hidden temp file beside the target, never under its name.
-        assert all(p.name.startswith(".big.bin.") and p.name.endswith(".tmp") for p in leftovers)
-        if leftovers:
-            interrupted += 1
-            for p in leftovers:
-                p.unlink()
-    assert interrupted >= 1, "no kill landed inside a write; the test did not exercise the crash"
+        os.close(fd)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert target.read_bytes() == VERSIONS[0]
+    (leftover,) = assert_whole_or_absent(target, set(VERSIONS))
+    assert leftover.stat().st_size == half
+
+    atomic.write_bytes(target, VERSIONS[1])  # the next write of the target clears what the killed one left
+    assert [p.name for p in target.parent.iterdir()] == ["big.bin"]
+    assert target.read_bytes() == VERSIONS[1]
+
+
+@pytest.mark.parametrize("point, n, expected", [
+    ("atomic.rename.before", 1, None),  # the first version is written, not yet renamed
+    ("atomic.rename.before", 2, VERSIONS[0]),  # the second: the first stays
+    ("atomic.rename.after", 2, VERSIONS[1]),  # renamed, its folder not yet synced
+])
+def test_a_writer_killed_around_its_rename_leaves_one_whole_version(tmp_path, point, n, expected):
+    """Killed at a named instant of the write (pipeline/faults.py): the target is one whole version."""
+    target = tmp_path / "out" / "big.bin"
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    child = writer(target, env={faults.FAULT_DIR: str(faults_dir), faults.PAUSE_AT: f"{point} */big.bin:{n}"})
+    try:
+        paused = faults_dir / faults.PAUSED
+        wait_for(lambda: paused.exists() or child.poll() is not None, f"{point} #{n}")
+        assert paused.exists(), f"the writer ended ({child.returncode}) without reaching {point} #{n}"
+        wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
+                 "the writer to stop")
+    finally:
+        child.kill()
+        child.wait()
+    leftovers = assert_whole_or_absent(target, set(VERSIONS))
+    assert (target.read_bytes() if target.exists() else None) == expected
+    assert len(leftovers) == (point == "atomic.rename.before")  # the whole new version, never renamed
+    atomic.write_bytes(target, b"C")  # the next write of the target clears what the killed one left
+    assert [p.name for p in target.parent.iterdir()] == ["big.bin"]

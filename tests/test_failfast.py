@@ -8,7 +8,6 @@ import configparser
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from pipeline.layout import Layout
 
 from .conftest import ROOT, Site, luigi_executable, running_luigid, snapshot, write_config
 from .s3server import free_port, run_luigi
-from .test_luigid import ENGINE
+from .test_luigid import ENGINE, start_while_the_first_runs_ocr
 
 HANG = 120  # seconds; a run that waits for Luigi's retry (900 s) is stopped here and fails
 SETTINGS_ERROR = 2
@@ -149,9 +148,9 @@ def test_base_dir_is_created_when_the_site_asks_for_it(make_site, tmp_path):
 
 def test_sites_sharing_a_luigid_both_end_when_the_task_they_share_fails(make_site, tmp_path):
     """A site waiting for a task the other runs (keep_alive) takes it over once when it fails, then ends too."""
-    log = tmp_path / "engine.log"
+    log, gate = tmp_path / "engine.log", tmp_path / "gate"
     script = tmp_path / "engine.py"
-    script.write_text(ENGINE.format(root=str(ROOT), log=str(log)))  # OCR that takes 2 s a chunk
+    script.write_text(ENGINE.format(root=str(ROOT), log=str(log), gate=str(gate)))  # OCR held until the gate opens
     site = make_site(source=incoming(tmp_path), engine="command", worker__wait_interval=0.2,
                      worker__wait_jitter=0.2, ocr__command=f"{sys.executable} {script} {{chunk_list}} {{output}}")
     site.luigi("Download", "--run-id", "d")
@@ -162,15 +161,20 @@ def test_sites_sharing_a_luigid_both_end_when_the_task_they_share_fails(make_sit
     luigid_dir.mkdir()
     # luigid retries a failed task after retry_delay (900 s by default), looked at when it prunes.
     with running_luigid(luigid_dir, retry_delay=1, prune_on_get_work="true") as port:
-        sites = []
-        for spelling in ("5", "0005"):  # two command lines, as Luigi's pid lock takes one per command line
-            sites.append(subprocess.Popen(
+
+        def finalize(spelling: str) -> subprocess.Popen:  # two command lines: Luigi's pid lock is per command line
+            return subprocess.Popen(
                 [luigi_executable(), "--module", "pipeline", "Finalize", "--batch", spelling,
                  "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)],
-                env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-            time.sleep(1.0)
+                env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        sites = [finalize("5")]
+        try:  # the second site asks while the first runs the OCR, and waits for it
+            sites.append(start_while_the_first_runs_ocr(sites[0], log, lambda: finalize("0005"), port))
+        finally:
+            gate.touch()
         outputs = [p.communicate(timeout=HANG)[0] for p in sites]
-    for process, output in zip(sites, outputs):
+    for process, output in zip(sites, outputs, strict=True):
         line = [text for text in output.splitlines() if text.strip()][-1]
         assert process.returncode == TASK_FAILED, output[-4000:]
         assert line.startswith("ERROR: SplitResults(batch=0005) failed") and str(blocker) in line, output[-4000:]

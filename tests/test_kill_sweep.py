@@ -16,6 +16,7 @@ ProcessAll (KILL_SWEEP_STEP=1 for every point).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -314,7 +315,8 @@ def shard_docs() -> dict[str, bytes]:
 
 def shard_cfg(folder: Path, endpoint: str, bucket: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    return write_luigi_cfg(folder / "luigi.cfg", {"core": {"autoload_range": "false", "lock_pid_dir": folder / "locks"}, "s3": {
+    core = {"autoload_range": "false", "lock_pid_dir": folder / "locks"}
+    return write_luigi_cfg(folder / "luigi.cfg", {"core": core, "s3": {
         "endpoint_url": endpoint, "max_attempts": 3, "engine": "text", "parallel_documents": 1,
         "document_attempts": 1, "work_dir": folder / "work",
         "shard_prefix": f"s3://{bucket}/manifests/shards", "status_prefix": f"s3://{bucket}/status",
@@ -418,11 +420,11 @@ def test_full_sweep_killed_at_every_few_points_then_in_the_recovery(tmp_path, in
         argv = [luigi_executable(), "--module", "pipeline", *PROCESS_ALL, "--local-scheduler"]
         first = Kill("sweep", "*", t, MODES[case % 3])
         second = Kill("sweep", "*", 1 + (t * 7) % 60, MODES[(case + 1) % 3])
+        safe = functools.partial(invariants.assert_safe, site.base)
         try:
-            kill_at(argv, site.env(), site.root, first, tmp_path / "faults", lambda: invariants.assert_safe(site.base))
+            kill_at(argv, site.env(), site.root, first, tmp_path / "faults", safe)
             try:
-                kill_at(argv, site.env(), site.root, second, tmp_path / "faults",
-                        lambda: invariants.assert_safe(site.base))
+                kill_at(argv, site.env(), site.root, second, tmp_path / "faults", safe)
                 recovery_kills += 1
             except AssertionError as exc:
                 if "without reaching the point" not in str(exc):  # a short recovery may end first

@@ -1,8 +1,9 @@
 """luigid restarted while two sites work on one batch: no stage runs twice, a rerun finishes the rest.
 
 A real luigid (with a state file) schedules `Finalize` for two `luigi` processes on one base_dir;
-while the first runs OCRBatch and the second waits for it, luigid is stopped (SIGTERM: it saves its
-state; SIGKILL: a crash, the state is lost) and started again on the same port.
+while the first runs OCRBatch (its OCR held at a gate the test opens) and the second waits for it,
+luigid is stopped (SIGTERM: it saves its state; SIGKILL: a crash, the state is lost) and started
+again on the same port.
 """
 from __future__ import annotations
 
@@ -22,19 +23,22 @@ from pipeline import samples
 from .conftest import luigi_executable, snapshot
 from .invariants import assert_converged, reference
 from .s3server import free_port
+from .test_luigid import start_while_the_first_runs_ocr
 
 DOCUMENTS = [f"doc{n}" for n in range(6)]
 
+# OCR that logs each chunk it starts, then (with a gate) holds it until the test creates that file.
 ENGINE = """\
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from pipeline.olmocr_format import build_record
-chunk_list, output, log = sys.argv[1], sys.argv[2], {log!r}
+chunk_list, output, log, gate = sys.argv[1], sys.argv[2], {log!r}, {gate!r}
 pdfs = [line for line in Path(chunk_list).read_text().splitlines() if line]
 with open(log, "a") as handle:
     handle.write(json.dumps([Path(p).stem for p in pdfs]) + "\\n")
-time.sleep({hold})
+while gate and not Path(gate).exists():
+    time.sleep(0.05)
 Path(output).write_text("".join(json.dumps(build_record(p, ["text of " + Path(p).stem], version="t")) + "\\n"
                                 for p in pdfs))
 """
@@ -89,16 +93,16 @@ def luigid(tmp_path: Path):
     server.stop()
 
 
-def fault_site(make_site, tmp_path: Path, hold: float):
+def fault_site(make_site, tmp_path: Path, gate: Path):
     incoming = tmp_path / "incoming"
     incoming.mkdir(exist_ok=True)
     for name in DOCUMENTS:
         (incoming / f"{name}.pdf").write_bytes(samples.text_pdf([f"page of {name}"] * 4))
     log = tmp_path / "engine.log"
     script = tmp_path / "engine.py"
-    script.write_text(ENGINE.format(root=str(Path(__file__).resolve().parent.parent), log=str(log), hold=hold))
-    site = make_site(source=incoming, engine="command", ocr__command=f"{sys.executable} {script} {{chunk_list}} {{output}}",
-                     ocr__pages_per_chunk=8, ocr__parallel_chunks=1, worker__keep_alive="true",
+    script.write_text(ENGINE.format(root=str(Path(__file__).resolve().parent.parent), log=str(log), gate=str(gate)))
+    site = make_site(source=incoming, engine="command", ocr__pages_per_chunk=8, ocr__parallel_chunks=1,
+                     ocr__command=f"{sys.executable} {script} {{chunk_list}} {{output}}", worker__keep_alive="true",
                      worker__wait_interval=0.2, **{"core__rpc-retry-wait": 1, "core__rpc-retry-attempts": 10})
     site.luigi("Download", "--run-id", f"luigid-{tmp_path.name}")
     site.luigi("CreateBatch", "--batch", "81")
@@ -121,7 +125,7 @@ def undisturbed(tmp_path_factory: pytest.TempPathFactory):
         (incoming / f"{name}.pdf").write_bytes(samples.text_pdf([f"page of {name}"] * 4))
     script = root / "engine.py"
     script.write_text(ENGINE.format(root=str(Path(__file__).resolve().parent.parent), log=str(root / "engine.log"),
-                                    hold=0))
+                                    gate=""))
     write_config(root / "luigi.cfg", {
         "core": {"autoload_range": "false"}, "pipeline": {"base_dir": root / "data"},
         "download": {"source": incoming}, "backpressure": {"min_free_gb": 0.1},
@@ -141,24 +145,23 @@ def events(site) -> list[dict]:
                          ids=["restart", "crash"])
 def test_luigid_restarted_mid_run_with_two_workers(make_site, tmp_path: Path, luigid: Luigid, undisturbed,
                                                    how: signal.Signals) -> None:
-    site, log = fault_site(make_site, tmp_path, hold=1.0)
-    # Two command lines for one batch ('81' and '0081'): Luigi's own lock is per command line.
-    workers = []
+    gate = tmp_path / "gate"
+    site, log = fault_site(make_site, tmp_path, gate)
+
+    def finalize(batch: str) -> subprocess.Popen:  # two command lines: Luigi's own lock is per command line
+        return subprocess.Popen([luigi_executable(), "--module", "pipeline", "Finalize", "--batch", batch,
+                                 *luigid.args], env=site.env(), cwd=site.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    workers = [finalize("81")]
     try:
-        workers.append(subprocess.Popen(
-            [luigi_executable(), "--module", "pipeline", "Finalize", "--batch", "81", *luigid.args],
-            env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        deadline = time.monotonic() + 60
-        while not chunk_runs(log):
-            assert time.monotonic() < deadline and workers[0].poll() is None, "the first site started no chunk"
-            time.sleep(0.1)
-        workers.append(subprocess.Popen(
-            [luigi_executable(), "--module", "pipeline", "Finalize", "--batch", "0081", *luigid.args],
-            env=site.env(), cwd=site.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        time.sleep(1.5)  # the second site asks for the same tasks and waits for the first
-        luigid.stop(how)
-        time.sleep(1.0)
-        luigid.start()
+        try:
+            workers.append(start_while_the_first_runs_ocr(workers[0], log, lambda: finalize("0081"), luigid.port))
+            luigid.stop(how)
+            time.sleep(1.0)  # down for a moment, as a restart is
+            luigid.start()
+        finally:
+            gate.touch()  # the first chunk ends only now, after the restart
         outputs = [w.communicate(timeout=180)[0] for w in workers]
     finally:
         for worker in workers:

@@ -45,7 +45,7 @@ def _png_filter(rows: list[bytes], kinds: list[int]) -> bytes:
     """Apply PNG row filters (the encoder side of /Predictor 12..15) with one byte per pixel."""
     out = bytearray()
     prev = bytes(len(rows[0]))
-    for row, kind in zip(rows, kinds):
+    for row, kind in zip(rows, kinds, strict=True):
         encoded = bytearray()
         for i, value in enumerate(row):
             a = row[i - 1] if i else 0
@@ -544,7 +544,8 @@ def test_a_pdf_after_more_than_a_kilobyte_of_junk_is_counted(tmp_path: Path) -> 
 
 def test_nesting_deeper_than_the_fast_path_allows_is_read_by_another_reader(tmp_path: Path) -> None:
     depth = pdf.MAX_NESTING + 10
-    data = handmade_pdf(5).replace(b"<< /Type /Catalog", b"<< /Deep " + b"[" * depth + b"]" * depth + b" /Type /Catalog")
+    deep = b"<< /Deep " + b"[" * depth + b"]" * depth + b" /Type /Catalog"
+    data = handmade_pdf(5).replace(b"<< /Type /Catalog", deep)
     path = write(tmp_path, "deep.pdf", data)
     assert pdf.count_pages(path) == pdf.PageCount(5, "parse")
 

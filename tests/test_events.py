@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
-import os
 
 from pipeline import events
 
@@ -109,24 +108,3 @@ def test_log_event_records_kind_time_and_fields(tmp_path):
     assert before <= dt.datetime.fromisoformat(record["time"]) <= after
     assert "Zürich" in line  # UTF-8 as written, readable with grep
 
-
-def test_compact_folds_records_by_key_later_fields_win(tmp_path):
-    path = tmp_path / "metrics.ndjson"
-    events.append(path, [
-        {"chunk": 0, "state": "RUNNING", "node": "n1"},
-        {"chunk": 1, "state": "RUNNING"},
-        {"other": True},
-        {"chunk": 0, "state": "COMPLETED", "elapsed": 12.5},
-    ])
-    summary = tmp_path / "metrics_summary.json"
-
-    folded = events.compact(path, summary, "chunk")
-
-    expected = {"0": {"chunk": 0, "state": "COMPLETED", "node": "n1", "elapsed": 12.5},
-                "1": {"chunk": 1, "state": "RUNNING"}}
-    assert folded == expected
-    assert json.loads(summary.read_text()) == expected
-    mtime = summary.stat().st_mtime_ns
-    os.utime(summary, ns=(mtime - 10**9, mtime - 10**9))
-    events.compact(path, summary, "chunk")
-    assert summary.stat().st_mtime_ns == mtime - 10**9  # nothing new: the summary is left alone

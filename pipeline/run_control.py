@@ -9,6 +9,10 @@
   asking for work" signal), lets running ones finish and exits with its [retcode]. Without this
   a worker with keep_alive waits for Luigi's retry of the failed task (15 minutes, then again).
 - The reason of each failure is printed at exit as one line, after Luigi's execution summary.
+
+A task says what it needs checked at start with a class attribute ``checked_at_start`` (this module
+imports no task): any of CHECKS below. Luigi's command line is where the site's settings meet the
+task, so this module reads them (through pipeline.config) as a task would.
 """
 from __future__ import annotations
 
@@ -28,17 +32,17 @@ from luigi.cmdline_parser import CmdlineParser
 
 from pipeline import config, startup_checks
 from pipeline.config import DownloadConfig, PipelineConfig
-
-from .base import BatchTask, layout
-from .batch import CreateBatch
-from .download import Download
-from .metrics import MetricsSummary
-from .process_all import ProcessAll
+from pipeline.layout import Layout
 
 # Exit code when the command line or the settings are wrong (like argparse's usage errors).
 SETTINGS_ERROR = 2
-# Tasks that work under [pipeline] base_dir (the cloud shard tasks work on S3 and a work_dir).
-FILE_TASKS = (BatchTask, Download, ProcessAll, MetricsSummary)
+# What a task's ``checked_at_start`` may name (a task without it: only the settings and luigid):
+CHECKS = {
+    "base_dir": "it works under [pipeline] base_dir (the cloud shard tasks do not: they work on S3)",
+    "batch": "its ``batch`` parameter names a batch that must exist (only CreateBatch opens one)",
+    "source": "it downloads: its ``source`` parameter, else [download] source, must be set and exist",
+    "source_if_set": "it may download: [download] source, when set, must exist",
+}
 _LINE_LIMIT = 1000
 
 
@@ -95,23 +99,35 @@ def startup_problems(task: luigi.Task) -> list[str]:
     problems = config.invalid_values(parser)
     if problems:
         return problems
-    found: list[str | None] = []
-    if isinstance(task, FILE_TASKS):
-        settings = PipelineConfig()
-        base = Path(settings.base_dir).expanduser().absolute()
-        found.append(startup_checks.base_dir_problem(base, settings.create_base_dir))
-        if not found[-1] and isinstance(task, BatchTask) and not isinstance(task, CreateBatch):
-            found.append(startup_checks.missing_batch_problem(layout(), task.batch))
-    if isinstance(task, (Download, ProcessAll)):
-        source = task.effective_source if isinstance(task, Download) else DownloadConfig().source
-        if source:
-            found.append(startup_checks.download_source_problem(source))
-        elif isinstance(task, Download):
-            found.append("no download source: set [download] source in luigi.cfg or pass --source")
+    found: list[str | None] = [*task_problems(task)]
     core = luigi.interface.core()
     address = startup_checks.scheduler_address(core.scheduler_url, core.scheduler_host, core.scheduler_port)
     if address and not core.local_scheduler:
         found.append(startup_checks.scheduler_problem(*address))
+    return [p for p in found if p]
+
+
+def task_problems(task: luigi.Task) -> list[str]:
+    """The problems found by the checks ``task`` names in its ``checked_at_start`` (see CHECKS)."""
+    checks = tuple(getattr(task, "checked_at_start", ()))
+    unknown = set(checks) - set(CHECKS)
+    if unknown:
+        raise TypeError(f"{type(task).__name__}.checked_at_start: unknown checks {sorted(unknown)}; "
+                        f"use {sorted(CHECKS)}")
+    found: list[str | None] = []
+    if "base_dir" in checks:
+        settings = PipelineConfig()
+        base = Path(settings.base_dir).expanduser().absolute()
+        found.append(startup_checks.base_dir_problem(base, settings.create_base_dir))
+        if not found[-1] and "batch" in checks:
+            layout = Layout(base, settings.shard_width)
+            found.append(startup_checks.missing_batch_problem(layout, getattr(task, "batch", "")))
+    if "source" in checks or "source_if_set" in checks:
+        source = getattr(task, "source", "") or DownloadConfig().source
+        if source:
+            found.append(startup_checks.download_source_problem(source))
+        elif "source" in checks:
+            found.append("no download source: set [download] source in luigi.cfg or pass --source")
     return [p for p in found if p]
 
 
