@@ -76,7 +76,8 @@ def real_world_variants(folder: Path, pages: int, files: int) -> list[Path]:
         if i % 4 == 3 and shutil.which("qpdf"):
             plain, packed = folder / "plain.pdf", folder / "packed.pdf"
             plain.write_bytes(data)
-            subprocess.run(["qpdf", "--object-streams=generate", "--", str(plain), str(packed)], check=True, timeout=300)
+            subprocess.run(["qpdf", "--object-streams=generate", "--", str(plain), str(packed)],
+                           check=True, timeout=300)
             kind, data = "xrefstm-space", space_after_stream(packed.read_bytes())
         else:
             data = edit(data)
@@ -108,7 +109,8 @@ def measure(files: list[Path], repeat: int) -> tuple[float, float, list[str]]:
         got, want = ours(path), baseline(path)
         if got != want:
             problems.append(f"{path.name}: count_pages {got} != pypdf {want}")
-    ours_times, base_times = [], []
+    ours_times: list[float] = []
+    base_times: list[float] = []
     for rep in range(repeat):
         order = [(ours, ours_times), (baseline, base_times)]
         for counter, times in (order if rep % 2 == 0 else order[::-1]):

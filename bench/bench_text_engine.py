@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from pipeline import olmocr_format, samples
+from pipeline import olmocr_format, samples  # noqa: E402
 from pipeline.engines import EngineSettings, get_engine  # noqa: E402
 from pipeline.engines.text import VERSION, page_texts  # noqa: E402
 from pipeline.isolation import available_cpus  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import luigi
 
@@ -51,7 +51,7 @@ class BatchNotFound(LookupError):
 
 class BatchTask(ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
-    checked_at_start = ("base_dir", "batch")  # see pipeline/run_control.py
+    checked_at_start: ClassVar[tuple[str, ...]] = ("base_dir", "batch")  # see pipeline/run_control.py
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

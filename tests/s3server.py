@@ -55,7 +55,7 @@ def start_moto_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError("moto server did not start (is moto[server] installed?)")
+                raise RuntimeError("moto server did not start (is moto[server] installed?)") from None
             time.sleep(0.1)
 
 
@@ -134,7 +134,8 @@ def luigi_module() -> str:
 
 def write_luigi_cfg(path: Path, sections: dict[str, dict[str, object]]) -> Path:
     lines = []
-    for section, values in {"retcode": RETCODES, **sections}.items():
+    merged: dict[str, dict[str, object]] = {"retcode": dict(RETCODES), **sections}
+    for section, values in merged.items():
         lines.append(f"[{section}]")
         lines += [f"{key} = {value}" for key, value in values.items()]
         lines.append("")
@@ -149,8 +150,9 @@ def luigi_command(cfg: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     return [str(luigi), "--module", luigi_module(), *args, "--local-scheduler"], env
 
 
-def run_luigi(cfg: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_luigi(cfg: Path, *args: str, timeout: float = 120,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``luigi --module pipeline <args> --local-scheduler``; stdout holds stdout and stderr."""
     argv, base_env = luigi_command(cfg, *args)
-    return subprocess.run(argv, env={**base_env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, cwd=cfg.parent)
+    return subprocess.run(argv, env={**base_env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout, cwd=cfg.parent)

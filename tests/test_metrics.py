@@ -16,7 +16,6 @@ import pytest
 from pipeline import atomic, events, samples
 from pipeline.layout import BatchPaths, Layout
 from pipeline.ops import metrics
-from pipeline.stages.chunks import WalltimeModel
 
 PAGES = [100, 200, 300, 400, 500]
 ELAPSED = [241, 438, 640, 842, 1039]  # 40 + 2 * pages + [1, -2, 0, 2, -1]
