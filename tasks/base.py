@@ -33,16 +33,21 @@ class ProgressMixin:
     """Progress for the luigid visualizer and a throttled progress line on the terminal."""
 
     _last_line = 0.0
+    line_every = 1.0  # seconds between terminal lines (a forced or final line always shows)
 
     def report(self, done: int, total: int, message: str) -> None:
         percent = 100 if total == 0 else int(100 * done / total)
-        text = f"{done}/{total} ({percent}%) {message}"
-        self.set_progress_percentage(percent)  # type: ignore[attr-defined]
-        self.set_status_message(text)  # type: ignore[attr-defined]
+        self.progress(percent, f"{done}/{total} ({percent}%) {message}", force=done >= total)
+
+    def progress(self, percent: float, message: str, force: bool = False) -> None:
+        """The visualizer's percentage and status (when run by a Luigi worker), and a terminal line."""
+        if self.set_progress_percentage:  # type: ignore[attr-defined]
+            self.set_progress_percentage(round(percent, 1))  # type: ignore[attr-defined]
+            self.set_status_message(message)  # type: ignore[attr-defined]
         now = time.monotonic()
-        if done >= total or now - self._last_line >= 1.0:
+        if force or now - self._last_line >= self.line_every:
             self._last_line = now
-            print(f"[{self}] {text}", file=sys.stderr, flush=True)
+            print(f"[{self}] {message}", file=sys.stderr, flush=True)
 
 
 class BatchNotFound(LookupError):

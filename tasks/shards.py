@@ -6,7 +6,6 @@ output prefixes and the node's work folder come from luigi.cfg [s3].
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import luigi
@@ -14,6 +13,8 @@ import luigi
 from pipeline.cloud import counting, markers, preflight, runner, shard_plan, status
 from pipeline.cloud.s3 import MarkerTarget, S3Settings, Storage, join
 from pipeline.config import OCRConfig, S3Config
+
+from .base import ProgressMixin
 
 __all__ = ["CountPages", "ShardManifest", "ShardFile", "RunShard", "ShardStatus", "Preflight"]
 
@@ -32,22 +33,7 @@ class _OutputParameter(luigi.Parameter):
         return _OutputLocation(x)
 
 
-class _Progress:
-    """Visualizer status and percentage, plus a terminal line at most every few seconds."""
-
-    def __init__(self, task: luigi.Task, every: float = 5.0) -> None:
-        self.task, self.every, self.last = task, every, 0.0
-
-    def __call__(self, percent: float, message: str, force: bool = False) -> None:
-        if self.task.set_progress_percentage:  # None when run outside a Luigi worker
-            self.task.set_progress_percentage(round(percent, 1))
-            self.task.set_status_message(message)
-        if force or time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            log.info("%s: %s", self.task.get_task_family(), message)
-
-
-class CountPages(luigi.Task):
+class CountPages(ProgressMixin, luigi.Task):
     """Page counts of every PDF under ``--source`` into the master CSV ``key,size,pages,error``
     (ranged reads, resumable by parts: see pipeline/cloud/counting.py)."""
 
@@ -60,7 +46,7 @@ class CountPages(luigi.Task):
     def run(self) -> None:
         counting.count_pages(Storage(S3Settings.from_config(pool=self.max_workers)), self.source, self.output,
                              max_workers=self.max_workers, chunk_size=self.chunk_size, suffix=self.suffix,
-                             block_size=S3Config().range_block_bytes, progress=_Progress(self))
+                             block_size=S3Config().range_block_bytes, progress=self.progress)
 
 
 class ShardManifest(luigi.Task):
@@ -101,7 +87,7 @@ class ShardFile(luigi.ExternalTask):
         return MarkerTarget(self.uri)
 
 
-class RunShard(luigi.Task):
+class RunShard(ProgressMixin, luigi.Task):
     """Process one shard on this node: every document without a .done marker, N at a time."""
 
     shard = luigi.IntParameter(description="shard number, from 1")
@@ -118,7 +104,7 @@ class RunShard(luigi.Task):
         settings = runner.ShardSettings.from_config(self.shard, S3Config(), OCRConfig())
         storage = Storage(S3Settings.from_config(pool=settings.parallel * 4))
         uris = shard_plan.parse_shard_file(self.input().read())
-        runner.run_shard(storage, settings, uris, _Progress(self), log.warning)
+        runner.run_shard(storage, settings, uris, self.progress, log.warning)
 
 
 class _AlwaysRun(luigi.Task):
