@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from pipeline import samples
+from pipeline import faults, samples
 from pipeline.layout import BatchPaths
+
+from .conftest import luigi_executable
 
 DOCUMENTS = int(os.environ.get("KILL_TEST_DOCUMENTS", "300"))
 KILL_AFTER = (1, DOCUMENTS // 6, DOCUMENTS // 3, DOCUMENTS // 2, (3 * DOCUMENTS) // 4)
@@ -45,17 +46,24 @@ def check_invariants(site, paths: BatchPaths, texts: dict[str, str]) -> int:
     return finalized
 
 
-def kill_when(site, processed: Path, count: int, timeout: float = 120) -> None:
-    process = site.popen("Finalize", "--batch", "1")
+def kill_at(site, fault_dir: Path, written: int, timeout: float = 120) -> None:
+    """Run Finalize until it has renamed ``written`` more metadata files into place, then SIGKILL it
+    there (it stops itself at that point: pipeline/faults.py), so every kill lands inside the work."""
+    shutil.rmtree(fault_dir, ignore_errors=True)
+    fault_dir.mkdir(parents=True)
+    env = {**site.env(), faults.FAULT_DIR: str(fault_dir),
+           faults.PAUSE_AT: f"atomic.rename.after */05_processed/*.metadata.json:{written}"}
+    command = [luigi_executable(), "--module", "pipeline", "Finalize", "--batch", "1", "--local-scheduler"]
+    process = subprocess.Popen(command, env=env, cwd=site.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    paused = fault_dir / faults.PAUSED
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if sum(1 for _ in processed.rglob("*.metadata.json")) >= count:
-                break
-            time.sleep(0.005)
+        while not paused.exists():
+            assert process.poll() is None, f"Finalize ended ({process.returncode}) before its {written}th document"
+            assert time.monotonic() < deadline, f"Finalize did not reach its {written}th document in {timeout:.0f} s"
+            time.sleep(0.01)
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
+        process.kill()  # stopped at the point, or never got there
         process.wait()
 
 
@@ -66,18 +74,15 @@ def test_finalize_killed_at_several_points_loses_nothing(make_site, tmp_path):
     site.luigi("CreateBatch", "--batch", "1")
     site.luigi("SplitResults", "--batch", "1")
     paths = BatchPaths(site.layout.batch_dir("1"))
-    processed = site.base / "05_processed"
     done_before = 0
     for point in KILL_AFTER:
-        kill_when(site, processed, point)
+        kill_at(site, tmp_path / "faults", max(1, point - done_before))
         done = check_invariants(site, paths, texts)
-        assert done >= done_before
+        assert done_before < done < len(texts)  # each kill landed after some progress, before the end
         done_before = done
-    if done_before == len(texts):
-        pytest.fail("every kill came too late to interrupt Finalize; the test proved nothing")
     site.luigi("Finalize", "--batch", "1")
     assert check_invariants(site, paths, texts) == len(texts)
     assert not list(paths.dir.glob("*.pdf"))
     assert not list((site.base / "01_downloaded").rglob("*.pdf"))
-    assert not list(processed.rglob(".*.tmp"))
+    assert not list((site.base / "05_processed").rglob(".*.tmp"))
     assert json.loads(paths.finalized.read_text())["finalized"] == len(texts)

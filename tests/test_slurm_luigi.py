@@ -176,8 +176,10 @@ def test_one_status_query_per_poll_with_1_or_50_chunks_in_flight(cluster: None, 
         # Only sacct, once per poll, for the one array job whatever the number of chunks.
         assert {c.command for c in window} == {"sacct"}, (chunks, window)
         assert all(shlex.split(c.args)[:2] == ["-j", job] for c in window), (chunks, window)
+        # Calls a poll apart, never a burst within one poll (the executor sleeps at least POLL between
+        # polls, so this holds however loaded the machine is).
         gaps = [b.time - a.time for a, b in zip(window, window[1:], strict=False)]
-        assert len(window) >= 3 and all(POLL <= gap < POLL + 1 for gap in gaps), (chunks, gaps)
+        assert len(window) >= 3 and all(gap >= POLL for gap in gaps), (chunks, gaps)
     assert abs(len(polls[1][1]) - len(polls[50][1])) <= 1, {n: len(w) for n, (_, w) in polls.items()}
 
 
