@@ -19,7 +19,7 @@ from pipeline.stages import bisect, integrity
 from pipeline.stages.chunks import WalltimeModel
 
 from .conftest import snapshot
-from .test_slurm import cluster  # noqa: F401  (the fixture)
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
 
 ENGINE = Path(__file__).resolve().parent / "poison_engine.py"
 

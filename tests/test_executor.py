@@ -18,7 +18,7 @@ from pipeline.executors.walltime import WalltimeModel
 from pipeline.layout import BatchPaths, Layout
 
 from .test_metrics import recorded
-from .test_slurm import cluster  # noqa: F401  (the fixture)
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 

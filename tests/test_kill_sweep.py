@@ -34,7 +34,7 @@ from pipeline.cloud import counting, shard_plan
 from . import invariants
 from .conftest import FULL_CAMPAIGN, Site, luigi_executable, snapshot, write_config
 from .s3server import RETCODES, luigi_command, run_luigi, write_luigi_cfg
-from .test_slurm import cluster  # noqa: F401  (the fixture)
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
 
 MODES = ("luigi", "group", "paused")
 

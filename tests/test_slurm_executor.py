@@ -24,7 +24,7 @@ from pipeline.executors.slurm.parse import JobState, SlurmError, task_key
 from pipeline.executors.walltime import WalltimeModel, capped
 from pipeline.layout import BatchPaths, Layout
 
-from .test_slurm import cluster  # noqa: F401  (the fixture)
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 

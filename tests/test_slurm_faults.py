@@ -28,7 +28,7 @@ from pipeline.layout import BatchPaths
 from .conftest import Site, snapshot, write_config
 from .invariants import Reference, assert_converged, reference
 from .s3server import RETCODES
-from .test_slurm import cluster  # noqa: F401  (the fixture)
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
 from .test_slurm_luigi import call_log, logged, read_calls, wait_until  # noqa: F401  (call_log: a fixture)
 
 # The commands of the dev cluster.

@@ -27,7 +27,7 @@ from pipeline.executors.slurm.client import SlurmClient
 from pipeline.executors.slurm.parse import parse_key_values
 from pipeline.layout import BatchPaths
 
-from .test_slurm import cluster  # noqa: F401  (the fixture)
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
 
 # The commands of the dev cluster.
 slurm = SlurmClient()
