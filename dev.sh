@@ -47,14 +47,17 @@ case "${1:-}" in
         shift; setup
         if [ "${1:-}" = "--quick" ]; then
             page_count=(--quick); finalize=(--documents 200); s3=(--size-mb 40); text=(--documents 100)
+            startup=(--repeat 7); status_=(--documents 20000)
         else
-            page_count=(); finalize=(); s3=(); text=()
+            page_count=(); finalize=(); s3=(); text=(); startup=(); status_=()
         fi
         status=0
         "$VENV/bin/python" bench/bench_page_count.py "${page_count[@]}" || status=1
         "$VENV/bin/python" bench/bench_finalize.py "${finalize[@]}" || status=1
         "$VENV/bin/python" bench/bench_s3_count.py "${s3[@]}" || status=1
         "$VENV/bin/python" bench/bench_text_engine.py "${text[@]}" || status=1
+        "$VENV/bin/python" bench/bench_startup.py "${startup[@]}" || status=1
+        "$VENV/bin/python" bench/bench_shard_status.py "${status_[@]}" || status=1
         exit $status ;;
     *) echo "usage: ./dev.sh demo | test [pytest args] | bench [--quick] | setup" >&2; exit 2 ;;
 esac
