@@ -107,3 +107,12 @@ def test_run_bounded_returns_the_status_and_writes_the_log(tmp_path: Path) -> No
 def test_run_bounded_cannot_start_a_missing_program(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         process.run_bounded([str(tmp_path / "no-such-program")], timeout=5)
+
+
+def test_captured_output_and_status_come_back_and_a_hang_is_cut(tmp_path: Path) -> None:
+    status, out, err = process.run_captured(
+        [sys.executable, "-c", "import sys; print('to stdout'); print('to stderr', file=sys.stderr); sys.exit(3)"],
+        timeout=60)
+    assert (status, out, err) == (3, b"to stdout\n", b"to stderr\n")
+    with pytest.raises(process.TimedOut):
+        process.run_captured([sys.executable, "-c", "import time; time.sleep(600)"], timeout=1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.cloud import s3
-from pipeline.engines import engine_names
+from pipeline.engines import engine_names, process
 from pipeline.engines.command import DOCUMENT_PLACEHOLDERS, document_command
 
 if TYPE_CHECKING:
@@ -74,13 +73,13 @@ def access_checks(storage: s3.Storage, prefixes: dict[str, str], writable: set[s
 
 def gpu_check() -> Check:
     try:
-        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        status, out, err = process.run_captured(["nvidia-smi", "-L"], timeout=30)
+    except (OSError, process.TimedOut) as exc:
         return Check("GPU visible", False, f"nvidia-smi: {exc}",
                      "the engine needs a GPU: install the NVIDIA driver (nvidia-smi) or run on a GPU node")
-    gpus = [line for line in result.stdout.splitlines() if line.startswith("GPU")]
-    ok = result.returncode == 0 and bool(gpus)
-    return Check("GPU visible", ok, "; ".join(gpus) or result.stderr.strip()[:200],
+    gpus = [line for line in out.decode("utf-8", "replace").splitlines() if line.startswith("GPU")]
+    ok = status == 0 and bool(gpus)
+    return Check("GPU visible", ok, "; ".join(gpus) or err.decode("utf-8", "replace").strip()[:200],
                  "" if ok else "the engine needs a GPU: check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
 
 
@@ -96,9 +95,9 @@ def engine_check(engine: str, command: str, olmocr_python: str) -> Check:
                      "" if found else f"install {program} or give its full path in [s3] command")
     if engine == "olmocr":
         try:
-            result = subprocess.run([olmocr_python, "-c", "import olmocr"], capture_output=True, text=True, timeout=120)
-            ok, detail = result.returncode == 0, result.stderr.strip()[-200:] or "import olmocr ok"
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            status, _, err = process.run_captured([olmocr_python, "-c", "import olmocr"], timeout=120)
+            ok, detail = status == 0, err.decode("utf-8", "replace").strip()[-200:] or "import olmocr ok"
+        except (OSError, process.TimedOut) as exc:
             ok, detail = False, str(exc)
         return Check("engine olmocr", ok, f"{olmocr_python}: {detail}",
                      "" if ok else "pip install olmocr into [ocr] olmocr_python's environment")

@@ -52,6 +52,23 @@ def run_bounded(
             raise
 
 
+def run_captured(
+    args: list[str], *, timeout: float | None, env: dict[str, str] | None = None, own_group: bool = True,
+) -> tuple[int, bytes, bytes]:
+    """Like run_bounded, for a program whose output is the result: (exit status, stdout, stderr)."""
+    process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=own_group)
+    try:
+        out, err = process.communicate(timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        end(process, own_group)
+        raise TimedOut(args[0], timeout or 0) from None
+    except BaseException:
+        end(process, own_group)
+        raise
+    return process.returncode, out, err
+
+
 def end(process: subprocess.Popen, own_group: bool = True) -> None:
     """SIGTERM the program and its processes, SIGKILL what is left after the grace time."""
     if own_group:

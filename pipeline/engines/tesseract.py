@@ -13,14 +13,13 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import subprocess
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pipeline import atomic, olmocr_format
-from pipeline.engines import EngineSettings, output_name, page_count, say
+from pipeline.engines import EngineSettings, output_name, page_count, process, say
 from pipeline.isolation import DocumentFailed, Workers, available_cpus
 
 RASTER_TIMEOUT = 180.0
@@ -35,15 +34,15 @@ class PageFailed(Exception):
 
 @functools.cache
 def tesseract_version() -> str:
-    result = subprocess.run(["tesseract", "--version"], capture_output=True, text=True, timeout=60)
-    words = (result.stdout or result.stderr).split()
+    _, out, err = process.run_captured(["tesseract", "--version"], timeout=60)
+    words = (out or err).decode("utf-8", "replace").split()
     return f"tesseract-{words[1]}" if len(words) > 1 else "tesseract"
 
 
 @functools.cache
 def installed_languages() -> frozenset[str]:
-    result = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60)
-    return frozenset(line.strip() for line in result.stdout.splitlines()[1:] if line.strip())
+    _, out, _ = process.run_captured(["tesseract", "--list-langs"], timeout=60)
+    return frozenset(line.strip() for line in out.decode("utf-8", "replace").splitlines()[1:] if line.strip())
 
 
 def _run(args: list[str], timeout: float, env: dict[str, str] | None = None, memory_bytes: int = 0) -> bytes:
@@ -52,17 +51,18 @@ def _run(args: list[str], timeout: float, env: dict[str, str] | None = None, mem
     if memory_bytes:
         args = [LIMIT_TOOL[0], f"--as={memory_bytes}", "--", *args]
     try:
-        result = subprocess.run(args, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+        # In our process group: whatever kills the chunk job's group kills the page tools too.
+        status, stdout, stderr = process.run_captured(args, timeout=timeout, env=env, own_group=False)
+    except process.TimedOut:
         raise PageFailed(f"{program} took over {timeout:.0f} s") from None
-    detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    detail = stderr.decode("utf-8", "replace").strip().splitlines()
     # pdftoppm reports a failed allocation and still exits 0, with a 1x1 image: that page has no text.
     out_of_memory = any("out of memory" in line.lower() or "bad_alloc" in line for line in detail)
-    if result.returncode != 0 or out_of_memory:
+    if status != 0 or out_of_memory:
         hint = (f" (over the memory limit of {memory_bytes >> 20} MiB per process; raise [ocr] "
                 "document_memory_mb if the document is sound)" if out_of_memory and memory_bytes else "")
-        raise PageFailed(f"{program} exited with status {result.returncode}{hint}: {' | '.join(detail[-3:])}")
-    return result.stdout
+        raise PageFailed(f"{program} exited with status {status}{hint}: {' | '.join(detail[-3:])}")
+    return stdout
 
 
 class TesseractEngine:
