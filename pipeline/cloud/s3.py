@@ -393,7 +393,6 @@ class RangedSource:
         self.budget = budget if budget is not None else max(4 * block_size, min(1 << 20, size // 4))
         self.bytes_fetched = 0
         self.requests = 0
-        self.full_fetch = False
         self._blocks: dict[int, bytes] = {}
         self._whole: BinaryIO | None = None
 
@@ -432,7 +431,6 @@ class RangedSource:
         spool.flush()
         if os.fstat(spool.fileno()).st_size != self.size:
             raise S3Error(f"GET s3://{self.bucket}/{self.key} returned a different size than listed; rerun")
-        self.full_fetch = True
         self._blocks.clear()
         return spool
 

@@ -453,7 +453,7 @@ class _BatchRun:
             yield
             return
 
-        def terminate(signum: int, frame: object) -> None:
+        def terminate(signum: int, _frame: object) -> None:
             raise SystemExit(128 + signum)
 
         previous = signal.signal(signal.SIGTERM, terminate)
