@@ -168,6 +168,32 @@ def add_luigi_defaults(parser: Any) -> list[str]:
     return added
 
 
+# Luigi reads the central scheduler's address from [core] scheduler_host, scheduler_port and
+# scheduler_url, and from their older names default-scheduler-host/-port/-url when those are not set;
+# but its check for keys no setting reads knows only the current names, and warns about the older
+# ones (UnconsumedParameterWarning) on every run of a site that uses them.
+_SCHEDULER_KEYS = {"default_scheduler_host": "scheduler_host", "default_scheduler_port": "scheduler_port",
+                   "default_scheduler_url": "scheduler_url"}
+
+
+def rename_scheduler_keys(parser: Any) -> list[str]:
+    """Give [core] values under an older scheduler key name (dashes or underscores) the current name,
+    in Luigi's parser (not in the file), where the current name is not set: Luigi then reads the same
+    address and has no key left to warn about. Returns the older names moved."""
+    if not parser.has_section("core"):
+        return []
+    moved = []
+    for key in [k for k in parser.options("core") if k not in parser.defaults()]:
+        current = _SCHEDULER_KEYS.get(key.replace("-", "_"))
+        if current is None or parser.has_option("core", current):  # Luigi's has_option knows both spellings
+            continue  # not an older name, or set under its current name too: Luigi rightly warns it is unread
+        value = configparser.RawConfigParser.get(parser, "core", key, raw=True)
+        parser.remove_option("core", key)
+        parser.set("core", current, value)
+        moved.append(key)
+    return moved
+
+
 def invalid_values(parser: Any) -> list[str]:
     """One line per value of the pipeline's sections that cannot be read, saying what is accepted."""
     problems = []

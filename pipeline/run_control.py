@@ -60,6 +60,7 @@ _run: _Run | None = None
 def install() -> None:
     """Called on import of the pipeline package; doing it twice changes nothing."""
     config.add_luigi_defaults(luigi.configuration.get_config())
+    config.rename_scheduler_keys(luigi.configuration.get_config())
     # Luigi has no hook between parsing the command line and scheduling; the command line's task is
     # made by CmdlineParser.get_task_obj, once, with the parsed options in force (--local-scheduler).
     make_task = CmdlineParser.get_task_obj

@@ -72,5 +72,5 @@ def scheduler_problem(host: str, port: int, timeout: float = 5.0) -> str | None:
     except OSError as exc:
         why = exc.strerror or str(exc) or type(exc).__name__
         return (f"cannot reach the central scheduler luigid at {host}:{port} ({why}); start luigid there, "
-                "correct [core] default_scheduler_host / default_scheduler_port, or pass --local-scheduler")
+                "correct [core] scheduler_host / scheduler_port, or pass --local-scheduler")
     return None

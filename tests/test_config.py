@@ -51,3 +51,20 @@ def test_the_shipped_luigi_cfg_is_valid() -> None:
     site = LuigiConfigParser()
     site.read(ROOT / "luigi.cfg")
     assert config.invalid_values(site) == []
+
+
+def test_older_scheduler_key_names_take_the_current_name_luigi_reads_without_a_warning() -> None:
+    site = parser("[core]\ndefault-scheduler-host = sched.example\ndefault_scheduler_port = 9000\n"
+                  "default-scheduler-url = http://sched.example:9000/\nautoload_range = false\n")
+    assert sorted(config.rename_scheduler_keys(site)) == [
+        "default-scheduler-host", "default-scheduler-url", "default_scheduler_port"]
+    assert dict(site.items("core")) == {"autoload_range": "false", "scheduler_host": "sched.example",
+                                        "scheduler_port": "9000", "scheduler_url": "http://sched.example:9000/"}
+    assert config.rename_scheduler_keys(site) == []  # a second import changes nothing
+
+
+def test_an_older_scheduler_key_beside_the_current_one_stays_for_luigi_to_warn_about() -> None:
+    site = parser("[core]\nscheduler_host = sched.example\ndefault-scheduler-host = other.example\n")
+    assert config.rename_scheduler_keys(site) == []
+    assert dict(site.items("core")) == {"scheduler_host": "sched.example", "default-scheduler-host": "other.example"}
+    assert config.rename_scheduler_keys(parser("[pipeline]\nbase_dir = /srv/ocr\n")) == []

@@ -1,11 +1,16 @@
 """Run control (pipeline.run_control), in-process: Luigi's defaults, the start-up checks each task
 asks for, and the one line a failure leaves at the end of the output.
 
-tests/test_failfast.py runs the same through the real ``luigi`` command.
+tests/test_failfast.py runs the same through the real ``luigi`` command; so do the tests here of
+what a run prints about the luigid named in luigi.cfg.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from pipeline.atomic import DiskFull
 from pipeline.layout import Layout
 from tasks import CountPages, CreateBatch, Download, Finalize, MetricsSummary, ProcessAll
 
-from .conftest import write_config
+from .conftest import luigi_executable, running_luigid, write_config
 
 SiteConfig = Callable[..., Path]
 
@@ -147,3 +152,29 @@ def test_each_reason_is_printed_once_at_exit(site_config: SiteConfig, tmp_path: 
         "ERROR: Finalize(batch=0007, partial=False) died: Task process died unexpectedly with exit code -9; "
         "run the same command again",
     ]
+
+
+def luigid_done_tasks(port: int) -> list[str]:
+    query = urllib.parse.urlencode({"data": json.dumps({"status": "DONE"})})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?{query}", timeout=10) as response:
+        return [task["name"] for task in json.load(response)["response"].values()]
+
+
+@pytest.mark.parametrize("spelling", ["default-scheduler-{}", "default_scheduler_{}", "scheduler_{}"])
+def test_a_site_naming_its_luigid_in_luigi_cfg_runs_through_it_without_a_warning(
+        spelling: str, make_site: Callable, tmp_path: Path) -> None:
+    (tmp_path / "luigid").mkdir()
+    with running_luigid(tmp_path / "luigid") as port:
+        site = make_site(**{f"core__{spelling.format('host')}": "127.0.0.1", f"core__{spelling.format('port')}": port})
+        result = subprocess.run([luigi_executable(), "--module", "pipeline", "MetricsSummary"], env=site.env(),
+                                cwd=site.root, capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-4000:]
+        assert "Warning" not in output, output[-4000:]
+        assert luigid_done_tasks(port) == ["MetricsSummary"]  # the address in luigi.cfg was the one used
+
+
+def test_a_key_luigi_does_not_read_is_still_warned_about(make_site: Callable) -> None:
+    site = make_site(**{"core__default-scheduler-hots": "127.0.0.1"})
+    output = site.luigi("MetricsSummary", merged=True).stdout
+    assert "UnconsumedParameterWarning" in output and "'default_scheduler_hots'" in output
