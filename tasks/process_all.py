@@ -48,5 +48,5 @@ class ProcessAll(ProgressMixin, luigi.Task):
         touched = report.batches_since(lay, self.started_at)
         summary = report.collection_summary(lay, touched, time.time() - self.started, self.started_at)
         atomic.write_json(self.output().path, {"run": self.effective_run, "batches": touched, **summary})
-        self.report(len(open_batches), len(open_batches), "done")
+        self.progress(100, report.status_line(summary, touched), force=True)
         print("\n" + report.format_summary(summary), flush=True)

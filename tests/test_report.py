@@ -21,6 +21,7 @@ class Finished:
     layout: Layout
     before: str  # an ISO time just before the run
     after: str  # and just after it
+    output: str  # what the run printed (stdout and stderr)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,12 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     })
     site = Site(root, root / "luigi.cfg")
     before = events.now_iso()
-    site.luigi("ProcessAll", "--run-id", "one")
+    output = site.luigi("ProcessAll", "--run-id", "one", merged=True).stdout
     after = events.now_iso()
     old = site.layout.batch_dir(2)  # not finalized yet: every run counts it as open
     old.mkdir()
     (old / "gamma.pdf").write_bytes(samples.text_pdf(["gamma"]))
-    return Finished(site.layout, before, after)
+    return Finished(site.layout, before, after, output)
 
 
 def test_a_run_touches_the_batches_it_finalized_and_every_open_one(finished: Finished) -> None:
@@ -84,3 +85,13 @@ def test_the_printed_summary_names_each_quarantined_file_and_the_open_batches(fi
     assert lines[-2].split() == ["results:", str(finished.layout.base / "05_processed")]
     assert lines[-1].split() == ["open", "batches:", "0002"]
     assert "open batches" not in report.format_summary({**summary, "open_batches": []})
+
+
+def test_the_last_status_says_what_the_run_finalized_and_quarantined(finished: Finished) -> None:
+    summary = report.collection_summary(finished.layout, ["0001", "0002"], 1800.0, finished.before)
+    assert report.status_line(summary, ["0001", "0002"]) == (
+        "done: 1 batch finalized, 2 documents, 5 pages, 1 quarantined; still open: 0002")
+    # ProcessAll's last status (shown in the visualizer, and as its last progress line) is that line
+    assert "[ProcessAll(run_id=one)] done: 1 batch finalized, 2 documents, 5 pages, 1 quarantined" in finished.output
+    nothing = report.collection_summary(finished.layout, [], 0.0, finished.after)
+    assert report.status_line(nothing, []) == "done: 0 batches finalized, 0 documents, 0 pages, 0 quarantined"

@@ -52,6 +52,22 @@ def collection_summary(layout: Layout, batches: list[str], elapsed_seconds: floa
     }
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def status_line(summary: dict, batches: list[str]) -> str:
+    """What a run did, in one line (ProcessAll's last status in the visualizer): ``summary`` is
+    collection_summary over ``batches``, the batches the run touched."""
+    finalized = len(batches) - len(summary["open_batches"])
+    line = (f"done: {_count(finalized, 'batch', 'batches')} finalized, "
+            f"{_count(summary['documents_finalized'], 'document', 'documents')}, "
+            f"{_count(summary['pages'], 'page', 'pages')}, {len(summary['quarantined'])} quarantined")
+    if summary["open_batches"]:
+        line += f"; still open: {', '.join(summary['open_batches'])}"
+    return line
+
+
 def format_summary(summary: dict) -> str:
     lines = [
         f"documents finalized: {summary['documents_finalized']}",
