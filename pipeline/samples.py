@@ -1,13 +1,22 @@
 """Generated sample collections: born-digital and image-only PDFs plus broken files.
 
-Used by the demo, the tests and the benchmarks, so that none of them needs data from outside.
+Used by the demo, the tests and the benchmarks, so that none of them needs data from outside; and
+on its own, to try the pipeline on a collection of any size:
+
+    python -m pipeline.samples OUT_DIR --born-digital 20 --scanned 5 [--seed 7] [--no-broken] [--force]
 """
 from __future__ import annotations
 
+import argparse
 import io
 import random
+import sys
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+
+from pipeline import atomic
 
 WORDS = (
     "archive letter council harbour river ledger census parish record minute survey deed "
@@ -165,29 +174,98 @@ def slow_text_pdf(operators: int) -> bytes:
     ])
 
 
-def make_collection(folder: Path, *, born_digital: int = 6, scanned: int = 3, seed: int = 7) -> dict:
-    """Write a demo collection into ``folder``; returns {name: (kind, page texts)} for checking."""
+BROKEN_NAMES = ("empty.pdf", "truncated.pdf", "not_a_pdf.pdf", "locked.pdf")
+
+
+def make_collection(folder: Path, *, born_digital: int = 6, scanned: int = 3, seed: int = 7, broken: bool = True,
+                    progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Write a sample collection into ``folder``; returns {name: (kind, page texts)} for checking.
+
+    ``broken`` adds one file of each kind the pipeline quarantines (BROKEN_NAMES); ``progress`` is
+    called with (files written, files in all, the file's name) after each file. Same arguments,
+    same collection."""
     rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    atomic.makedirs(folder)
+    total = born_digital + scanned + (len(BROKEN_NAMES) if broken else 0)
     expected: dict[str, tuple[str, list[str]]] = {}
+
+    def write(name: str, data: bytes, kind: str, pages: list[str]) -> None:
+        # Whole files only: a run stopped halfway leaves no PDF cut short that was not meant to be.
+        atomic.write_bytes(folder / name, data, sync_dir=False)
+        expected[name] = (kind, pages)
+        if progress:
+            progress(len(expected), total, name)
+
     for i in range(born_digital):
         pages = [f"Document {i} page {p + 1}\n{sentence(rng)}" for p in range(rng.randint(1, 5))]
-        name = f"report_{i:03d}.pdf" if i % 3 else f"minutes {i:03d} (draft).pdf"
-        (folder / name).write_bytes(text_pdf(pages))
-        expected[name] = ("text", pages)
+        write(f"report_{i:03d}.pdf" if i % 3 else f"minutes {i:03d} (draft).pdf", text_pdf(pages), "text", pages)
     for i in range(scanned):
         pages = [f"Scanned letter {i}\n{sentence(rng, 5)}" for _ in range(rng.randint(1, 2))]
-        name = f"scan_{i:03d}.pdf"
-        (folder / name).write_bytes(scanned_pdf(pages))
-        expected[name] = ("scanned", pages)
-    good = text_pdf(["A document that was cut short"] * 3)
-    broken = {
-        "empty.pdf": b"",
-        "truncated.pdf": good[: len(good) // 3],
-        "not_a_pdf.pdf": b"<html><body>404 Not Found</body></html>\n",
-        "locked.pdf": encrypted_pdf("owner-secret", user_password="user-secret"),
-    }
-    for name, data in broken.items():
-        (folder / name).write_bytes(data)
-        expected[name] = ("broken", [])
+        write(f"scan_{i:03d}.pdf", scanned_pdf(pages), "scanned", pages)
+    if broken:
+        good = text_pdf(["A document that was cut short"] * 3)
+        contents = (b"", good[: len(good) // 3], b"<html><body>404 Not Found</body></html>\n",
+                    encrypted_pdf("owner-secret", user_password="user-secret"))
+        for name, data in zip(BROKEN_NAMES, contents, strict=True):
+            write(name, data, "broken", [])
+    atomic.fsync_dir(folder)
     return expected
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; exit 0 when the collection is written, 2 when the arguments or OUT_DIR are
+    wrong (nothing written), 1 when writing failed (the last line names the file and what to do)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.samples",
+        description="Write a sample collection: born-digital PDFs (with a text layer), scanned ones (page "
+                    "images only, for OCR) and, unless --no-broken, four files the pipeline quarantines "
+                    f"({', '.join(BROKEN_NAMES)}). The same --seed gives the same collection.")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder to write into; created if missing, "
+                        "must be empty unless --force")
+    parser.add_argument("--born-digital", type=_count, default=6, metavar="N", help="born-digital PDFs (default 6)")
+    parser.add_argument("--scanned", type=_count, default=3, metavar="N", help="scanned PDFs (default 3)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the page texts and page counts (default 7)")
+    parser.add_argument("--no-broken", dest="broken", action="store_false", help="leave out the broken files")
+    parser.add_argument("--force", action="store_true", help="write into a folder that is not empty "
+                        "(files of the same names are replaced, others kept)")
+    args = parser.parse_args(argv)
+    out: Path = args.out_dir.expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        parser.error(f"{out} exists and is not a folder; name a new or empty folder")
+    if out.is_dir() and not args.force and any(out.iterdir()):
+        parser.error(f"{out} is not empty; name a new or empty folder, or pass --force to add the samples to it")
+    if not args.born_digital + args.scanned and not args.broken:
+        parser.error("nothing to write: give --born-digital or --scanned a number above 0, or drop --no-broken")
+
+    last_line = 0.0
+
+    def progress(done: int, total: int, name: str) -> None:
+        nonlocal last_line
+        if done == total or time.monotonic() - last_line >= 1.0:
+            last_line = time.monotonic()
+            print(f"samples: {done}/{total} files written ({name})", file=sys.stderr, flush=True)
+
+    try:
+        made = make_collection(out, born_digital=args.born_digital, scanned=args.scanned, seed=args.seed,
+                               broken=args.broken, progress=progress)
+    except OSError as exc:
+        print(f"ERROR: writing the sample collection into {out} failed: {exc}; fix that, then run the same "
+              "command again with --force (it rewrites the same files)", file=sys.stderr, flush=True)
+        return 1
+    pages = sum(len(texts) for _, texts in made.values())
+    broken = [name for name, (kind, _) in made.items() if kind == "broken"]
+    print(f"samples: wrote {len(made)} files, {pages} pages, to {out}: {args.born_digital} born-digital, "
+          f"{args.scanned} scanned, {len(broken)} broken on purpose{': ' + ', '.join(broken) if broken else ''}")
+    print(f"samples: to process them, set [download] source = {out} in your luigi.cfg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
