@@ -1,0 +1,173 @@
+"""pipeline.ops.status: the operator's view over base_dirs the real pipeline filled."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import atomic, samples
+from pipeline.layout import DOWNLOADED, OCR_COMPLETED, PROCESSED, PROCESSING, QUARANTINE, BatchPaths
+from pipeline.ops import status
+from pipeline.stages.quarantine import read_reasons
+
+from .conftest import Site
+
+
+def collection(folder: Path) -> tuple[dict[str, int], set[str]]:
+    """A sample collection: {identifier: pages} of the sound PDFs, and the identifiers of the broken ones."""
+    made = samples.make_collection(folder)
+    sound = {name[:-4]: len(pages) for name, (kind, pages) in made.items() if kind != "broken"}
+    return sound, {name[:-4] for name, (kind, _) in made.items() if kind == "broken"}
+
+
+def now_plus(hours: float) -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(hours=hours)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The stage table of the plain-text view: stage -> its columns."""
+    return {line.split()[0]: line.split()[1:] for line in text.splitlines()
+            if line.split()[:1] and line.split()[0] in (DOWNLOADED, PROCESSING, OCR_COMPLETED, PROCESSED, QUARANTINE)}
+
+
+@pytest.fixture
+def finished_site(make_site, tmp_path: Path) -> tuple[Site, dict[str, int], set[str]]:
+    """A collection carried through the whole pipeline (ProcessAll, text engine)."""
+    sound, broken = collection(tmp_path / "incoming")
+    site = make_site(source=tmp_path / "incoming", engine="text")
+    site.luigi("ProcessAll")
+    return site, sound, broken
+
+
+def test_counts_of_a_finished_collection(finished_site) -> None:
+    site, sound, broken = finished_site
+    result = status.collect(site.layout)
+    stages = result["stages"]
+    assert stages[PROCESSED]["documents"] == len(sound)
+    assert stages[PROCESSED]["pages"] == sum(sound.values())
+    assert stages[OCR_COMPLETED]["documents"] == len(sound)
+    assert stages[DOWNLOADED]["documents"] == 0 and result["batches"] == []
+    assert stages[QUARANTINE]["documents"] == len(broken)
+    recorded = read_reasons(site.layout, sorted(broken))
+    assert set(recorded) == broken
+    reasons: dict[str, int] = {}
+    for record in recorded.values():
+        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+    assert stages[QUARANTINE]["reasons"] == reasons
+    # Disk: every file of 05 counted once; free space as the volume reports it.
+    files = [p for p in (site.base / PROCESSED).rglob("*") if p.is_file()]
+    assert stages[PROCESSED]["files"] == len(files) == 2 * len(sound)
+    assert stages[PROCESSED]["bytes"] == sum(p.stat().st_blocks * 512 for p in files)
+    assert 0 < result["disk"]["free_bytes"] <= result["disk"]["total_bytes"]
+    # Every page was OCRed within the last hour, once (no retries for sound PDFs).
+    assert result["throughput"]["pages_per_hour"]["hour"] == sum(sound.values())
+    assert result["throughput"]["pages_per_hour"]["day"] == pytest.approx(sum(sound.values()) / 24, abs=0.1)
+    assert result["backlog"] == {"documents": 0, "pages": 0, "rate_window": "day", "hours_to_finish": 0.0}
+    assert result["problems"] == [] and status.last_line(result) is None
+
+
+def test_text_and_json_show_the_same_numbers(finished_site) -> None:
+    site, _, _ = finished_site
+    result = status.collect(site.layout)
+    rows = table_rows(status.format_status(result))
+    assert set(rows) == {DOWNLOADED, PROCESSING, OCR_COMPLETED, PROCESSED, QUARANTINE}
+    for stage, columns in rows.items():
+        numbers = result["stages"][stage]
+        assert columns[:3] == [f"{numbers['documents']:,}", f"{numbers['pages']:,}", f"{numbers['files']:,}"]
+    assert json.loads(json.dumps(result)) == result  # --json prints this very dict
+
+
+def test_open_batch_waiting_documents_and_backlog(make_site, tmp_path: Path) -> None:
+    sound, broken = collection(tmp_path / "incoming")
+    site = make_site(source=tmp_path / "incoming", engine="text", pipeline__batch_size=3)
+    site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
+    site.luigi("PlanChunks", "--batch", "1")
+    paths = BatchPaths(site.layout.batch_dir("0001"))
+    in_batch = set(atomic.read_json(paths.batch_record)["documents"])
+    plan = atomic.read_json(paths.chunk_plan)["chunks"]
+    result = status.collect(site.layout)
+    [batch] = result["batches"]
+    assert batch["batch"] == "0001" and batch["documents"] == batch["pdfs"] == len(in_batch) == 3
+    assert batch["pages"] == sum(sound[i] for i in in_batch)
+    assert batch["chunks"]["total"] == len(plan)
+    assert batch["chunks"]["pending"] == len(plan) and batch["chunks"]["done"] == batch["chunks"]["failed"] == 0
+    waiting = set(sound) - in_batch
+    assert result["stages"][DOWNLOADED]["documents"] == len(waiting)
+    assert result["stages"][DOWNLOADED]["pages"] == sum(sound[i] for i in waiting)
+    assert result["stages"][QUARANTINE]["documents"] == len(broken)
+    assert result["backlog"]["documents"] == len(sound)
+    assert result["backlog"]["pages"] == sum(sound.values())
+    assert result["backlog"]["hours_to_finish"] is None  # nothing measured yet: no rate
+    # Nothing has progressed since the downloads: waiting more than stalled_hours needs a person.
+    assert result["problems"] == []
+    later = status.collect(site.layout, now=now_plus(7))
+    stalled = status.last_line(later)
+    assert stalled is not None and stalled.startswith("stalled: no progress for 7")
+
+
+def test_stalled_backlog_after_progress(finished_site, tmp_path: Path) -> None:
+    site, sound, _ = finished_site
+    more = tmp_path / "incoming"
+    for name, pages in (("late one", 2), ("late two", 3)):
+        (more / f"{name}.pdf").write_bytes(samples.text_pdf([f"{name} page {n}" for n in range(pages)]))
+    site.luigi("Download", "--run-id", "later")
+    thresholds = status.Thresholds(stalled_hours=6)
+    assert status.collect(site.layout, thresholds=thresholds, now=now_plus(5))["problems"] == []
+    result = status.collect(site.layout, thresholds=thresholds, now=now_plus(7))
+    assert result["stages"][DOWNLOADED] | {"files": 0, "bytes": 0} == {
+        "documents": 2, "pages": 5, "pages_unknown": 0, "files": 0, "bytes": 0}
+    line = status.last_line(result)
+    assert line is not None and "stalled" in line and "2 documents wait" in line and "ProcessAll" in line
+
+
+def test_disk_threshold(finished_site) -> None:
+    site, _, _ = finished_site
+    result = status.collect(site.layout, thresholds=status.Thresholds(disk_percent=0))
+    line = status.last_line(result)
+    assert line is not None and line.startswith("disk: ") and "disk_threshold_percent" in line
+    assert str(site.base) in line
+
+
+def test_failed_batch_and_its_chunks(make_site, tmp_path: Path) -> None:
+    """An engine that fails on every chunk: OCRBatch fails; Status names the batch and its failed chunks."""
+    sound, _ = collection(tmp_path / "incoming")
+    site = make_site(source=tmp_path / "incoming", engine="command", ocr__command="false {chunk_list} {output}",
+                     ocr__pages_per_chunk=1, slurm__max_retries=0)
+    site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
+    failed = site.luigi("OCRBatch", "--batch", "1", check=False)
+    assert failed.returncode == 30, failed.stderr[-2000:]
+    result = status.collect(site.layout)
+    [batch] = result["batches"]
+    plan = atomic.read_json(BatchPaths(site.layout.batch_dir("0001")).chunk_plan)["chunks"]
+    assert batch["chunks"]["failed"] == batch["chunks"]["total"] == len(plan) >= 4
+    assert batch["failure"]["task"] == "OCRBatch"
+    line = status.last_line(result)
+    assert line is not None and line.startswith("batch 0001: OCRBatch failed") and "Finalize --batch 0001" in line
+
+
+def test_command_line_and_task(finished_site) -> None:
+    """`python -m pipeline status --json` and `luigi --module pipeline Status` as a user runs them."""
+    site, sound, _ = finished_site
+    command = [sys.executable, "-m", "pipeline", "status", "--json"]
+    fine = subprocess.run(command, env=site.env(), cwd=site.root, capture_output=True, text=True, timeout=120)
+    assert fine.returncode == 0, fine.stderr
+    numbers = json.loads(fine.stdout)
+    assert numbers["stages"][PROCESSED]["documents"] == len(sound)
+    task = site.luigi("Status")
+    assert table_rows(task.stdout)[PROCESSED][:2] == [f"{len(sound):,}", f"{sum(sound.values()):,}"]
+
+    site.config.write_text(site.config.read_text() + "\n[status]\ndisk_threshold_percent = 0\n")
+    full = subprocess.run(command, env=site.env(), cwd=site.root, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 1
+    assert full.stderr.strip().splitlines()[-1].startswith("ERROR: disk: ")
+    assert json.loads(full.stdout)["problems"][0].startswith("disk: ")
+    failed = site.luigi("Status", check=False)
+    assert failed.returncode == 30
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: Status(") and "disk: " in last and "disk_threshold_percent" in last
