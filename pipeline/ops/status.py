@@ -7,15 +7,18 @@ only a few records per batch:
 
 - exact (counted files): documents in 01_downloaded (PDFs not held by an open batch), PDFs in each
   open batch folder, 04_ocr_completed and 05_processed documents, quarantined documents, disk used
-  per stage (st_blocks; a file hard-linked into several stages counts once, where first seen in the
-  order 01, 03, 04, 05, quarantine, manifests), free bytes and inodes (os.statvfs);
+  per stage (st_blocks; a PDF hard-linked into 01 and its batch counts once, in 01), free bytes and
+  inodes (os.statvfs). 04, 05 and quarantine are counted per fan-out folder and kept in
+  _manifests/status_cache.json, keyed by the folder's mtime: only folders that changed since the
+  last Status are listed again (the first Status on a large base_dir takes longer);
 - from records: pages of waiting documents (their .meta.json: 01 is bounded by backpressure),
   documents and pages of open batches (batch.json), pages in 05 (each batch's finalized.json or
   finalize_report.json), pages in 04 (those plus the 04 documents of open batches), quarantine
   reasons and pages (each .reason.json), chunks (chunks.json, retries, bisect.json, done markers);
 - from the event log: failed attempts, SLURM submissions, failures of batch tasks, last progress;
 - throughput from _manifests/metrics.ndjson: pages of the chunks whose job ended (COMPLETED) within
-  the last hour, day and week, divided by the window's hours. The time to finish is the backlog's
+  the last hour, day and week, divided by the window's hours (or by the hours since the first
+  recorded chunk began, when the site is younger than the window). The time to finish is the backlog's
   pages (chunks of open batches not done, unplanned batches, waiting documents) at the last day's
   rate, or the last week's when the day saw none.
 """
@@ -28,6 +31,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,7 @@ from pipeline.layout import (
     QUARANTINE,
     BatchPaths,
     Layout,
+    fanout_of,
 )
 from pipeline.stages import bisect
 
@@ -137,6 +142,83 @@ def _read(path: Path) -> Any:
 def _pages_of(meta: Any) -> int | None:
     pages = meta.get("pages") if isinstance(meta, dict) else None
     return pages if isinstance(pages, int) else None
+
+
+# --- 04, 05 and quarantine: counted once per change of their fan-out folders -------------------------
+
+CACHE_NAME = "status_cache.json"
+_SETTLE_SECONDS = 5.0  # a folder changed this recently may change again within its mtime's granularity
+
+
+def _count_folder(stage: str, folder: str) -> dict[str, Any]:
+    """Documents, files, bytes (and for quarantine reasons and pages) of one fan-out folder."""
+    usage, documents, pages, reasons = _Usage(), 0, 0, Counter[str]()
+    for entry in _entries(folder):
+        if entry.is_dir(follow_symlinks=False):
+            if stage == PROCESSED:  # one folder per document
+                documents += 1
+                for inner in _entries(entry.path):
+                    usage.files += 1
+                    usage.bytes += inner.stat(follow_symlinks=False).st_blocks * 512
+            continue
+        usage.files += 1
+        usage.bytes += entry.stat(follow_symlinks=False).st_blocks * 512
+        if stage == OCR_COMPLETED and entry.name.endswith(".ocr.jsonl"):
+            documents += 1
+        elif stage == QUARANTINE and entry.name.endswith(".reason.json"):
+            documents += 1
+            record = _read(Path(entry.path))
+            record = record if isinstance(record, dict) else {}
+            reasons[str(record.get("reason", "unreadable reason file"))] += 1
+            pages += _pages_of(record.get("download")) or 0
+    return {"documents": documents, "files": usage.files, "bytes": usage.bytes, "pages": pages,
+            "reasons": dict(reasons)}
+
+
+class FolderCache:
+    """Counts per fan-out folder of 04, 05 and quarantine in _manifests/status_cache.json, keyed by the
+    folder's mtime: adding, renaming or removing a document's entry changes it, so an unchanged folder
+    is not listed again. Documents' own files never change once written (a rerun changes no byte)."""
+
+    def __init__(self, path: Path, now: float) -> None:
+        self.path, self.now = path, now
+        cached = _read(path)
+        self.folders: dict[str, Any] = cached.get("folders", {}) if isinstance(cached, dict) else {}
+        self.changed = False
+
+    def stage(self, base: str, stage: str, width: int) -> dict[str, Any]:
+        root = os.path.join(base, stage)
+        folders = [e.path for e in _entries(root) if e.is_dir(follow_symlinks=False)] if width else [root]
+        total: dict[str, Any] = {"documents": 0, "files": 0, "bytes": 0, "pages": 0, "reasons": Counter[str]()}
+        if width:  # files at the top of a fanned-out stage do not belong there, but use space
+            for entry in _entries(root):
+                if not entry.is_dir(follow_symlinks=False):
+                    total["files"] += 1
+                    total["bytes"] += entry.stat(follow_symlinks=False).st_blocks * 512
+        for folder in folders:
+            key = os.path.relpath(folder, base)
+            try:
+                mtime = os.stat(folder).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            counts = self.folders.get(key)
+            if not counts or counts.get("mtime_ns") != mtime:
+                counts = {"mtime_ns": mtime, **_count_folder(stage, folder)}
+                if mtime / 1e9 < self.now - _SETTLE_SECONDS:
+                    self.folders[key] = counts
+                    self.changed = True
+            for name in ("documents", "files", "bytes", "pages"):
+                total[name] += counts[name]
+            total["reasons"].update(counts["reasons"])
+        return total
+
+    def save(self) -> None:
+        """Write the cache when it changed; a base_dir Status cannot write to only costs time."""
+        if self.changed:
+            try:
+                atomic.write_json(self.path, {"folders": self.folders}, sync_dir=False)
+            except OSError:
+                pass
 
 
 # --- the event log --------------------------------------------------------------------------------
@@ -322,9 +404,23 @@ def _chunk_states(paths: BatchPaths, log: _BatchEvents, slurm_states: dict[str, 
 # --- the whole view --------------------------------------------------------------------------------
 
 def _throughput(layout: Layout, now: _dt.datetime) -> dict[str, float]:
-    ended = [(r.pages, _time(r.end)) for r in completed_chunks(attempts(events.read(layout.metrics))) if r.end]
-    return {name: sum(p for p, end in ended if (now - end).total_seconds() <= hours * 3600) / hours
-            for name, hours in WINDOWS.items()}
+    """Pages/hour per window: pages of chunks that completed within it, over its hours, or over the
+    hours since the first recorded chunk began when that is shorter (a site that just started)."""
+    runs = attempts(events.read(layout.metrics))
+    starts = []
+    for run in runs:
+        if run.start:
+            starts.append(_time(run.start))
+        elif run.end:  # a local run records only its end and elapsed time
+            starts.append(_time(run.end) - _dt.timedelta(seconds=float(run.elapsed or 0)))
+    ended = [(r.pages, _time(r.end)) for r in completed_chunks(runs) if r.end]
+    active = (now - min(starts)).total_seconds() / 3600 if starts else 0.0
+    rates = {}
+    for name, hours in WINDOWS.items():
+        span = min(float(hours), active)
+        pages = sum(p for p, end in ended if (now - end).total_seconds() <= hours * 3600)
+        rates[name] = pages / span if span > 0 else 0.0
+    return rates
 
 
 def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: SlurmClient | None = None,
@@ -423,44 +519,22 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
                           "pages": sum(b["pages"] for b in batches_out), "batches": len(batches_out),
                           "files": 0, "bytes": 0}
 
-    # 04 and 05: counted entries; pages from the batch records.
-    usage04, completed, completed_open_pages = _Usage(), 0, 0
-    for folder in _fanout_folders(os.path.join(base, OCR_COMPLETED)):
-        for entry in _entries(folder):
-            if entry.is_dir(follow_symlinks=False):
-                continue
-            walker.add(entry, usage04)
-            if entry.name.endswith(".ocr.jsonl"):
-                completed += 1
-                completed_open_pages += records_by_id.get(entry.name[:-len(".ocr.jsonl")], 0)
-    stages[OCR_COMPLETED] = {"documents": completed, "pages": finalized_pages + completed_open_pages,
-                             "files": usage04.files, "bytes": usage04.bytes}
-    usage05, processed = _Usage(), 0
-    root05 = os.path.join(base, PROCESSED)
-    for folder in _fanout_folders(root05) if layout.fanout_width else [root05]:
-        for entry in _entries(folder):
-            if entry.is_dir(follow_symlinks=False):
-                if folder != root05 or not layout.fanout_width:  # a document's folder
-                    processed += 1
-                    walker.walk(entry.path, usage05)
-            else:
-                walker.add(entry, usage05)
-    stages[PROCESSED] = {"documents": processed, "pages": finalized_pages, "files": usage05.files,
-                         "bytes": usage05.bytes}
-
-    # quarantine: one small record per document, read for its reason.
-    usageq, reasons, quarantine_pages = _Usage(), Counter[str](), 0
-    for folder in _fanout_folders(os.path.join(base, QUARANTINE)):
-        for entry in _entries(folder):
-            if entry.is_dir(follow_symlinks=False):
-                continue
-            walker.add(entry, usageq)
-            if entry.name.endswith(".reason.json"):
-                record = _read(Path(entry.path)) or {}
-                reasons[str(record.get("reason", "unreadable reason file"))] += 1
-                quarantine_pages += _pages_of(record.get("download")) or 0
-    stages[QUARANTINE] = {"documents": sum(reasons.values()), "pages": quarantine_pages,
-                          "reasons": dict(sorted(reasons.items())), "files": usageq.files, "bytes": usageq.bytes}
+    # 04, 05 and quarantine: per fan-out folder, from the cache while the folder is unchanged.
+    cache = FolderCache(layout.manifests / CACHE_NAME, time.time())
+    totals = {stage: cache.stage(base, stage, layout.fanout_width) for stage in (OCR_COMPLETED, PROCESSED, QUARANTINE)}
+    cache.save()
+    completed_root = os.path.join(base, OCR_COMPLETED)
+    completed_open = sum(p for i, p in records_by_id.items() if os.path.exists(
+        os.path.join(completed_root, fanout_of(i, layout.fanout_width), f"{i}.ocr.jsonl")))
+    stages[OCR_COMPLETED] = {"documents": totals[OCR_COMPLETED]["documents"],
+                             "pages": finalized_pages + completed_open,
+                             "files": totals[OCR_COMPLETED]["files"], "bytes": totals[OCR_COMPLETED]["bytes"]}
+    stages[PROCESSED] = {"documents": totals[PROCESSED]["documents"], "pages": finalized_pages,
+                         "files": totals[PROCESSED]["files"], "bytes": totals[PROCESSED]["bytes"]}
+    quarantined = totals[QUARANTINE]
+    stages[QUARANTINE] = {"documents": quarantined["documents"], "pages": quarantined["pages"],
+                          "reasons": dict(sorted(quarantined["reasons"].items())), "files": quarantined["files"],
+                          "bytes": quarantined["bytes"]}
     usagem = _Usage()
     walker.walk(os.path.join(base, MANIFESTS), usagem)
     stages[MANIFESTS] = {"files": usagem.files, "bytes": usagem.bytes}
@@ -500,7 +574,7 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
     return {
         "base_dir": base, "time": now.isoformat(timespec="seconds"), "stages": stages, "disk": disk,
         "batches": batches_out,
-        "throughput": {"source": "metrics.ndjson (completed chunks)",
+        "throughput": {"source": "completed chunks in metrics.ndjson",
                        "pages_per_hour": {k: round(v, 1) for k, v in rates.items()}},
         "backlog": backlog, "last_progress": last_progress,
         "thresholds": {"disk_threshold_percent": thresholds.disk_percent, "stalled_hours": thresholds.stalled_hours,
