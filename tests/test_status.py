@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from pipeline import atomic, samples
+from pipeline.executors.slurm.client import SlurmClient
 from pipeline.layout import DOWNLOADED, OCR_COMPLETED, PROCESSED, PROCESSING, QUARANTINE, BatchPaths
 from pipeline.ops import status
 from pipeline.stages.quarantine import read_reasons
 
 from .conftest import Site
+from .test_slurm_client import cluster  # noqa: F401  (the fixture)
+from .test_slurm_luigi import call_log, logged, read_calls, release, slurm_site, wait_until  # noqa: F401
 
 
 def collection(folder: Path) -> tuple[dict[str, int], set[str]]:
@@ -201,3 +204,38 @@ def test_folder_cache_follows_new_documents(finished_site, tmp_path: Path) -> No
     fresh = status.collect(site.layout)
     for stage in (OCR_COMPLETED, PROCESSED, QUARANTINE):
         assert fresh["stages"][stage] == second["stages"][stage]
+
+
+@pytest.mark.slurm
+def test_slurm_chunks_running_and_pending_from_one_sacct_call(cluster: None, make_site, call_log: Path,
+                                                             tmp_path: Path, release: Path) -> None:
+    """Three chunks on the dev cluster, one at a time (array throttle 1): one running, two pending."""
+    site = slurm_site(make_site, tmp_path, release, ["a", "b", "c"], slurm__array_throttle=1)
+    site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
+    process = site.popen("Finalize", "--batch", "1")
+    client, job = SlurmClient(), None
+    try:
+        [submitted] = wait_until(lambda: logged(site, "slurm_submitted"), "submission", process)
+        job = submitted["job_id"]
+
+        def one_running() -> bool:
+            states = client.query([job])
+            return len(states) == 3 and [s.state for s in states.values()].count("RUNNING") == 1
+
+        wait_until(one_running, "one running array task and two known to sacct", process)
+        before = len(read_calls(call_log, os.getpid()))
+        result = status.collect(site.layout, slurm=client)
+        assert [c.command for c in read_calls(call_log, os.getpid())[before:]] == ["sacct"]
+        [batch] = result["batches"]
+        assert batch["chunks"] == {"total": 3, "done": 0, "running": 1, "pending": 2, "failed": 0, "pages_to_do": 3}
+        # Much later, the same jobs still in the queue are stale.
+        stale = status.collect(site.layout, slurm=client, now=now_plus(25),
+                               thresholds=status.Thresholds(stalled_hours=100, stale_job_hours=24))
+        assert len(stale["problems"]) == 3 and all(p.startswith("stale job: batch 0001 chunk ")
+                                                   for p in stale["problems"])
+    finally:
+        process.kill()
+        process.wait()
+        if job:
+            client.cancel([job])
