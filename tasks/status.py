@@ -9,10 +9,10 @@ from pipeline.config import OCRConfig, SlurmConfig, StatusConfig
 from pipeline.executors.slurm.client import SlurmClient
 from pipeline.ops import status
 
-from .base import layout
+from .base import ProgressMixin, layout
 
 
-class Status(luigi.Task):
+class Status(ProgressMixin, luigi.Task):
     """Print documents, pages and disk per stage, open batches, throughput and what needs a person.
 
     Always runs; fails (exit [retcode] task_failed, the reason as the last line) when something
@@ -30,7 +30,8 @@ class Status(luigi.Task):
         limits, on_slurm = StatusConfig(), OCRConfig().executor == "slurm"
         result = status.collect(
             layout(), slurm=SlurmClient(SlurmConfig().command_timeout) if on_slurm else None,
-            thresholds=status.Thresholds(limits.disk_threshold_percent, limits.stalled_hours, limits.stale_job_hours))
+            thresholds=status.Thresholds(limits.disk_threshold_percent, limits.stalled_hours, limits.stale_job_hours),
+            progress=lambda message: self.progress(0, message))
         print(json.dumps(result, indent=2) if self.json else status.format_status(result), flush=True)
         self._shown = True
         problem = status.last_line(result)

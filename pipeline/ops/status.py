@@ -33,6 +33,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -424,10 +425,11 @@ def _throughput(layout: Layout, now: _dt.datetime) -> dict[str, float]:
 
 
 def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: SlurmClient | None = None,
-            now: _dt.datetime | None = None) -> dict[str, Any]:
+            now: _dt.datetime | None = None, progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """The status of ``layout``'s base_dir (see the module's docstring for where each number comes
     from). ``slurm``: the client of a SLURM site (one sacct call for every job of the open batches),
-    None for the local executor. ``now`` is for tests and reports of a given moment."""
+    None for the local executor. ``now`` is for tests and reports of a given moment. ``progress``
+    gets a message as each part is counted (the first Status of a large base_dir takes a while)."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     base = str(layout.base)
     walker = _Walker()
@@ -480,6 +482,7 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
                           "files": usage01.files, "bytes": usage01.bytes}
 
     # open batches
+    progress(f"{DOWNLOADED} and {len(batch_infos)} open batches counted; reading the event log")
     batch_events, last_progress = scan_events(layout.events)
     per_batch = _batch_events(batch_events)
     slurm_states: dict[str, Any] | None = None
@@ -521,7 +524,10 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
 
     # 04, 05 and quarantine: per fan-out folder, from the cache while the folder is unchanged.
     cache = FolderCache(layout.manifests / CACHE_NAME, time.time())
-    totals = {stage: cache.stage(base, stage, layout.fanout_width) for stage in (OCR_COMPLETED, PROCESSED, QUARANTINE)}
+    totals = {}
+    for stage in (OCR_COMPLETED, PROCESSED, QUARANTINE):
+        progress(f"counting {stage}")
+        totals[stage] = cache.stage(base, stage, layout.fanout_width)
     cache.save()
     completed_root = os.path.join(base, OCR_COMPLETED)
     completed_open = sum(p for i, p in records_by_id.items() if os.path.exists(
@@ -675,7 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     slurm = SlurmClient(SlurmConfig().command_timeout) if OCRConfig().executor == "slurm" else None
     limits = StatusConfig()
     thresholds = Thresholds(limits.disk_threshold_percent, limits.stalled_hours, limits.stale_job_hours)
-    result = collect(layout, thresholds=thresholds, slurm=slurm)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:  # only when it takes long enough for someone to wonder
+        if time.monotonic() - started > 2:
+            print(f"status: {message}", file=sys.stderr, flush=True)
+
+    result = collect(layout, thresholds=thresholds, slurm=slurm, progress=progress)
     print(json.dumps(result, indent=2) if args.json else format_status(result), flush=True)
     line = last_line(result)
     if line:
