@@ -116,6 +116,13 @@ def test_open_batch_waiting_documents_and_backlog(make_site, tmp_path: Path) -> 
     later = status.collect(site.layout, now=now_plus(7))
     stalled = status.last_line(later)
     assert stalled is not None and stalled.startswith("stalled: no progress for 7")
+    # A damaged chunk plan is named; the rest of the view stands.
+    paths.chunk_plan.write_text('{"chunks": [')
+    damaged = status.collect(site.layout)
+    assert damaged["batches"][0]["chunks"] is None and damaged["notes"][0].startswith("batch 0001: its chunk plan")
+    for stage in (DOWNLOADED, PROCESSING, QUARANTINE):
+        assert [damaged["stages"][stage][k] for k in ("documents", "pages")] == \
+            [result["stages"][stage][k] for k in ("documents", "pages")]
 
 
 def test_stalled_backlog_after_progress(finished_site, tmp_path: Path) -> None:

@@ -140,6 +140,14 @@ def _read(path: Path) -> Any:
         return None
 
 
+def _documents(record: Any) -> dict[str, int]:
+    """identifier -> pages of a batch.json (0 where a page count is missing)."""
+    documents = record.get("documents") if isinstance(record, dict) else None
+    if not isinstance(documents, dict):
+        return {}
+    return {str(i): _pages_of(d) or 0 for i, d in documents.items()}
+
+
 def _pages_of(meta: Any) -> int | None:
     pages = meta.get("pages") if isinstance(meta, dict) else None
     return pages if isinstance(pages, int) else None
@@ -445,14 +453,13 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
         paths = BatchPaths(layout.batch_dir(number))
         names = {e.name for e in _entries(str(paths.dir))}
         if "finalized.json" in names:
-            finalized_pages += int((_read(paths.finalized) or {}).get("pages", 0))
+            finalized_pages += _pages_of(_read(paths.finalized)) or 0
             continue
-        record = _read(paths.batch_record) or {}
-        documents = record.get("documents", {}) if isinstance(record, dict) else {}
+        documents = _documents(_read(paths.batch_record))
         held.update(documents)
-        records_by_id.update((i, int(d.get("pages", 0))) for i, d in documents.items())
-        report = _read(paths.finalize_report) if "finalize_report.json" in names else None
-        finalized_pages += int((report or {}).get("pages", 0))
+        records_by_id.update(documents)
+        if "finalize_report.json" in names:
+            finalized_pages += _pages_of(_read(paths.finalize_report)) or 0
         pdfs = sum(1 for n in names if n.lower().endswith(".pdf"))
         held.update(n[:-4] for n in names if n.lower().endswith(".pdf"))
         batch_infos.append((number, paths, names, documents, pdfs))
@@ -502,14 +509,19 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
     walker.walk(os.path.join(base, PROCESSING), usage03)  # finalized batches' folders use space too
     for number, paths, names, documents, pdfs in batch_infos:
         log = per_batch.get(number, _BatchEvents({}, set(), {}, None))
-        pages = sum(int(d.get("pages", 0)) for d in documents.values())
+        pages = sum(documents.values())
         info: dict[str, Any] = {"batch": number, "stage": _stage_of(paths, names), "documents": len(documents),
                                 "pages": pages, "pdfs": pdfs, "chunks": None, "failure": None}
         if "chunks.json" in names:
-            chunks, stale_here = _chunk_states(paths, log, slurm_states, now, thresholds.stale_job_hours)
+            try:
+                chunks, stale_here = _chunk_states(paths, log, slurm_states, now, thresholds.stale_job_hours)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged plan: OCRBatch redoes or names it
+                notes.append(f"batch {number}: its chunk plan cannot be read ({type(exc).__name__}: {exc})")
+                chunks, stale_here = None, []
             info["chunks"] = chunks
             stale += stale_here
-            backlog_pages += chunks["pages_to_do"] if "split_report.json" not in names else 0
+            if chunks is not None and "split_report.json" not in names:
+                backlog_pages += chunks["pages_to_do"]
         else:
             backlog_pages += pages
         if log.failure is not None:
