@@ -15,7 +15,10 @@ only a few records per batch:
   documents and pages of open batches (batch.json), pages in 05 (each batch's finalized.json or
   finalize_report.json), pages in 04 (those plus the 04 documents of open batches), quarantine
   reasons and pages (each .reason.json), chunks (chunks.json, retries, bisect.json, done markers);
-- from the event log: failed attempts, SLURM submissions, failures of batch tasks, last progress;
+- from the event log: failed attempts, SLURM submissions, failures of batch tasks, last progress.
+  Running and pending chunks: on SLURM the state of each chunk's last job (one sacct call); with
+  the local executor a chunk runs while an OCRBatch of its batch holds its lock on this host and
+  the chunk's log was written after its last failed attempt;
 - throughput from _manifests/metrics.ndjson: pages of the chunks whose job ended (COMPLETED) within
   the last hour, day and week, divided by the window's hours (or by the hours since the first
   recorded chunk began, when the site is younger than the window). The time to finish is the backlog's
@@ -392,7 +395,7 @@ def _chunk_states(paths: BatchPaths, log: _BatchEvents, slurm_states: dict[str, 
                     if age is not None and age > stale_hours:
                         stale.append(f"batch {paths.number} chunk {index}: job {job.job_id}_{index} {job.state} "
                                      f"for {age:.0f} hours")
-                elif job.outcome == "failed":
+                else:  # ended FAILED, TIMEOUT, ... or COMPLETED without its done marker
                     state = "failed"
         elif ocr_running and paths.chunk_log(index).exists():
             log_time = paths.chunk_log(index).stat().st_mtime
