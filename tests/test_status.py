@@ -246,3 +246,25 @@ def test_slurm_chunks_running_and_pending_from_one_sacct_call(cluster: None, mak
         process.wait()
         if job:
             client.cancel([job])
+
+
+def test_local_chunks_running_and_pending(make_site, tmp_path: Path, release: Path) -> None:
+    """The local executor, two chunks at a time, an OCR program held until released: two chunks
+    run, one waits; released, all three are done."""
+    site = slurm_site(make_site, tmp_path, release, ["a", "b", "c"], ocr__executor="local", ocr__parallel_chunks=2)
+    site.luigi("Download", "--run-id", "one")
+    site.luigi("CreateBatch", "--batch", "1")
+    process = site.popen("OCRBatch", "--batch", "1")
+    paths = BatchPaths(site.layout.batch_dir("0001"))
+    try:
+        wait_until(lambda: len(list(paths.logs.glob("chunk_*.log"))) == 2, "two chunk logs", process)
+        [batch] = status.collect(site.layout)["batches"]
+        assert batch["chunks"] == {"total": 3, "done": 0, "running": 2, "pending": 1, "failed": 0, "pages_to_do": 3}
+        (release / "all").touch()
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill()
+        process.wait()
+    [batch] = status.collect(site.layout)["batches"]
+    assert batch["stage"] == "ocr done"
+    assert batch["chunks"] == {"total": 3, "done": 3, "running": 0, "pending": 0, "failed": 0, "pages_to_do": 0}
