@@ -135,10 +135,11 @@ def _fanout_folders(root: str) -> list[str]:
     return [root, *(e.path for e in _entries(root) if e.is_dir(follow_symlinks=False))]
 
 
-def _read(path: Path) -> Any:
+def _read(path: str | Path) -> Any:
     """A JSON record, or None when it is missing or unreadable (Status reports, never fails on one)."""
     try:
-        return atomic.read_json(path)
+        with open(path, "rb") as handle:
+            return json.loads(handle.read())
     except (OSError, ValueError):
         return None
 
@@ -179,7 +180,7 @@ def _count_folder(stage: str, folder: str) -> dict[str, Any]:
             documents += 1
         elif stage == QUARANTINE and entry.name.endswith(".reason.json"):
             documents += 1
-            record = _read(Path(entry.path))
+            record = _read(entry.path)
             record = record if isinstance(record, dict) else {}
             reasons[str(record.get("reason", "unreadable reason file"))] += 1
             pages += _pages_of(record.get("download")) or 0
@@ -482,7 +483,7 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
                 if not name.lower().endswith(".pdf") or name[:-4] in held:
                     continue
                 waiting += 1
-                pages = _pages_of(_read(Path(folder) / f"{name[:-4]}.meta.json")) if (
+                pages = _pages_of(_read(os.path.join(folder, f"{name[:-4]}.meta.json"))) if (
                     f"{name[:-4]}.meta.json" in names) else None
                 if pages is None:
                     pages_unknown += 1
