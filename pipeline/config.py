@@ -139,8 +139,18 @@ class SlurmConfig(_Section):
                                          "is stopped (SIGTERM, Ctrl-C); default: leave them, a rerun re-attaches")
 
 
+class StatusConfig(_Section):
+    section = "status"
+    disk_threshold_percent = luigi.FloatParameter(default=90.0, description="Status: a problem when more of "
+                                                  "base_dir's volume (bytes or inodes) is used")
+    stalled_hours = luigi.FloatParameter(default=6.0, description="Status: a problem when nothing progressed "
+                                         "for this long while work waits")
+    stale_job_hours = luigi.FloatParameter(default=24.0, description="Status: a problem when a chunk's job is "
+                                           "pending or running (a local chunk silent) for this long")
+
+
 SECTIONS: tuple[type[_Section], ...] = (
-    PipelineConfig, DownloadConfig, OCRConfig, BackpressureConfig, S3Config, SlurmConfig,
+    PipelineConfig, DownloadConfig, OCRConfig, BackpressureConfig, S3Config, SlurmConfig, StatusConfig,
 )
 
 # Luigi's own settings as this package needs them, used where the site's luigi.cfg does not set them:

@@ -4,8 +4,9 @@ from .download import Download
 from .metrics import MetricsSummary
 from .process_all import ProcessAll
 from .shards import CountPages, Preflight, RunShard, ShardFile, ShardManifest, ShardStatus
+from .status import Status
 
 __all__ = [
     "CountPages", "CreateBatch", "Download", "Finalize", "MetricsSummary", "OCRBatch", "PlanChunks", "Preflight",
-    "ProcessAll", "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults",
+    "ProcessAll", "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults", "Status",
 ]

@@ -14,6 +14,7 @@ import luigi
 from pipeline import startup_checks
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
+from pipeline.ops import status
 from pipeline.stages import batches
 
 
@@ -73,6 +74,11 @@ class BatchTask(ProgressMixin, luigi.Task):
     @property
     def paths(self) -> BatchPaths:
         return BatchPaths(self.layout.batch_dir(self.batch))
+
+    def on_failure(self, exception: BaseException) -> str:
+        if self.paths.dir.is_dir():  # Status shows the batch as failed until it moves again
+            status.record_failure(self.layout, self.batch, self.get_task_family(), exception)
+        return str(super().on_failure(exception))
 
     def require_existing_batch(self) -> None:
         """Only CreateBatch (and ProcessAll through it) opens a batch; the later stages never do."""

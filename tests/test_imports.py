@@ -22,6 +22,7 @@ FLOORS = {
     "pipeline.demo": 3,
     "pipeline.chunk_job": 3,
     "pipeline.sharding": 3,
+    "pipeline.__main__": 3,
     "tasks": 4,
 }
 
