@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(python3-venv python3-dev tesseract-ocr tesseract-ocr-eng poppler-utils qpdf)
+APT_PACKAGES=(python3-venv python3-dev tesseract-ocr tesseract-ocr-eng poppler-utils qpdf chromium)
 VENV=${VENV:-.venv}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -3,10 +3,11 @@ from .batch import CreateBatch, Finalize, OCRBatch, PlanChunks, SplitResults
 from .download import Download
 from .metrics import MetricsSummary
 from .process_all import ProcessAll
+from .report import Report
 from .shards import CountPages, Preflight, RunShard, ShardFile, ShardManifest, ShardStatus
 from .status import Status
 
 __all__ = [
     "CountPages", "CreateBatch", "Download", "Finalize", "MetricsSummary", "OCRBatch", "PlanChunks", "Preflight",
-    "ProcessAll", "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults", "Status",
+    "ProcessAll", "Report", "RunShard", "ShardFile", "ShardManifest", "ShardStatus", "SplitResults", "Status",
 ]

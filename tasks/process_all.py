@@ -15,6 +15,7 @@ from pipeline.stages import batches
 from .base import ProgressMixin, layout
 from .batch import CreateBatch, Finalize
 from .download import Download, this_minute
+from .report import write_report
 
 
 class ProcessAll(ProgressMixin, luigi.Task):
@@ -47,6 +48,7 @@ class ProcessAll(ProgressMixin, luigi.Task):
         yield [Finalize(batch=b) for b in open_batches]
         touched = report.batches_since(lay, self.started_at)
         summary = report.collection_summary(lay, touched, time.time() - self.started, self.started_at)
+        write_report(lay, record_snapshot=True)  # _manifests/report.html, and this run's Status snapshot
         atomic.write_json(self.output().path, {"run": self.effective_run, "batches": touched, **summary})
         self.progress(100, report.status_line(summary, touched), force=True)
         print("\n" + report.format_summary(summary), flush=True)

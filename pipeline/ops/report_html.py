@@ -1,0 +1,401 @@
+"""The report to look at: ``_manifests/report.html``, one self-contained page (plots inline as PNG data
+URIs, no script, no external resource) with the Status table at the top and plots of how the
+collection moved: documents and pages finalized, pages/hour, chunk run time against the requested
+walltime, queue wait, backlog and disk per stage over time, quarantine reasons.
+
+Where each plot's numbers come from:
+- finalized over time: each batch's finalized.json (finished_at), or finalize_report.json (time) of a
+  batch finalized partially: one small record per batch, never one per document;
+- pages/hour, run time, queue wait: the job records of _manifests/metrics.ndjson;
+- backlog and disk over time: _manifests/status_history.ndjson, one snapshot of Status per
+  ProcessAll run (``refresh(record_snapshot=True)``);
+- the Status table and the quarantine reasons: Status itself (pipeline.ops.status.collect).
+
+A plot without data says so in words instead of an empty axis.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline import atomic, events
+from pipeline.executors.records import Attempt, attempts
+from pipeline.executors.slurm.client import SlurmClient
+from pipeline.layout import QUARANTINE, BatchPaths, Layout
+from pipeline.ops import status as status_view
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+REPORT_NAME = "report.html"
+HISTORY_NAME = "status_history.ndjson"
+SNAPSHOT_EVENT = "status_snapshot"
+_DAY_BINS_AFTER_DAYS = 3  # pages/hour in hourly bars up to this span, in daily means beyond it
+
+
+def report_path(layout: Layout) -> Path:
+    return layout.manifests / REPORT_NAME
+
+
+def history_path(layout: Layout) -> Path:
+    return layout.manifests / HISTORY_NAME
+
+
+# --- the numbers -----------------------------------------------------------------------------------
+
+def snapshot(status: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers of a Status worth keeping over time (a few hundred bytes)."""
+    stages = {name: {k: row[k] for k in ("documents", "pages", "bytes") if k in row}
+              for name, row in status["stages"].items()}
+    return events.event(
+        SNAPSHOT_EVENT, status_time=status["time"], stages=stages,
+        backlog={k: status["backlog"][k] for k in ("documents", "pages")},
+        open_batches=len(status["batches"]), free_bytes=status["disk"]["free_bytes"],
+        quarantine_reasons=status["stages"].get(QUARANTINE, {}).get("reasons", {}))
+
+
+def read_history(layout: Layout) -> list[dict[str, Any]]:
+    return [r for r in events.read(history_path(layout)) if r.get("event") == SNAPSHOT_EVENT]
+
+
+def finalized_over_time(layout: Layout) -> list[tuple[_dt.datetime, int, int]]:
+    """(time, documents, pages) each batch finalized, in time order."""
+    found = []
+    for number in layout.batch_numbers():
+        paths = BatchPaths(layout.batch_dir(number))
+        for path, key in ((paths.finalized, "finished_at"), (paths.finalize_report, "time")):
+            record = _record(path)
+            if isinstance(record, dict) and isinstance(record.get(key), str):
+                found.append((_time(record[key]), int(record.get("finalized") or 0), int(record.get("pages") or 0)))
+                break
+    return sorted(found)
+
+
+def _record(path: Path) -> Any:
+    """A JSON record, or None when missing or unreadable: the report shows what it can."""
+    try:
+        return atomic.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _time(iso: str) -> _dt.datetime:
+    """An aware datetime in UTC (sacct writes the cluster's local time without an offset)."""
+    moment = _dt.datetime.fromisoformat(iso)
+    return (moment if moment.tzinfo else moment.astimezone()).astimezone(_dt.timezone.utc)
+
+
+def _end(run: Attempt) -> _dt.datetime | None:
+    return _time(run.end) if run.end else None
+
+
+# --- the plots ---------------------------------------------------------------------------------------
+
+def _figure() -> Figure:
+    # Imported here: matplotlib takes a second to import, and every `luigi --module pipeline` loads this module.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")  # Figure.savefig uses the Agg canvas: no pyplot, no display
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _dates(times: list[_dt.datetime]) -> Any:
+    """Times as matplotlib's date numbers (what its typed API takes for a date axis)."""
+    from matplotlib.dates import date2num
+
+    return date2num(times)
+
+
+def _time_axis(axes: Axes) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes.set_xlabel("time (UTC)")
+    axes.grid(alpha=0.3)
+
+
+def _plot_finalized(layout: Layout, **_: Any) -> Figure | str:
+    rows = finalized_over_time(layout)
+    if not rows:
+        return "No batch finalized yet."
+    figure = _figure()
+    axes = figure.subplots()
+    times = _dates([t for t, _, _ in rows])
+    documents = _cumulative([d for _, d, _ in rows])
+    pages = _cumulative([p for _, _, p in rows])
+    axes.step(times, documents, where="post", marker="o", color="tab:blue", label="documents")
+    axes.set_ylabel("documents", color="tab:blue")
+    right = axes.twinx()
+    right.step(times, pages, where="post", marker="s", color="tab:orange", label="pages")
+    right.set_ylabel("pages", color="tab:orange")
+    axes.set_title("Documents and pages finalized (cumulative, per batch)")
+    _time_axis(axes)
+    return figure
+
+
+def _cumulative(values: list[int]) -> list[int]:
+    total, out = 0, []
+    for value in values:
+        total += value
+        out.append(total)
+    return out
+
+
+def _plot_pages_per_hour(runs: list[Attempt], **_: Any) -> Figure | str:
+    ended = [(end, r.pages) for r in runs if r.completed and (end := _end(r))]
+    if not ended:
+        return "No chunk completed yet (metrics.ndjson has no completed job)."
+    first, last = min(e for e, _ in ended), max(e for e, _ in ended)
+    daily = (last - first) > _dt.timedelta(days=_DAY_BINS_AFTER_DAYS)
+    width = 1.0 if daily else 1 / 24  # in days, matplotlib's date unit
+    bins: Counter[_dt.datetime] = Counter()
+    for end, pages in ended:
+        start = end.replace(minute=0, second=0, microsecond=0)
+        bins[start.replace(hour=0) if daily else start] += pages
+    figure = _figure()
+    axes = figure.subplots()
+    starts = sorted(bins)
+    axes.bar(_dates(starts), [bins[s] / (24 if daily else 1) for s in starts], width=width, align="edge",
+             color="tab:green")
+    axes.set_ylabel("pages/hour")
+    axes.set_title("Pages OCRed per hour" + (" (daily mean)" if daily else "") + ", by chunk end")
+    _time_axis(axes)
+    return figure
+
+
+def _plot_run_time(runs: list[Attempt], **_: Any) -> Figure | str:
+    measured = [r for r in runs if r.elapsed is not None and r.state]
+    if not measured:
+        return "No chunk run measured yet (metrics.ndjson has no ended job)."
+    figure = _figure()
+    axes = figure.subplots()
+    for state in sorted({r.state or "" for r in measured}):
+        group = [r for r in measured if r.state == state]
+        axes.scatter([r.pages for r in group], [(r.elapsed or 0) / 60 for r in group], label=f"elapsed, {state}",
+                     zorder=3)
+    requested = [r for r in measured if r.walltime_requested]
+    if requested:
+        axes.scatter([r.pages for r in requested], [(r.walltime_requested or 0) / 60 for r in requested],
+                     marker="_", s=200, color="black", label="requested walltime", zorder=2)
+        for r in requested:
+            axes.plot([r.pages, r.pages], [(r.elapsed or 0) / 60, (r.walltime_requested or 0) / 60],
+                      color="grey", linewidth=0.6, zorder=1)
+        title = "Chunk run time against its requested walltime"
+    else:
+        title = "Chunk run time (no walltime requested: local executor)"
+    axes.set_xlabel("pages in the chunk")
+    axes.set_ylabel("minutes")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def _plot_queue_wait(runs: list[Attempt], **_: Any) -> Figure | str:
+    waits = [(_time(r.submitted_at), (_time(r.start) - _time(r.submitted_at)).total_seconds() / 60)
+             for r in runs if r.submitted_at and r.start]
+    if not waits:
+        return ("No queue wait recorded: no SLURM job has both its submission and its start in "
+                "metrics.ndjson (the local executor starts chunks at once).")
+    figure = _figure()
+    axes = figure.subplots()
+    axes.scatter(_dates([t for t, _ in waits]), [w for _, w in waits], color="tab:purple")
+    axes.set_ylabel("minutes from submission to start")
+    axes.set_title("Queue wait per SLURM job")
+    _time_axis(axes)
+    return figure
+
+
+def _plot_backlog(history: list[dict[str, Any]], **_: Any) -> Figure | str:
+    if not history:
+        return "No status snapshot yet: each ProcessAll run records one."
+    figure = _figure()
+    axes = figure.subplots()
+    times = _dates([_time(h["time"]) for h in history])
+    axes.plot(times, [h["backlog"]["documents"] for h in history], marker="o", color="tab:blue")
+    axes.set_ylabel("documents", color="tab:blue")
+    right = axes.twinx()
+    right.plot(times, [h["backlog"]["pages"] for h in history], marker="s", color="tab:orange")
+    right.set_ylabel("pages", color="tab:orange")
+    axes.set_title("Backlog (waiting and in open batches), at each ProcessAll")
+    _time_axis(axes)
+    return figure
+
+
+def _plot_disk(history: list[dict[str, Any]], **_: Any) -> Figure | str:
+    if not history:
+        return "No status snapshot yet: each ProcessAll run records one."
+    figure = _figure()
+    axes = figure.subplots()
+    times = _dates([_time(h["time"]) for h in history])
+    stages = sorted({s for h in history for s in h["stages"]})
+    peak = max([h["stages"].get(s, {}).get("bytes", 0) for h in history for s in stages] + [1])
+    unit, scale = next((u, f) for u, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1))
+                       if peak >= f)
+    for stage in stages:
+        axes.plot(times, [h["stages"].get(stage, {}).get("bytes", 0) / scale for h in history], marker="o",
+                  label=stage)
+    axes.set_ylabel(f"disk used ({unit})")
+    axes.set_title("Disk used per stage, at each ProcessAll")
+    axes.legend(fontsize="small")
+    _time_axis(axes)
+    return figure
+
+
+def _plot_quarantine(status: dict[str, Any], **_: Any) -> Figure | str:
+    from matplotlib.ticker import MaxNLocator
+
+    reasons = status["stages"].get(QUARANTINE, {}).get("reasons", {})
+    if not reasons:
+        return "Nothing quarantined."
+    figure = _figure()
+    axes = figure.subplots()
+    names = sorted(reasons, key=lambda r: reasons[r])
+    axes.barh(names, [reasons[n] for n in names], color="tab:red")
+    axes.set_xlabel("documents")
+    axes.set_title("Quarantined documents by reason")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure
+
+
+PLOTS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("finalized", _plot_finalized), ("pages-per-hour", _plot_pages_per_hour), ("run-time", _plot_run_time),
+    ("queue-wait", _plot_queue_wait), ("backlog", _plot_backlog), ("disk", _plot_disk),
+    ("quarantine", _plot_quarantine),
+)
+
+
+# --- the page ----------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; background: #fff; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.problem { background: #fde2e2; border: 1px solid #c00; padding: 0.5em; }
+.fine { background: #e2f5e2; border: 1px solid #080; padding: 0.5em; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; border: 1px solid #ddd; padding: 0.5em; }
+figure.empty { width: 640px; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _cell(value: Any, text: str | None = None, **data: str) -> str:
+    """A number cell; data-* attributes name it and data-value holds the exact number."""
+    attributes = "".join(f' data-{k}="{_e(v)}"' for k, v in data.items())
+    shown = text if text is not None else (f"{value:,}" if isinstance(value, int) else "-" if value is None
+                                           else str(value))
+    return f'<td class="n"{attributes} data-value="{_e("" if value is None else value)}">{_e(shown)}</td>'
+
+
+def status_html(status: dict[str, Any]) -> str:
+    """The Status view as HTML tables: the numbers of ``python -m pipeline status --json``."""
+    parts = []
+    problems = status["problems"]
+    if problems:
+        parts.append('<div class="problem"><b>Needs a person:</b><ul>'
+                     + "".join(f'<li data-problem="{n}">{_e(p)}</li>' for n, p in enumerate(problems))
+                     + "</ul></div>")
+    else:
+        parts.append('<p class="fine">Nothing needs a person.</p>')
+    rows = []
+    for name, row in status["stages"].items():
+        cells = [_cell(row.get(k), stage=name, field=k) for k in ("documents", "pages", "files")]
+        cells.append(_cell(row["bytes"], status_view._size(row["bytes"]), stage=name, field="bytes"))
+        rows.append(f"<tr><th>{_e(name)}</th>{''.join(cells)}</tr>")
+        rows += [f'<tr><td>&nbsp;&nbsp;{_e(reason)}</td>{_cell(count, reason=reason)}<td></td><td></td><td></td></tr>'
+                 for reason, count in row.get("reasons", {}).items()]
+    parts.append("<table id=\"stages\"><tr><th>stage</th><th>documents</th><th>pages</th><th>files</th>"
+                 f"<th>disk used</th></tr>{''.join(rows)}</table>")
+    disk = status["disk"]
+    parts.append(f"<p>free: <span data-disk=\"free_bytes\" data-value=\"{disk['free_bytes']}\">"
+                 f"{_e(status_view._size(disk['free_bytes']))}</span> of <span data-disk=\"total_bytes\" "
+                 f"data-value=\"{disk['total_bytes']}\">{_e(status_view._size(disk['total_bytes']))}</span> "
+                 f"({_e(disk['used_percent'])}% used), {disk['free_inodes']:,} of "
+                 f"<span data-disk=\"total_inodes\" data-value=\"{disk['total_inodes']}\">{disk['total_inodes']:,}"
+                 f"</span> inodes free</p>")
+    parts.append(f"<h3>Open batches: {len(status['batches'])}</h3>")
+    if status["batches"]:
+        counts = ("total", "done", "running", "pending", "failed")
+        rows = []
+        for b in status["batches"]:
+            chunks = b["chunks"] or {}
+            cells = [_cell(b[k], batch=b["batch"], field=k) for k in ("documents", "pages", "pdfs")]
+            cells += [_cell(chunks.get(k), batch=b["batch"], field=f"chunks.{k}") for k in counts]
+            rows.append(f'<tr><th>{_e(b["batch"])}</th><td data-batch="{_e(b["batch"])}" data-field="stage">'
+                        f'{_e(b["stage"])}</td>{"".join(cells)}</tr>')
+        header = "".join(f"<th>{k}</th>" for k in ("batch", "stage", "documents", "pages", "pdfs"))
+        header += "".join(f"<th>chunks {k}</th>" for k in counts)
+        parts.append(f"<table id=\"batches\"><tr>{header}</tr>{''.join(rows)}</table>")
+    rates, backlog = status["throughput"]["pages_per_hour"], status["backlog"]
+    parts.append("<table id=\"throughput\"><tr><th>pages/hour over the last</th>"
+                 + "".join(f"<th>{_e(k)}</th>" for k in rates) + "</tr><tr><td>"
+                 + _e(status["throughput"]["source"]) + "</td>"
+                 + "".join(_cell(v, f"{v:,.1f}", rate=k) for k, v in rates.items()) + "</tr></table>")
+    parts.append(f"<p>backlog: {_cell_span(backlog['documents'], 'documents')} documents, "
+                 f"{_cell_span(backlog['pages'], 'pages')} pages to OCR; time to finish: "
+                 f"{_e(status_view._duration(backlog['hours_to_finish']))}</p>")
+    parts.append(f"<p>last progress: <span data-last-progress=\"{_e(status['last_progress'] or '')}\">"
+                 f"{_e(status['last_progress'] or 'none recorded')}</span></p>")
+    parts += [f"<p>note: {_e(n)}</p>" for n in status["notes"]]
+    return "\n".join(parts)
+
+
+def _cell_span(value: int, name: str) -> str:
+    return f'<span data-backlog="{name}" data-value="{value}">{value:,}</span>'
+
+
+def render(layout: Layout, status: dict[str, Any]) -> str:
+    """The whole page for ``status`` (a result of pipeline.ops.status.collect) and the records of
+    ``layout``'s base_dir."""
+    sources = {"layout": layout, "status": status, "runs": attempts(events.read(layout.metrics)),
+               "history": read_history(layout)}
+    figures = []
+    for name, plot in PLOTS:
+        drawn = plot(**sources)
+        if isinstance(drawn, str):
+            figures.append(f'<figure class="empty" id="plot-{name}"><p>{_e(drawn)}</p></figure>')
+        else:
+            title = drawn.axes[0].get_title()
+            figures.append(f'<figure id="plot-{name}"><img alt="{_e(title)}" '
+                           f'src="data:image/png;base64,{_png(drawn)}"></figure>')
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>OCR pipeline report: {_e(status['base_dir'])}</title><style>{_STYLE}</style></head><body>\n"
+        f"<h1>OCR pipeline report</h1><p>base_dir <code>{_e(status['base_dir'])}</code> at "
+        f"<span id=\"status-time\">{_e(status['time'])}</span></p>\n"
+        f"<h2>Status</h2>\n{status_html(status)}\n<h2>Over time</h2>\n"
+        f"<div class=\"plots\">{''.join(figures)}</div>\n</body></html>\n"
+    )
+
+
+def refresh(layout: Layout, *, thresholds: status_view.Thresholds, slurm: SlurmClient | None,
+            record_snapshot: bool = False, progress: Callable[[str], None] = lambda message: None) -> Path:
+    """Collect Status, append its snapshot to the history when ``record_snapshot`` (ProcessAll does,
+    once per run), and write report.html atomically. Returns the report's path."""
+    status = status_view.collect(layout, thresholds=thresholds, slurm=slurm, progress=progress)
+    if record_snapshot:
+        events.append(history_path(layout), [snapshot(status)])
+    progress("drawing the plots")
+    path = report_path(layout)
+    atomic.write_bytes(path, render(layout, status).encode("utf-8"))
+    return path
+
