@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline import events, samples
+from pipeline.executors import records
 from pipeline.layout import MANIFESTS, PROCESSED, QUARANTINE
 from pipeline.ops import report_html
 
@@ -227,3 +228,29 @@ def test_empty_base_dir_says_so_in_every_plot(make_site) -> None:
     assert {name: f["images"] for name, f in page.figures.items()} == {
         name: [] for name, _ in report_html.PLOTS}
     assert all(f["text"].strip() for f in page.figures.values())
+
+
+def test_slurm_records_draw_walltime_and_queue_wait(make_site) -> None:
+    """SLURM job records (as the executor writes them) give the run-time plot its requested walltimes and
+    the queue-wait plot its points; a week of chunks shows pages/hour as daily means."""
+    built = make_site()
+    runs = []
+    for day in range(5):
+        for chunk in range(3):
+            job = f"{100 + day}"
+            submitted = f"2026-11-{10 + day:02d}T08:00:00+00:00"
+            runs += [records.submission_record("0001", chunk, 40, job, 600, 1, submitted),
+                     records.end_record("0001", chunk, 40, job, "COMPLETED" if chunk else "TIMEOUT", "0:0", 300 + chunk,
+                                        f"2026-11-{10 + day:02d}T08:{5 * chunk + 5:02d}:00+00:00",
+                                        f"2026-11-{10 + day:02d}T09:{5 * chunk + 5:02d}:00+00:00")]
+    events.append(built.layout.metrics, runs)
+    built.luigi("Report")
+    page = Page()
+    page.feed((built.layout.manifests / report_html.REPORT_NAME).read_text())
+    for name in ("pages-per-hour", "run-time", "queue-wait"):
+        [source] = page.figures[name]["images"]
+        assert not_blank(base64.b64decode(source.split(",", 1)[1]))[0] > 10, name
+    titles = re.findall(r'<img alt="([^"]*)"', (built.layout.manifests / report_html.REPORT_NAME).read_text())
+    assert "Chunk run time against its requested walltime" in titles
+    assert "Pages OCRed per hour (daily mean), by chunk end" in titles
+    assert "Queue wait per SLURM job" in titles

@@ -102,7 +102,7 @@ def _figure() -> Figure:
     # Imported here: matplotlib takes a second to import, and every `luigi --module pipeline` loads this module.
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
+    return Figure(figsize=(6.0, 3.4), dpi=100, layout="constrained")
 
 
 def _png(figure: Figure) -> str:
@@ -142,6 +142,8 @@ def _plot_finalized(layout: Layout, **_: Any) -> Figure | str:
     right = axes.twinx()
     right.step(times, pages, where="post", marker="s", color="tab:orange", label="pages")
     right.set_ylabel("pages", color="tab:orange")
+    axes.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
     axes.set_title("Documents and pages finalized (cumulative, per batch)")
     _time_axis(axes)
     return figure
@@ -181,24 +183,27 @@ def _plot_run_time(runs: list[Attempt], **_: Any) -> Figure | str:
     measured = [r for r in runs if r.elapsed is not None and r.state]
     if not measured:
         return "No chunk run measured yet (metrics.ndjson has no ended job)."
+    requested = [r for r in measured if r.walltime_requested]
+    longest = max([r.elapsed or 0 for r in measured] + [r.walltime_requested or 0 for r in requested])
+    unit, scale = ("minutes", 60) if longest >= 120 else ("seconds", 1)
     figure = _figure()
     axes = figure.subplots()
     for state in sorted({r.state or "" for r in measured}):
         group = [r for r in measured if r.state == state]
-        axes.scatter([r.pages for r in group], [(r.elapsed or 0) / 60 for r in group], label=f"elapsed, {state}",
+        axes.scatter([r.pages for r in group], [(r.elapsed or 0) / scale for r in group], label=f"elapsed, {state}",
                      zorder=3)
-    requested = [r for r in measured if r.walltime_requested]
     if requested:
-        axes.scatter([r.pages for r in requested], [(r.walltime_requested or 0) / 60 for r in requested],
+        axes.scatter([r.pages for r in requested], [(r.walltime_requested or 0) / scale for r in requested],
                      marker="_", s=200, color="black", label="requested walltime", zorder=2)
         for r in requested:
-            axes.plot([r.pages, r.pages], [(r.elapsed or 0) / 60, (r.walltime_requested or 0) / 60],
+            axes.plot([r.pages, r.pages], [(r.elapsed or 0) / scale, (r.walltime_requested or 0) / scale],
                       color="grey", linewidth=0.6, zorder=1)
         title = "Chunk run time against its requested walltime"
     else:
         title = "Chunk run time (no walltime requested: local executor)"
     axes.set_xlabel("pages in the chunk")
-    axes.set_ylabel("minutes")
+    axes.set_ylabel(unit)
+    axes.set_ylim(bottom=0)
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
@@ -231,6 +236,8 @@ def _plot_backlog(history: list[dict[str, Any]], **_: Any) -> Figure | str:
     right = axes.twinx()
     right.plot(times, [h["backlog"]["pages"] for h in history], marker="s", color="tab:orange")
     right.set_ylabel("pages", color="tab:orange")
+    axes.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
     axes.set_title("Backlog (waiting and in open batches), at each ProcessAll")
     _time_axis(axes)
     return figure
@@ -290,7 +297,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .fine { background: #e2f5e2; border: 1px solid #080; padding: 0.5em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; border: 1px solid #ddd; padding: 0.5em; }
-figure.empty { width: 640px; }
+figure.empty { width: 600px; }
 """
 
 
