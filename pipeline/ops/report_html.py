@@ -102,7 +102,7 @@ def _figure() -> Figure:
     # Imported here: matplotlib takes a second to import, and every `luigi --module pipeline` loads this module.
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(6.0, 3.4), dpi=100, layout="constrained")
+    return Figure(figsize=(5.6, 3.4), dpi=100, layout="constrained")
 
 
 def _png(figure: Figure) -> str:
@@ -172,7 +172,7 @@ def _plot_pages_per_hour(runs: list[Attempt], **_: Any) -> Figure | str:
     axes = figure.subplots()
     starts = sorted(bins)
     axes.bar(_dates(starts), [bins[s] / (24 if daily else 1) for s in starts], width=width, align="edge",
-             color="tab:green")
+             edgecolor="white", color="tab:green")
     axes.set_ylabel("pages/hour")
     axes.set_title("Pages OCRed per hour" + (" (daily mean)" if daily else "") + ", by chunk end")
     _time_axis(axes)
@@ -220,6 +220,7 @@ def _plot_queue_wait(runs: list[Attempt], **_: Any) -> Figure | str:
     axes = figure.subplots()
     axes.scatter(_dates([t for t, _ in waits]), [w for _, w in waits], color="tab:purple")
     axes.set_ylabel("minutes from submission to start")
+    axes.set_ylim(bottom=0)
     axes.set_title("Queue wait per SLURM job")
     _time_axis(axes)
     return figure
@@ -297,7 +298,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .fine { background: #e2f5e2; border: 1px solid #080; padding: 0.5em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; border: 1px solid #ddd; padding: 0.5em; }
-figure.empty { width: 600px; }
+figure.empty { width: 560px; }
 """
 
 
