@@ -227,6 +227,8 @@ def _plot_queue_wait(runs: list[Attempt], **_: Any) -> Figure | str:
 
 
 def _plot_backlog(history: list[dict[str, Any]], **_: Any) -> Figure | str:
+    from matplotlib.ticker import MaxNLocator
+
     if not history:
         return "No status snapshot yet: each ProcessAll run records one."
     figure = _figure()
@@ -237,8 +239,9 @@ def _plot_backlog(history: list[dict[str, Any]], **_: Any) -> Figure | str:
     right = axes.twinx()
     right.plot(times, [h["backlog"]["pages"] for h in history], marker="s", color="tab:orange")
     right.set_ylabel("pages", color="tab:orange")
-    axes.set_ylim(bottom=0)
-    right.set_ylim(bottom=0)
+    for side in (axes, right):  # whole numbers, and an axis up to 1 when the backlog stayed empty
+        side.yaxis.set_major_locator(MaxNLocator(integer=True))
+        side.set_ylim(bottom=0, top=max(1.0, side.get_ylim()[1]))
     axes.set_title("Backlog (waiting and in open batches), at each ProcessAll")
     _time_axis(axes)
     return figure
@@ -256,7 +259,7 @@ def _plot_disk(history: list[dict[str, Any]], **_: Any) -> Figure | str:
                        if peak >= f)
     for stage in stages:
         axes.plot(times, [h["stages"].get(stage, {}).get("bytes", 0) / scale for h in history], marker="o",
-                  label=stage)
+                  label=f" {stage}")  # matplotlib leaves labels that start with "_" out of the legend
     axes.set_ylabel(f"disk used ({unit})")
     axes.set_title("Disk used per stage, at each ProcessAll")
     axes.legend(fontsize="small")
