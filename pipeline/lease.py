@@ -21,14 +21,17 @@ thread while the holder runs. Protocol:
   back with os.link, which never overwrites, and it waits again.
 - **release**: the same move aside, then delete when the token is ours.
 - **lost**: a renewal that finds the file gone or another token sets ``lost``, stops renewing and
-  calls ``on_lost`` (the stage lock raises LeaseLost in the holder's main thread with it: the stage
-  fails and stops at once; its next run finds the stage done or does what is left).
+  calls ``on_lost``. Within ``stop_when_lost`` that raises LeaseLost in the main thread at once
+  (a signal, so a sleep or a wait for a subprocess is cut short too): the guarded work fails there
+  and then, and its next run finds it done by the taker, or does what is left. Off the main thread
+  LeaseLost is raised when the block ends.
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -204,6 +207,37 @@ class Lease:
     def _not_mine(self, content: bytes) -> bool:
         found = _decode(content)
         return found is None or found.token != self.holder.token
+
+
+@contextmanager
+def stop_when_lost(held: Lease, what: str) -> Iterator[None]:
+    """Raise LeaseLost, naming ``what`` and the taker, as soon as ``held`` is found taken over."""
+    def lost() -> LeaseLost:
+        taker = held.taker.describe() if held.taker else "another process"
+        return LeaseLost(f"{what}: its lease {held.path} was taken over by {taker}, because this process "
+                         "did not renew it in time (hung, or cut off from the filesystem); this run stopped "
+                         "it and the other process carries on. Run the same command again if it fails")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        if held.lost.is_set():
+            raise lost()
+        return
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        raise lost()
+
+    main = threading.main_thread().ident
+    assert main is not None
+    previous = signal.signal(signal.SIGUSR2, on_signal)
+    held.on_lost = lambda _taker: signal.pthread_kill(main, signal.SIGUSR2)
+    try:
+        if held.lost.is_set():
+            raise lost()
+        yield
+    finally:
+        held.on_lost = None
+        signal.signal(signal.SIGUSR2, previous)
 
 
 class _Watch:

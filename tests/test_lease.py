@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from pipeline import lease
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +134,18 @@ def test_several_takers_racing_for_one_stale_lease_make_one_holder(tmp_path: Pat
             assert process.exitcode == 0
         assert won.count(True) == 1, won
         assert list(tmp_path.iterdir()) == []  # the winner released; no moved-aside file left
+
+
+def test_work_under_a_lease_taken_over_stops_at_once_with_the_taker_named(tmp_path: Path) -> None:
+    path = tmp_path / "Stage.lease"
+    with lease.hold(path, 0.6) as held:
+        taken_over = f"Finalize of batch 0007: its lease .* taken over by host .* pid {os.getpid()}"
+        with pytest.raises(lease.LeaseLost, match=taken_over):
+            with lease.stop_when_lost(held, "Finalize of batch 0007"):
+                os.rename(path, tmp_path / "moved")  # as a taker that judged it stale would
+                taker = lease.try_acquire(path, 30)
+                assert taker is not None
+                time.sleep(60)  # the work: cut short by the renewal that finds the new holder
+        assert held.lost.is_set()
+    assert lease.read(path) == taker.holder  # the holder that lost it leaves the taker's lease alone
+    taker.release()
