@@ -10,7 +10,7 @@ from typing import Any
 
 import luigi
 
-from pipeline import engines
+from pipeline import engines, lease
 
 
 class _Section(luigi.Config):
@@ -30,6 +30,9 @@ class PipelineConfig(_Section):
     batch_size = luigi.IntParameter(default=1000, description="most documents in one new batch")
     batch_pages = luigi.IntParameter(default=150_000, description="most pages in one new batch")
     workers = luigi.IntParameter(default=4, description="threads for per-document I/O work")
+    lease_seconds = luigi.FloatParameter(default=lease.DEFAULT_SECONDS, description="stage locks: a lease "
+                                         "not renewed for this long (its holder hung or its host died) is "
+                                         "taken over; renewed every third of it")
     create_base_dir = luigi.BoolParameter(default=False, description="create base_dir when it does not exist; "
                                           "default: a missing base_dir stops the run (a typo or an unmounted volume)")
 

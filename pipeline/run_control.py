@@ -9,6 +9,9 @@
   asking for work" signal), lets running ones finish and exits with its [retcode]. Without this
   a worker with keep_alive waits for Luigi's retry of the failed task (15 minutes, then again).
 - The reason of each failure is printed at exit as one line, after Luigi's execution summary.
+- Luigi's own lock (one run of a command line at a time on this host, else exit 10) is kept per
+  collection: its pid files go to a folder of [core] lock_pid_dir named after base_dir, so two
+  collections with the same command line (another LUIGI_CONFIG_PATH) never block each other.
 
 A task says what it needs checked at start with a class attribute ``checked_at_start`` (this module
 imports no task): any of CHECKS below. Luigi's command line is where the site's settings meet the
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import hashlib
 import os
 import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import luigi
 import luigi.interface
@@ -83,12 +88,26 @@ def start(task: luigi.Task) -> None:
         for problem in problems:
             print(f"ERROR: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(SETTINGS_ERROR)
+    lock_per_collection(luigi.configuration.get_config())
     global _run
     fd, path = tempfile.mkstemp(prefix="ocr-pipeline-failures-")
     os.unlink(path)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
     _run = _Run(os.getpid(), fd)
     atexit.register(_print_reasons)
+
+
+def lock_per_collection(parser: Any) -> Path:
+    """Set [core] lock_pid_dir to a folder of its own for this base_dir, in Luigi's parser; returns it.
+
+    Luigi names its pid file after the command line alone. A --lock-pid-dir on the command line
+    wins over the parser: it is used as given."""
+    base = os.path.realpath(Path(PipelineConfig().base_dir).expanduser())
+    parent = Path(luigi.interface.core().lock_pid_dir)  # the site's setting, else Luigi's default
+    folder = parent / f"collection-{hashlib.sha1(base.encode()).hexdigest()[:16]}"
+    parent.mkdir(parents=True, exist_ok=True)  # Luigi makes only the last folder
+    parser.set("core", "lock_pid_dir", str(folder))
+    return folder
 
 
 def startup_problems(task: luigi.Task) -> list[str]:

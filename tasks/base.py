@@ -88,12 +88,13 @@ class BatchTask(ProgressMixin, luigi.Task):
 
 
 def _once_per_batch(run: Callable[[BatchTask], None]) -> Callable[[BatchTask], None]:
-    """A stage's run() under the batch's lock for that stage (see batches.run_once)."""
+    """A stage's run() under the batch's lease for that stage (see batches.run_once)."""
 
     @functools.wraps(run)
     def locked(task: BatchTask) -> None:
         if not task.paths.dir.is_dir():  # CreateBatch opens the batch under a lock of its own
             return run(task)
-        batches.run_once(task.paths, task.get_task_family(), task.complete, lambda: run(task), task.report)
+        batches.run_once(task.paths, task.get_task_family(), task.complete, lambda: run(task), task.report,
+                         PipelineConfig().lease_seconds)
 
     return locked

@@ -22,7 +22,7 @@ class CreateBatch(BatchTask):
         config = PipelineConfig()
         self.set_status_message(f"creating batch {self.batch}")
         record = batches.create_batch(self.layout, self.batch, max_documents=config.batch_size,
-                                      max_pages=config.batch_pages)
+                                      max_pages=config.batch_pages, lease_seconds=config.lease_seconds)
         self.report(1, 1, f"batch {self.batch}: {len(record['documents'])} documents, {record['pages']} pages"
                           f"{' (adopted)' if record['adopted'] else ''}")
 

@@ -17,7 +17,7 @@ only a few records per batch:
   reasons and pages (each .reason.json), chunks (chunks.json, retries, bisect.json, done markers);
 - from the event log: failed attempts, SLURM submissions, failures of batch tasks, last progress.
   Running and pending chunks: on SLURM the state of each chunk's last job (one sacct call); with
-  the local executor a chunk runs while an OCRBatch of its batch holds its lock on this host and
+  the local executor a chunk runs while an OCRBatch of its batch holds its lease (on any host) and
   the chunk's log was written after its last failed attempt;
 - throughput from _manifests/metrics.ndjson: pages of the chunks whose job ended (COMPLETED) within
   the last hour, day and week, divided by the window's hours (or by the hours since the first
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import fcntl
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic, events
+from pipeline import atomic, events, lease
 from pipeline.executors.attempts import ATTEMPTS_RESET_EVENT, FAILED_ATTEMPT_EVENTS
 from pipeline.executors.records import attempts, completed_chunks
 from pipeline.executors.slurm.client import SlurmClient
@@ -58,7 +57,7 @@ from pipeline.layout import (
     Layout,
     fanout_of,
 )
-from pipeline.stages import bisect
+from pipeline.stages import batches, bisect
 
 FAILED_EVENT = "batch_task_failed"  # a batch stage (OCRBatch, SplitResults, Finalize, ...) raised
 PROGRESS_EVENTS = ("chunk_done", "split", "finalized", "batch_finalized")
@@ -305,24 +304,6 @@ def _hours(now: _dt.datetime, iso: str | None) -> float | None:
 
 # --- open batches -----------------------------------------------------------------------------------
 
-def _lock_held(path: Path) -> bool:
-    """True when a process holds the stage lock (pipeline.stages.batches.stage_lock) on this host.
-
-    Probed with a shared lock, released at once: a stage starting in that instant waits for it.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 @dataclass
 class _BatchEvents:
     failed_attempts: dict[int, list[dict[str, Any]]]
@@ -374,7 +355,7 @@ def _chunk_states(paths: BatchPaths, log: _BatchEvents, slurm_states: dict[str, 
     """Chunk counts of one planned batch, and its stale jobs (one line each)."""
     chunks = bisect.settled_chunks(paths)
     done_names = {e.name for e in _entries(str(paths.workspace / "done"))}
-    ocr_running = slurm_states is None and _lock_held(paths.dir / "locks" / "OCRBatch.lock")
+    ocr_running = slurm_states is None and lease.is_held(batches.stage_lease(paths, "OCRBatch"))
     counts = Counter[str]()
     todo_pages = 0
     stale = []

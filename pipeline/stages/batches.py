@@ -1,57 +1,65 @@
 """Batches: new ones made from waiting PDFs, old ones (made by the older scripts) adopted as they are."""
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import atomic, events, olmocr_format, pdf
+from pipeline import atomic, events, lease, olmocr_format, pdf
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages.quarantine import quarantine
 
 if TYPE_CHECKING:
     from pipeline.executors.base import Progress
 
-STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lock
+STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lease, and 03_ocr_processing/locks/CreateBatch.lease
 
 
 @contextmanager
-def batch_lock(layout: Layout) -> Iterator[None]:
+def batch_lock(layout: Layout, lease_seconds: float = lease.DEFAULT_SECONDS) -> Iterator[None]:
     """One batch creator at a time per base_dir, so two batches never take the same document."""
-    atomic.makedirs(layout.processing)
-    with open(layout.processing / ".create.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    path = layout.processing / STAGE_LOCKS / "CreateBatch.lease"
+    atomic.makedirs(path.parent)
+    with lease.hold(path, lease_seconds) as held, lease.stop_when_lost(held, "CreateBatch"):
         yield
 
 
+def stage_lease(paths: BatchPaths, stage: str) -> Path:
+    return paths.dir / STAGE_LOCKS / f"{stage}.lease"
+
+
 @contextmanager
-def stage_lock(paths: BatchPaths, stage: str, waiting: Callable[[], None]) -> Iterator[None]:
-    """One process at a time runs ``stage`` of a batch; ``waiting()`` is called before blocking.
+def stage_lock(paths: BatchPaths, stage: str, waiting: Callable[[], None],
+               lease_seconds: float = lease.DEFAULT_SECONDS) -> Iterator[lease.Lease]:
+    """One process at a time runs ``stage`` of a batch; ``waiting()`` is called before waiting.
 
     luigid runs each task once, but not across its own restart (a crash forgets who runs what)
-    nor for runs with --local-scheduler. The kernel releases the lock when its holder dies.
+    nor for runs with --local-scheduler or on hosts that share base_dir without luigid. A lease
+    file (pipeline/lease.py), not flock, which NFS does not honour reliably: a holder that dies
+    leaves it to be taken over once it expires (at once by a process of the same host).
     """
-    lock = paths.dir / STAGE_LOCKS / f"{stage}.lock"
-    atomic.makedirs(lock.parent)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            waiting()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    path = stage_lease(paths, stage)
+    atomic.makedirs(path.parent)
+    with lease.hold(path, lease_seconds, waiting=lambda _holder: waiting()) as held:
+        yield held
 
 
 def run_once(paths: BatchPaths, stage: str, complete: Callable[[], bool], run: Callable[[], None],
-             progress: Progress) -> None:
-    """``run()`` under the batch's lock for ``stage``; nothing when ``complete()`` says another
-    process completed the stage meanwhile (two sites after a luigid restart, or local schedulers)."""
-    with stage_lock(paths, stage, lambda: progress(
-            0, 1, f"waiting: another process runs {stage} of batch {paths.number}")):
+             progress: Progress, lease_seconds: float = lease.DEFAULT_SECONDS) -> None:
+    """``run()`` under the batch's lease for ``stage``; nothing when ``complete()`` says another
+    process completed the stage meanwhile (two sites after a luigid restart, local schedulers, or
+    hosts sharing base_dir). A lease taken over while ``run()`` works raises lease.LeaseLost in it."""
+    what = f"{stage} of batch {paths.number}"
+
+    def waiting() -> None:
+        holder = lease.read(stage_lease(paths, stage))
+        by = f" ({holder.describe()})" if holder else ""
+        progress(0, 1, f"waiting: another process runs {what}{by}")
+
+    with stage_lock(paths, stage, waiting, lease_seconds) as held, lease.stop_when_lost(held, what):
         if complete():
-            progress(1, 1, f"{stage} of batch {paths.number} was completed by another process")
+            progress(1, 1, f"{what} was completed by another process")
             return
         run()
 
@@ -96,10 +104,11 @@ def _sources(layout: Layout, identifier: str, *paths: Path) -> list[Path]:
     return [*paths, layout.downloaded_pdf(identifier)]
 
 
-def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: int) -> dict:
+def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: int,
+                 lease_seconds: float = lease.DEFAULT_SECONDS) -> dict:
     """Make batch ``batch`` from waiting documents, or adopt its folder when it already has PDFs."""
     paths = BatchPaths(layout.batch_dir(batch))
-    with batch_lock(layout):
+    with batch_lock(layout, lease_seconds):
         if paths.batch_record.exists():
             return atomic.read_json(paths.batch_record)
         adopted = bool(paths.pdfs()) or paths.results.is_dir()
