@@ -8,14 +8,18 @@ engine, and through the real `luigi` command line.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from pipeline import samples
+from pipeline import faults, samples
 from pipeline.engines import EngineSettings, get_engine
 from pipeline.executors.chunk_job import read_chunk_list, run_chunk
 from pipeline.layout import BatchPaths, Layout
@@ -141,13 +145,69 @@ def test_finalize_ready_frees_two_open_batches_then_process_all_finishes_everyth
         assert not paths.done_marker(1).exists() and not paths.ocr_marker.exists()  # no OCR started
         assert not paths.finalized.exists()
     assert "FinalizeReady: 4 documents finalized in batches 0001 (2), 0002 (2)" in result.stdout
-    assert "MiB freed; 4 documents wait for OCR" in result.stdout
+    assert re.search(r", [0-9.]+ KiB freed; 4 documents wait for OCR", result.stdout)
     invariants.assert_safe(site.base)
 
     before = snapshot(site.base)
     again = site.luigi("FinalizeReady")
     assert "nothing finalized" in again.stdout
     assert snapshot(site.base) == before
+
+    site.luigi("ProcessAll")
+    invariants.assert_converged(site.base, reference)
+
+
+def stopped(fault_dir: Path) -> int | None:
+    """The pid of the process that paused itself, once it is stopped."""
+    pid = json.loads((fault_dir / faults.PAUSED).read_text())["pid"]
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return pid if stat[stat.rindex(")") + 2:].split()[0] == "T" else None
+
+
+def test_beside_a_running_ocr_batch_only_documents_of_done_chunks_go(make_site, tmp_path: Path):
+    """OCRBatch stopped in chunk 1 after its results are in place, before its done marker: FinalizeReady
+    finalizes chunk 0's documents, leaves chunk 1's, and the OCRBatch then ends as if alone."""
+    source = collection(tmp_path / "incoming")
+    site = make_site(source=source, engine="text", pipeline__batch_size=4, ocr__pages_per_chunk=4,
+                     ocr__parallel_chunks=1)
+    site.luigi("ProcessAll")
+    reference = invariants.reference(site.base)
+    shutil.rmtree(site.base)
+    site.base.mkdir()
+    site.luigi("Download")
+    site.luigi("CreateBatch", "--batch", "1")
+    site.luigi("PlanChunks", "--batch", "1")
+    paths = BatchPaths(site.layout.batch_dir("1"))
+    first, second = planned(paths)
+    fault_dir = tmp_path / "faults"
+    fault_dir.mkdir()
+    env = {**site.env(), faults.FAULT_DIR: str(fault_dir), faults.PAUSE_AT: "atomic.rename.before */chunk_001.done:1"}
+    ocr = subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "OCRBatch",
+                            "--batch", "1", "--local-scheduler"], env=env, cwd=site.root,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (fault_dir / faults.PAUSED).exists() or stopped(fault_dir) is None:
+            assert ocr.poll() is None and time.monotonic() < deadline, "chunk 1 did not reach its done marker"
+            time.sleep(0.1)
+        paused = json.loads((fault_dir / faults.PAUSED).read_text())
+        results = [r for f in paths.results.glob("*.jsonl") for r in f.read_text().splitlines()]
+        assert all(any(f"{i}.pdf" in r for r in results) for i in second)  # chunk 1's records are there
+
+        result = site.luigi("FinalizeReady")
+
+        assert "FinalizeReady: 2 documents finalized in batches 0001 (2)" in result.stdout
+        assert all(finalized(site.layout, i) for i in first)
+        for identifier in second:
+            assert not finalized(site.layout, identifier) and paths.pdf(identifier).exists()
+        invariants.assert_safe(site.base)
+        os.kill(paused["pid"], signal.SIGCONT)
+        assert ocr.wait(timeout=300) == 0
+    finally:
+        if ocr.poll() is None:
+            ocr.kill()
+            ocr.wait()
+    assert json.loads(paths.done_marker(1).read_text())["missing"] == []
 
     site.luigi("ProcessAll")
     invariants.assert_converged(site.base, reference)

@@ -89,6 +89,11 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _amount(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB" if size >= 2**20 \
+        else f"{size / 2**10:.1f} KiB"
+
+
 @dataclass
 class Summary:
     """What one FinalizeReady run did."""
@@ -103,7 +108,7 @@ class Summary:
             return f"FinalizeReady: nothing ready in {len(self.left)} open batches; nothing finalized"
         where = ", ".join(f"{b} ({n})" for b, n in self.batches.items())
         return (f"FinalizeReady: {self.documents} documents finalized in batches {where}, "
-                f"{self.bytes_freed / 2**20:.1f} MiB freed; {sum(self.left.values())} documents wait for OCR")
+                f"{_amount(self.bytes_freed)} freed; {sum(self.left.values())} documents wait for OCR")
 
     def as_dict(self) -> dict:
         return {"batches": self.batches, "documents_finalized": self.documents, "bytes_freed": self.bytes_freed,
