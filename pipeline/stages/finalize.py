@@ -210,15 +210,17 @@ def quarantine_without_result(layout: Layout, paths: BatchPaths, identifiers: li
 
 
 def finalize_batch(layout: Layout, paths: BatchPaths, *, partial: bool, workers: int, engine: str,
-                   progress: Progress) -> dict[str, Any]:
+                   progress: Progress, hold: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Finalize: every document with a result into 05_processed, its PDFs deleted; then
     finalize_report.json and, unless documents remain (``partial``: those without a result yet stay),
-    finalized.json. A partial finalize splits the results there are first. Returns the summary."""
+    finalized.json. A partial finalize splits the results there are first and leaves the documents
+    of ``hold`` as they are. Returns the summary."""
     record = atomic.read_json(paths.batch_record)
     documents = record["documents"]
-    split_summary = split.split_documents(layout, paths, set(documents)) if partial else None
+    taken = {i: d for i, d in documents.items() if i not in hold} if partial else documents
+    split_summary = split.split_documents(layout, paths, set(taken)) if partial else None
     lookup = provenance_lookup(paths, engine)
-    outcomes = finalize_many(layout, paths, documents, lookup, workers=workers,
+    outcomes = finalize_many(layout, paths, taken, lookup, workers=workers,
                              progress=lambda done, total: progress(done, total, "documents finalized"))
     reasons = read_reasons(layout, [i for i in documents if i not in outcomes])
     remaining = sorted(i for i in documents if i not in outcomes and i not in reasons)

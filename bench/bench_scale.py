@@ -1,0 +1,209 @@
+"""Scale rehearsal: N generated documents through ProcessAll with the text engine, then a no-op rerun.
+
+    python bench/bench_scale.py [--documents 100000] [--dir PATH] [--baseline-sample 5000] [--keep]
+
+The documents are one-page text PDFs from pipeline.samples (a few hundred distinct ones, reused under
+N names), in a source folder of a fresh base_dir under --dir. `luigi --module pipeline ProcessAll
+--local-scheduler` runs them from download to 05_processed (every batch open at once, one chunk of
+the local executor per core), then ProcessAll runs again with a new run id and finds nothing to do.
+
+Printed: wall time per stage (each task's output file time minus the one before it: Luigi runs the
+tasks one after another), Luigi tasks scheduled (from its execution summary), the no-op rerun's
+time, the peak RSS of any process the runs started, event-log bytes per document, the time of
+`python -m pipeline status`, and the pipeline's documents/second against a bare baseline doing the
+same per-document file I/O in this run (read the PDF, write two JSON files with fsync, delete it;
+timed on --baseline-sample documents, its rate holds for any N). Targets at 100,000 documents:
+no-op rerun under 10 s, Status under 2 s, at most one Luigi task per 200 documents, ratio at least 0.3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DISTINCT = 200  # distinct PDFs; the others are copies of them under other names
+BATCH_SIZE = 1000  # luigi.cfg's default [pipeline] batch_size
+TARGETS = {"noop_seconds": 10.0, "status_seconds": 2.0, "documents_per_task": 200.0, "ratio": 0.3}
+
+
+def make_documents(folder: Path, documents: int) -> None:
+    from pipeline import samples
+
+    folder.mkdir(parents=True)
+    bodies = [samples.text_pdf([f"Scale rehearsal document {n}", "A line of text on its only page."])
+              for n in range(min(DISTINCT, documents))]
+    for n in range(documents):
+        with open(folder / f"doc{n:07d}.pdf", "wb") as handle:
+            handle.write(bodies[n % len(bodies)])
+
+
+def write_config(root: Path, documents: int, batch_size: int) -> Path:
+    config = root / "luigi.cfg"
+    config.write_text(
+        f"[pipeline]\nbase_dir = {root / 'data'}\nbatch_size = {batch_size}\n"
+        f"[download]\nsource = {root / 'incoming'}\n"
+        f"[ocr]\nexecutor = local\nengine = text\nparallel_chunks = {os.cpu_count() or 1}\n"
+        f"[backpressure]\nmin_free_gb = 0.5\nmax_waiting_documents = {documents + 1}\n"
+        f"max_open_batches = {documents // batch_size + 2}\n")
+    (root / "data").mkdir()
+    return config
+
+
+def luigi_run(root: Path, config: Path, *args: str) -> tuple[float, str]:
+    """One `luigi --module pipeline ...` run; returns its wall time and its output."""
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    luigi = Path(sys.executable).with_name("luigi")
+    started = time.perf_counter()
+    result = subprocess.run([str(luigi) if luigi.exists() else "luigi", "--module", "pipeline", *args,
+                             "--local-scheduler"], env=env, cwd=root, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    output = result.stdout + result.stderr
+    if result.returncode:
+        print(output[-6000:], file=sys.stderr)
+        raise SystemExit(f"bench: luigi {' '.join(args)} exited {result.returncode}")
+    return seconds, output
+
+
+def tasks_scheduled(output: str) -> int:
+    match = re.search(r"Scheduled (\d+) tasks of which", output)
+    if not match:
+        raise SystemExit("bench: no Luigi execution summary in the output")
+    return int(match.group(1))
+
+
+def stage_times(base: Path, started: float) -> dict[str, float]:
+    """Seconds per stage: the time between consecutive task output files, given to the later one's stage."""
+    from pipeline.layout import BatchPaths, Layout
+
+    layout = Layout(base, 2)
+    downloads = (base / "_manifests" / "downloads").glob("*")
+    ends: list[tuple[float, str]] = [(p.stat().st_mtime, "Download") for p in downloads]
+    for number in layout.batch_numbers():
+        paths = BatchPaths(layout.batch_dir(number))
+        for stage, path in (("CreateBatch", paths.batch_record), ("PlanChunks", paths.chunk_plan),
+                            ("OCRBatch", paths.ocr_marker), ("SplitResults", paths.split_report),
+                            ("Finalize", paths.finalized)):
+            if path.exists():
+                ends.append((path.stat().st_mtime, stage))
+    ends += [(p.stat().st_mtime, "ProcessAll summary") for p in (base / "_manifests" / "runs").glob("*")]
+    totals: dict[str, float] = {}
+    previous = started
+    for end, stage in sorted(ends):
+        totals[stage] = totals.get(stage, 0.0) + max(0.0, end - previous)
+        previous = end
+    return totals
+
+
+def bare_baseline(source: Path, work: Path, sample: int) -> float:
+    """Documents/second of the bare per-document file I/O: read the PDF, write two JSON files with fsync, delete."""
+    names = sorted(os.listdir(source))[:sample]
+    inputs = work / "in"
+    inputs.mkdir(parents=True)
+    for name in names:
+        shutil.copyfile(source / name, inputs / name)
+    out = work / "out"
+    out.mkdir()
+    started = time.perf_counter()
+    for name in names:
+        with open(inputs / name, "rb") as handle:
+            data = handle.read()
+        for suffix in (".ocr.json", ".metadata.json"):
+            with open(out / (name + suffix), "w") as handle:
+                json.dump({"identifier": name, "bytes": len(data)}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.unlink(inputs / name)
+    return len(names) / (time.perf_counter() - started)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=100_000)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--baseline-sample", type=int, default=5000)
+    parser.add_argument("--keep", action="store_true", help="keep the base_dir (default: deleted at the end)")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix=f"bench_scale_{args.documents}_", dir=args.dir))
+    try:
+        print(f"generating {args.documents:,} documents in {root / 'incoming'} ...", file=sys.stderr, flush=True)
+        make_documents(root / "incoming", args.documents)
+        config = write_config(root, args.documents, args.batch_size)
+        base = root / "data"
+
+        print("ProcessAll ...", file=sys.stderr, flush=True)
+        started = time.time()
+        full_seconds, output = luigi_run(root, config, "ProcessAll", "--run-id", "full")
+        tasks = tasks_scheduled(output)
+        stages = stage_times(base, started)
+        finalized = sum(1 for _ in (base / "05_processed").glob("*/*/*.ocr.json"))
+        if finalized != args.documents:
+            raise SystemExit(f"bench: {finalized:,} of {args.documents:,} documents finalized")
+        events_bytes = (base / "_manifests" / "events.ndjson").stat().st_size
+
+        print("ProcessAll again (nothing to do) ...", file=sys.stderr, flush=True)
+        noop_seconds, output = luigi_run(root, config, "ProcessAll", "--run-id", "noop")
+        noop_tasks = tasks_scheduled(output)
+
+        env = {**os.environ, "LUIGI_CONFIG_PATH": str(config), "PYTHONPATH": str(ROOT)}
+        status_started = time.perf_counter()
+        status = subprocess.run([sys.executable, "-m", "pipeline", "status"], env=env, cwd=root,
+                                capture_output=True, text=True)
+        status_seconds = time.perf_counter() - status_started
+
+        print("bare baseline ...", file=sys.stderr, flush=True)
+        bare = bare_baseline(root / "incoming", root / "baseline", min(args.baseline_sample, args.documents))
+        rss = peak_rss_mib()
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    rate = args.documents / full_seconds
+    ratio = rate / bare
+    per_task = args.documents / tasks
+    print(f"documents:                  {args.documents:,} (batches of {args.batch_size:,}, "
+          f"{os.cpu_count()} cores, parallel_chunks = {os.cpu_count()})")
+    print(f"ProcessAll:                 {full_seconds:.1f} s, {rate:.1f} documents/s")
+    for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"    {stage:<22} {seconds:8.1f} s  ({100 * seconds / full_seconds:4.1f}%)")
+    print(f"    (start-up, scheduling) {max(0.0, full_seconds - sum(stages.values())):8.1f} s")
+    print(f"Luigi tasks scheduled:      {tasks} ({per_task:.0f} documents per task; target >= 200: "
+          f"{verdict(per_task >= TARGETS['documents_per_task'])})")
+    print(f"no-op rerun:                {noop_seconds:.2f} s, {noop_tasks} tasks (target < 10 s: "
+          f"{verdict(noop_seconds < TARGETS['noop_seconds'])})")
+    print(f"peak RSS (any child):       {rss:.0f} MiB")
+    print(f"event log:                  {events_bytes / args.documents:.0f} bytes per document "
+          f"({events_bytes / 2**20:.1f} MiB)")
+    print(f"python -m pipeline status:  {status_seconds:.2f} s, exit {status.returncode} (target < 2 s: "
+          f"{verdict(status_seconds < TARGETS['status_seconds'])})")
+    sample = min(args.baseline_sample, args.documents)
+    print(f"bare per-document I/O:      {bare:.1f} documents/s (sample of {sample:,})")
+    print(f"ratio pipeline / bare:      {ratio:.3f} (target >= 0.3: {verdict(ratio >= TARGETS['ratio'])})")
+    if args.documents < 100_000:
+        print("(the targets are for 100,000 documents; this run is smaller)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
