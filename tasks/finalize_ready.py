@@ -24,7 +24,8 @@ class FinalizeReady(ProgressMixin, luigi.Task):
         return self._done
 
     def run(self) -> None:
-        summary = finalize_ready.finalize_ready(layout(), workers=PipelineConfig().workers,
-                                                engine=OCRConfig().engine, progress=self.report)
+        config = PipelineConfig()
+        summary = finalize_ready.finalize_ready(layout(), workers=config.workers, engine=OCRConfig().engine,
+                                                progress=self.report, lease_seconds=config.lease_seconds)
         print(summary.line(), flush=True)
         self._done = True

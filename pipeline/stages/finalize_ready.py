@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import atomic, olmocr_format
+from pipeline import atomic, lease, olmocr_format
 from pipeline.executors.base import Progress
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages import batches, bisect, finalize, split
@@ -116,7 +116,7 @@ class Summary:
 
 
 def finalize_batch_ready(layout: Layout, paths: BatchPaths, *, workers: int, engine: str,
-                         progress: Progress) -> tuple[int, int]:
+                         progress: Progress, lease_seconds: float = lease.DEFAULT_SECONDS) -> tuple[int, int]:
     """Finalize what is ready in one open batch, under its Finalize lock; returns (documents
     finalized now, bytes of inputs deleted). Nothing when nothing is ready once the lock is held."""
     ready: list[str] = []
@@ -139,11 +139,12 @@ def finalize_batch_ready(layout: Layout, paths: BatchPaths, *, workers: int, eng
                                           progress=progress, hold=in_flight)
         outcome = (summary["finalized_now"], before - sum(_size(p) for p in inputs.values()))
 
-    batches.run_once(paths, FINALIZE_STAGE, nothing_ready, run, progress)
+    batches.run_once(paths, FINALIZE_STAGE, nothing_ready, run, progress, lease_seconds)
     return outcome
 
 
-def finalize_ready(layout: Layout, *, workers: int, engine: str, progress: Progress) -> Summary:
+def finalize_ready(layout: Layout, *, workers: int, engine: str, progress: Progress,
+                   lease_seconds: float = lease.DEFAULT_SECONDS) -> Summary:
     """FinalizeReady over every open batch that has a batch record; returns what was done."""
     summary = Summary()
     numbers = [n for n in batches.open_batches(layout) if BatchPaths(layout.batch_dir(n)).batch_record.exists()]
@@ -157,7 +158,7 @@ def finalize_ready(layout: Layout, *, workers: int, engine: str, progress: Progr
         finalized = freed = 0
         if ready_documents(layout, paths, documents_in_flight(paths)):  # else not even a lock file is made
             finalized, freed = finalize_batch_ready(layout, paths, workers=workers, engine=engine,
-                                                    progress=batch_progress)
+                                                    progress=batch_progress, lease_seconds=lease_seconds)
         if finalized:
             summary.batches[number] = finalized
             summary.documents += finalized
