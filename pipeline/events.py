@@ -231,16 +231,16 @@ def _line(data: bytes, at: int) -> bytes:
     return data[start:end if end >= 0 else len(data)]
 
 
-def _blocks(handle: IO[bytes], start: int, end: int | None) -> Iterator[bytes]:
-    """Whole lines of ``handle`` from byte ``start`` to ``end`` (None: its end), in blocks of about 8 MiB."""
+def _blocks(handle: IO[bytes], start: int, end: int | None, block: int = _BLOCK) -> Iterator[bytes]:
+    """Whole lines of ``handle`` from byte ``start`` to ``end`` (None: its end), in blocks of about ``block``."""
     handle.seek(start)
     position, carry = start, b""
     while True:
-        size = _BLOCK if end is None else min(_BLOCK, end - position)
-        block = handle.read(size) if size > 0 else b""
-        position += len(block)
-        data = carry + block
-        if not block:
+        size = block if end is None else min(block, end - position)
+        read = handle.read(size) if size > 0 else b""
+        position += len(read)
+        data = carry + read
+        if not read:
             if data:
                 yield data
             return
@@ -349,6 +349,8 @@ def compact(path: Path, *, min_bytes: int = 0,
     is compacting it."""
     path = Path(path)
     folder = path.parent / SEGMENTS
+    if not path.exists():
+        return None
     atomic.makedirs(folder)
     lock = os.open(folder / "compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -387,20 +389,24 @@ def _compact(path: Path, folder: Path, min_bytes: int, progress: Callable[[str],
             return None  # nothing but the header
         progress(f"compacting {path}: {end:,} bytes into segments")
         written: list[dict[str, Any]] = []
-        chunks: list[bytes] = []
-        raw = 0
+        parts: list[bytes] = []
         packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
-        for n, data in enumerate(_blocks(handle, 0, end)):
+        raw = 0
+
+        def write_segment() -> None:
+            name = f"segment_{len(known) + len(written) + 1:06d}.ndjson.gz"
+            atomic.write_bytes(folder / name, b"".join(parts) + packer.flush(), sync_dir=False)
+            written.append({"name": name, "bytes": raw, "generation": generation})
+            progress(f"compacting {path}: {sum(s['bytes'] for s in written):,} of {end:,} bytes")
+
+        for n, data in enumerate(_blocks(handle, 0, end, min(_BLOCK, SEGMENT_BYTES))):
+            if raw and raw + len(data) > SEGMENT_BYTES:
+                write_segment()
+                parts, raw, packer = [], 0, zlib.compressobj(6, zlib.DEFLATED, 31)
             found.scan(data, first=n == 0 and generation == 0)
-            chunks.append(packer.compress(data))
+            parts.append(packer.compress(data))
             raw += len(data)
-            if raw >= SEGMENT_BYTES or sum(s["bytes"] for s in written) + raw == end:
-                chunks.append(packer.flush())
-                name = f"segment_{len(known) + len(written) + 1:06d}.ndjson.gz"
-                atomic.write_bytes(folder / name, b"".join(chunks), sync_dir=False)
-                written.append({"name": name, "bytes": raw, "generation": generation})
-                progress(f"compacting {path}: {sum(s['bytes'] for s in written):,} of {end:,} bytes")
-                chunks, raw, packer = [], 0, zlib.compressobj(6, zlib.DEFLATED, 31)
+        write_segment()
     atomic.fsync_dir(folder)
     faults.point("events.compact", "segments written")
     new = _Snapshot(generation, end, known + written, found.to_json())
