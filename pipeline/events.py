@@ -50,8 +50,9 @@ SEGMENT_BYTES = 256 << 20          # raw bytes per segment at most (memory of on
 _BLOCK = 8 << 20
 _KINDS = (SUBMITTED_EVENT, *FAILED_ATTEMPT_EVENTS, ATTEMPTS_RESET_EVENT, BATCH_FAILED_EVENT, "chunk_done",
           "batch_finalized")
-_WANTED = re.compile(rb'"event":\s*"(?:%s)"' % b"|".join(re.escape(k.encode()) for k in _KINDS))
-_PROGRESS = re.compile(rb'"event":\s*"(?:%s)"' % b"|".join(re.escape(k.encode()) for k in PROGRESS_EVENTS))
+# As append writes them (json.dumps' separators): a search for these skips the per-document lines unparsed.
+_WANTED = re.compile(rb'"event": "(?:%s)"' % b"|".join(re.escape(k.encode()) for k in _KINDS))
+_PROGRESS = [b'"event": "%s"' % k.encode() for k in PROGRESS_EVENTS]
 
 
 def now_iso() -> str:
@@ -197,11 +198,13 @@ class Facts:
             record = _parse(_line(data, match.start()))
             if record is not None:
                 self.fold(record)
-        for match in reversed(list(_PROGRESS.finditer(data))):
-            record = _parse(_line(data, match.start()))
+        end = len(data)
+        while (at := max(data.rfind(p, 0, end) for p in _PROGRESS)) >= 0:  # the block's last progress line
+            record = _parse(_line(data, at))
             if record is not None and record.get("event") in PROGRESS_EVENTS and isinstance(record.get("time"), str):
                 self.last_progress = record["time"]
                 break
+            end = data.rfind(b"\n", 0, at) + 1
 
     def to_json(self) -> dict[str, Any]:
         batches = {}
