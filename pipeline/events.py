@@ -352,7 +352,10 @@ def compact(path: Path, *, min_bytes: int = 0,
     is compacting it."""
     path = Path(path)
     folder = path.parent / SEGMENTS
-    if not path.exists():
+    try:
+        if path.stat().st_size < max(min_bytes, 1):
+            return None  # checked first: a small log gets no lock file and no folder
+    except FileNotFoundError:
         return None
     atomic.makedirs(folder)
     lock = os.open(folder / "compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
