@@ -297,7 +297,8 @@ def _live(path: Path) -> Iterator[tuple[_Snapshot | None, IO[bytes] | None, int]
             generation = _generation(handle) if handle is not None else 0
             if snapshot is None and generation == 0:
                 skip = 0
-            elif snapshot is not None and handle is not None and generation == snapshot.generation:
+            elif (snapshot is not None and handle is not None and generation == snapshot.generation
+                  and os.fstat(handle.fileno()).st_size >= snapshot.offset):
                 skip = snapshot.offset
             elif snapshot is not None and (handle is None or generation == snapshot.generation + 1):
                 skip = 0

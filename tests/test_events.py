@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline import events, faults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,3 +305,39 @@ def test_appends_during_compaction_are_all_kept(tmp_path):
     for writer in range(WRITERS):  # one writer's appends stay in its order
         mine = [s for s in seen if s[0] == writer]
         assert mine == sorted(mine)
+
+
+def test_the_pipeline_compacts_its_log_as_it_runs_and_reads_the_same(make_site, tmp_path):
+    """ProcessAll with a tiny events_compact_mb: the log is compacted at ProcessAll's and OCRBatch's
+    start, the run ends as usual, and every reader returns what it returns on the whole history."""
+    from pipeline import samples
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for i in range(4):
+        (incoming / f"doc {i}.pdf").write_bytes(samples.text_pdf([f"doc {i} page {p}" for p in range(i + 1)]))
+    (incoming / "empty.pdf").write_bytes(b"")
+    site = make_site(source=incoming, pipeline__events_compact_mb=0.0005, ocr__pages_per_chunk=3)
+    site.luigi("ProcessAll", "--run-id", "one")
+    site.luigi("ProcessAll", "--run-id", "two")
+    log = site.layout.events
+    listed = json.loads((log.parent / "events" / events.SNAPSHOT).read_text())["segments"]
+    assert len(listed) >= 2 and log.read_bytes().startswith(b'{"event": "events_compacted"')
+    history = list(events.records(log))
+    kinds = [r["event"] for r in history]
+    assert kinds.count("downloaded") == 4 and kinds.count("finalized") == 4 and kinds.count("quarantined") == 1
+    assert kinds.count("chunk_done") == kinds.count("chunk_planned") >= 3
+    whole = tmp_path / "whole" / "events.ndjson"  # the same history in one uncompacted log
+    events.append(whole, history)
+    assert _readers(log) == _readers(whole)
+    assert len(list((site.base / "05_processed").rglob("*.ocr.json"))) == 4
+
+
+def test_a_log_replaced_by_hand_after_compaction_is_named_not_misread(tmp_path):
+    log = tmp_path / "_manifests" / "events.ndjson"
+    _write([log], _history(0))
+    assert events.compact(log) is not None
+    log.unlink()  # a new log begins where the snapshot expects the compacted one's tail
+    events.append(log, [events.event("chunk_done", batch="0001", chunk=0)])
+    with pytest.raises(events.LogMismatch, match="events.ndjson .* put back the files"):
+        events.facts(log)
