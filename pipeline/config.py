@@ -35,6 +35,8 @@ class PipelineConfig(_Section):
                                          "taken over; renewed every third of it")
     create_base_dir = luigi.BoolParameter(default=False, description="create base_dir when it does not exist; "
                                           "default: a missing base_dir stops the run (a typo or an unmounted volume)")
+    events_compact_mb = luigi.FloatParameter(default=64.0, description="ProcessAll and OCRBatch compact "
+                                             "_manifests/events.ndjson when it holds more (MiB); 0 = never")
 
 
 class DownloadConfig(_Section):

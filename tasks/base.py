@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import luigi
 
-from pipeline import startup_checks
+from pipeline import events, startup_checks
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 from pipeline.ops import status
@@ -21,6 +21,13 @@ from pipeline.stages import batches
 def layout() -> Layout:
     config = PipelineConfig()
     return Layout(Path(config.base_dir).expanduser().absolute(), config.shard_width)
+
+
+def compact_events(progress: Callable[[str], None]) -> None:
+    """Compact the event log once it passed [pipeline] events_compact_mb, so its readers stay fast."""
+    limit = PipelineConfig().events_compact_mb
+    if limit > 0:
+        events.compact(layout().events, min_bytes=int(limit * 2**20), progress=progress)
 
 
 class BatchParameter(luigi.Parameter):

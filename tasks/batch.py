@@ -7,7 +7,7 @@ from pipeline.config import OCRConfig, PipelineConfig, SlurmConfig
 from pipeline.executors.base import planned_walltime
 from pipeline.stages import batches, bisect, chunks, finalize, ocr, split
 
-from .base import BatchTask
+from .base import BatchTask, compact_events
 
 
 class CreateBatch(BatchTask):
@@ -62,6 +62,7 @@ class OCRBatch(BatchTask):
             luigi.LocalTarget(str(paths.done_marker(c["index"]))) for c in bisect.settled_chunks(paths)]
 
     def run(self) -> None:
+        compact_events(lambda message: self.progress(0, message))  # before the executor reads the log
         ocr.ocr_batch(self.layout, self.paths, OCRConfig(), SlurmConfig(), self.report)
 
 

@@ -12,7 +12,7 @@ from pipeline.config import BackpressureConfig, DownloadConfig
 from pipeline.ops import report
 from pipeline.stages import batches
 
-from .base import ProgressMixin, layout
+from .base import ProgressMixin, compact_events, layout
 from .batch import CreateBatch, Finalize
 from .download import Download, this_minute
 from .report import write_report
@@ -36,6 +36,7 @@ class ProcessAll(ProgressMixin, luigi.Task):
 
     def run(self) -> Iterator[Any]:
         lay = layout()
+        compact_events(lambda message: self.progress(0, message))
         if DownloadConfig().source:
             yield Download(run_id=self.effective_run)
         open_batches = batches.open_batches(lay)

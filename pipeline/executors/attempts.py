@@ -15,8 +15,8 @@ from pipeline.executors.slurm.states import COMPLETED
 Progress = Callable[[int, int, str], None]  # (chunks done, chunks total, status message)
 
 # Event kinds of one failed attempt of a chunk, per executor; both count towards its retries.
-FAILED_ATTEMPT_EVENTS = ("slurm_chunk_failed", "local_chunk_failed")
-ATTEMPTS_RESET_EVENT = "chunk_attempts_reset"  # the listed chunks start counting afresh
+FAILED_ATTEMPT_EVENTS = events.FAILED_ATTEMPT_EVENTS
+ATTEMPTS_RESET_EVENT = events.ATTEMPTS_RESET_EVENT  # the listed chunks start counting afresh
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,7 @@ class ChunkOutcome:
 def failed_attempts(log: Path, batch: str, *, forget: bool = True) -> dict[int, list[dict[str, Any]]]:
     """The logged failed attempts of every chunk of ``batch``, oldest first; with ``forget``, only
     those after the chunk's last reset."""
-    found: dict[int, list[dict[str, Any]]] = {}
-    for record in events.read(log):
-        if record.get("batch") != batch:
-            continue
-        if record.get("event") in FAILED_ATTEMPT_EVENTS and "chunk" in record:
-            found.setdefault(int(record["chunk"]), []).append(record)
-        elif forget and record.get("event") == ATTEMPTS_RESET_EVENT:
-            for chunk in record.get("chunks", []):
-                found.pop(int(chunk), None)
-    return found
+    return events.facts(log).batch(batch).failed_attempts(forget=forget)
 
 
 def describe_end(state: str, exit_code: str | None) -> str:

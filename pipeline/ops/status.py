@@ -31,7 +31,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import atomic, events, lease
-from pipeline.executors.attempts import ATTEMPTS_RESET_EVENT, FAILED_ATTEMPT_EVENTS
 from pipeline.executors.records import attempts, completed_chunks
 from pipeline.executors.slurm.client import SlurmClient
 from pipeline.executors.slurm.parse import SlurmError, task_key
@@ -59,11 +57,9 @@ from pipeline.layout import (
 )
 from pipeline.stages import batches, bisect
 
-FAILED_EVENT = "batch_task_failed"  # a batch stage (OCRBatch, SplitResults, Finalize, ...) raised
-PROGRESS_EVENTS = ("chunk_done", "split", "finalized", "batch_finalized")
+FAILED_EVENT = events.BATCH_FAILED_EVENT  # a batch stage (OCRBatch, SplitResults, Finalize, ...) raised
+PROGRESS_EVENTS = events.PROGRESS_EVENTS
 WINDOWS = {"hour": 1, "day": 24, "week": 168}
-_SUBMITTED = "slurm_submitted"
-_READ_BLOCK = 8 << 20
 
 
 class NeedsAPerson(RuntimeError):
@@ -233,64 +229,14 @@ class FolderCache:
                 pass
 
 
-# --- the event log --------------------------------------------------------------------------------
+# --- the event log ---------------------------------------------------------------------------------
 
-_WANTED = re.compile(rb'"event": "(?:%s)"' % b"|".join(re.escape(k.encode()) for k in (
-    _SUBMITTED, *FAILED_ATTEMPT_EVENTS, ATTEMPTS_RESET_EVENT, FAILED_EVENT, "chunk_done", "batch_finalized")))
-_PROGRESS = [b'"event": "%s"' % k.encode() for k in PROGRESS_EVENTS]
-
-
-def scan_events(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """(the records Status needs, the time of the last progress event), in one pass over the log;
-    without any progress event, the time of the log's first event (when work began to wait).
-
-    Only lines naming a wanted kind are parsed (a regular-expression search over 8 MiB blocks), so
-    the per-document lines (downloaded, finalized) cost no JSON parsing.
-    """
-    found: list[dict[str, Any]] = []
-    last_progress: str | None = None
-    first: str | None = None
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return found, None
-    carry = b""
-    with handle:
-        while True:
-            block = handle.read(_READ_BLOCK)
-            data = carry + block
-            if not block:
-                cut = len(data)
-            else:
-                cut = data.rfind(b"\n") + 1
-            whole, carry = data[:cut], data[cut:]
-            if first is None and whole:
-                record = _parse(whole[:whole.find(b"\n")])
-                first = str(record.get("time", "")) if record else ""
-            for match in _WANTED.finditer(whole):
-                start = whole.rfind(b"\n", 0, match.start()) + 1
-                end = whole.find(b"\n", match.end())
-                record = _parse(whole[start:end if end >= 0 else len(whole)])
-                if record is not None:
-                    found.append(record)
-            at = max(whole.rfind(p) for p in _PROGRESS)
-            if at >= 0:
-                start = whole.rfind(b"\n", 0, at) + 1
-                end = whole.find(b"\n", at)
-                record = _parse(whole[start:end if end >= 0 else len(whole)])
-                if record is not None and isinstance(record.get("time"), str):
-                    last_progress = max(last_progress or "", record["time"])
-            if not block:
-                break
-    return found, last_progress or first or None
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None  # a torn line of a killed writer
-    return record if isinstance(record, dict) else None
+def scan_events(path: Path) -> tuple[dict[str, events.BatchFacts], str | None]:
+    """(what the log says per batch, the time of the last progress event); without any progress event,
+    the time of the log's first event (when work began to wait). From the compaction snapshot and the
+    live log's tail (pipeline.events.facts), whose per-document lines cost no JSON parsing."""
+    found = events.facts(path)
+    return found.batches, found.last_progress or found.first_time or None
 
 
 def _time(iso: str) -> _dt.datetime:
@@ -304,38 +250,16 @@ def _hours(now: _dt.datetime, iso: str | None) -> float | None:
 
 # --- open batches -----------------------------------------------------------------------------------
 
+def _batch_events(facts: events.BatchFacts) -> _BatchEvents:
+    return _BatchEvents(facts.failed_attempts(), facts.reset, facts.submissions, facts.failure)
+
+
 @dataclass
 class _BatchEvents:
     failed_attempts: dict[int, list[dict[str, Any]]]
     reset: set[int]                     # chunks of the last reset (engine or cluster broken)
     submissions: dict[int, dict[str, Any]]
     failure: dict[str, Any] | None      # the last batch_task_failed not followed by other events
-
-
-def _batch_events(records: list[dict[str, Any]]) -> dict[str, _BatchEvents]:
-    found: dict[str, _BatchEvents] = {}
-    for record in records:
-        batch = record.get("batch")
-        if not isinstance(batch, str):
-            continue
-        state = found.setdefault(batch, _BatchEvents({}, set(), {}, None))
-        kind = record.get("event")
-        if kind == FAILED_EVENT:
-            state.failure = record
-            continue
-        state.failure = None  # the batch moved after its failure: a rerun is at work
-        if kind in FAILED_ATTEMPT_EVENTS and "chunk" in record:
-            state.failed_attempts.setdefault(int(record["chunk"]), []).append(record)
-            state.reset.discard(int(record["chunk"]))
-        elif kind == ATTEMPTS_RESET_EVENT:
-            for chunk in record.get("chunks", []):
-                state.failed_attempts.pop(int(chunk), None)
-            state.reset = {int(c) for c in record.get("chunks", [])}
-        elif kind == _SUBMITTED:
-            for chunk in record.get("chunks", []):
-                state.submissions[int(chunk)] = record
-                state.reset.discard(int(chunk))
-    return found
 
 
 def _stage_of(paths: BatchPaths, names: set[str]) -> str:
@@ -476,7 +400,7 @@ def collect(layout: Layout, *, thresholds: Thresholds = Thresholds(), slurm: Slu
     # open batches
     progress(f"{DOWNLOADED} and {len(batch_infos)} open batches counted; reading the event log")
     batch_events, last_progress = scan_events(layout.events)
-    per_batch = _batch_events(batch_events)
+    per_batch = {number: _batch_events(facts) for number, facts in batch_events.items()}
     slurm_states: dict[str, Any] | None = None
     if slurm is not None:
         jobs = {str(s["job_id"]) for number, *_ in batch_infos

@@ -71,12 +71,7 @@ class _Chunk:
 
 def latest_submissions(log: Path, batch: str) -> dict[int, dict[str, Any]]:
     """The last ``slurm_submitted`` event of every chunk of ``batch``, from the event log."""
-    latest: dict[int, dict[str, Any]] = {}
-    for record in events.read(log):
-        if record.get("event") == "slurm_submitted" and record.get("batch") == batch:
-            for chunk in record.get("chunks", []):
-                latest[int(chunk)] = record
-    return latest
+    return events.facts(log).batch(batch).submissions
 
 
 def record_missing_ends(layout: Layout, client: SlurmClient) -> int:
