@@ -11,12 +11,15 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.engines import EngineFailed
 
 TERMINATE_GRACE_SECONDS = 20.0
 _PLACEHOLDER = re.compile(r"\{(\w*)\}")
+T = TypeVar("T")
 
 
 class TimedOut(EngineFailed):
@@ -42,14 +45,7 @@ def run_bounded(
     with open(log, "wb") if log is not None else contextlib.nullcontext() as out:
         process = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT if out else None, start_new_session=own_group)
-        try:
-            return process.wait(timeout=timeout or None)
-        except subprocess.TimeoutExpired:
-            end(process, own_group)
-            raise TimedOut(args[0], timeout or 0) from None
-        except BaseException:
-            end(process, own_group)
-            raise
+        return _bounded(process, process.wait, args[0], timeout, own_group)
 
 
 def run_captured(
@@ -58,15 +54,21 @@ def run_captured(
     """Like run_bounded, for a program whose output is the result: (exit status, stdout, stderr)."""
     process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, start_new_session=own_group)
+    out, err = _bounded(process, process.communicate, args[0], timeout, own_group)
+    return process.returncode, out, err
+
+
+def _bounded(process: subprocess.Popen, wait: Callable[..., T], program: str, timeout: float | None,
+             own_group: bool) -> T:
+    """``wait(timeout=...)`` for ``process``; on a timeout or an interruption, end it and its processes."""
     try:
-        out, err = process.communicate(timeout=timeout or None)
+        return wait(timeout=timeout or None)
     except subprocess.TimeoutExpired:
         end(process, own_group)
-        raise TimedOut(args[0], timeout or 0) from None
+        raise TimedOut(program, timeout or 0) from None
     except BaseException:
         end(process, own_group)
         raise
-    return process.returncode, out, err
 
 
 def end(process: subprocess.Popen, own_group: bool = True) -> None:
