@@ -28,6 +28,7 @@ thread while the holder runs. Protocol:
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -148,6 +149,9 @@ class Lease:
         self.holder = Holder(socket.gethostname(), os.getpid(), _process_started(os.getpid()),
                              secrets.token_hex(16), now, now + seconds, 0)
         self._thread: threading.Thread | None = None
+        # On a full disk the lease is the empty file alone (creating it needs no data block): the
+        # stage then reports the full disk itself; renewals write the holder in once there is room.
+        self.blank = False
 
     def _create(self) -> bool:
         try:
@@ -155,13 +159,23 @@ class Lease:
         except FileExistsError:
             return False
         try:
-            os.write(fd, _encode(self.holder))
-            os.fsync(fd)
+            self._write_holder(fd)
         finally:
             os.close(fd)
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.path}", daemon=True)
         self._thread.start()
         return True
+
+    def _write_holder(self, fd: int) -> None:
+        try:
+            os.pwrite(fd, _encode(self.holder), 0)
+            os.fsync(fd)
+            self.blank = False
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            os.ftruncate(fd, 0)  # no half-written holder
+            self.blank = True
 
     def renew(self) -> bool:
         """Push the expiry on, when the file still holds our token; else mark the lease lost."""
@@ -170,14 +184,15 @@ class Lease:
         except FileNotFoundError:
             return self._mark_lost(None)
         try:
-            found = _decode(os.pread(fd, _SIZE * 2, 0))
-            if found is None or found.token != self.holder.token:
+            content = os.pread(fd, _SIZE * 2, 0)
+            found = _decode(content)
+            mine = content == b"" if self.blank else found is not None and found.token == self.holder.token
+            if not mine:
                 return self._mark_lost(found)
             now = time.time()
             self.holder = Holder(**{**asdict(self.holder), "expires": now + self.seconds,
                                     "renewals": self.holder.renewals + 1})
-            os.pwrite(fd, _encode(self.holder), 0)
-            os.fsync(fd)
+            self._write_holder(fd)
             return True
         finally:
             os.close(fd)
@@ -205,6 +220,8 @@ class Lease:
             _move_aside(self.path, self.holder.token, lambda content: self._not_mine(content))
 
     def _not_mine(self, content: bytes) -> bool:
+        if self.blank:
+            return content != b""
         found = _decode(content)
         return found is None or found.token != self.holder.token
 
