@@ -30,7 +30,8 @@ from pathlib import Path
 
 from pipeline.layout import DOWNLOADED, MANIFESTS, PENDING_LEGACY, PROCESSED, QUARANTINE, BatchPaths, Layout
 
-ALLOWED_HIDDEN = {".create.lock"}  # the batch creators' lock file (03_ocr_processing/.create.lock)
+# The batch creators' lease (03_ocr_processing/.create.lease), and the lock file older versions made.
+ALLOWED_HIDDEN = {".create.lease", ".create.lock"}
 
 
 @dataclass

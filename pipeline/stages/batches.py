@@ -13,13 +13,15 @@ from pipeline.stages.quarantine import quarantine
 if TYPE_CHECKING:
     from pipeline.executors.base import Progress
 
-STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lease, and 03_ocr_processing/locks/CreateBatch.lease
+STAGE_LOCKS = "locks"  # batch_NNNN/locks/<Stage>.lease
+# The batch creators' lease: a hidden file beside the batch folders, so 03 holds only batch folders.
+CREATE_LEASE = ".create.lease"
 
 
 @contextmanager
 def batch_lock(layout: Layout, lease_seconds: float = lease.DEFAULT_SECONDS) -> Iterator[None]:
     """One batch creator at a time per base_dir, so two batches never take the same document."""
-    path = layout.processing / STAGE_LOCKS / "CreateBatch.lease"
+    path = layout.processing / CREATE_LEASE
     atomic.makedirs(path.parent)
     with lease.hold(path, lease_seconds) as held, lease.stop_when_lost(held, "CreateBatch"):
         yield
