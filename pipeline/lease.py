@@ -14,12 +14,15 @@ thread while the holder runs. Protocol:
   ``seconds * 2/3``), when its content has not changed during a whole lease as the waiter itself
   measured (clock skew, or a creator that died before writing), or when its holder ran on this
   host and that process is gone.
-- **take over**: rename the stale file to a name only this taker uses (of several renames of one
-  file exactly one succeeds), compare what it moved with the stale content it judged: the same
-  bytes mean it removed exactly that lease (delete it, then O_EXCL-create anew, which another
-  taker may still win); different bytes (renewed meanwhile, or already a new holder's) are put
-  back with os.link, which never overwrites, and it waits again.
-- **release**: the same move aside, then delete when the token is ours.
+- **take over**: one taker at a time, under a guard file (``<lease>.takeover``, O_EXCL-created,
+  removed at once). Under the guard the taker reads the lease again: unchanged from the stale
+  content it judged, it renames it to a name only it uses, compares what it moved with what it
+  judged (the same bytes mean it removed exactly that lease: delete it, then O_EXCL-create anew,
+  which another waiter may still win); different bytes (renewed in that instant) are put back with
+  os.link, which never overwrites. Without the guard, a taker that judged the previous, stale file
+  could move a fresh holder's file aside for an instant, and a third process could create its own
+  lease in that gap: two holders. A guard left by a taker that died is stale after ``seconds``.
+- **release**: the same move aside under the guard, then delete when the token is ours.
 - **lost**: a renewal that finds the file gone or another token sets ``lost``, stops renewing and
   calls ``on_lost``. Within ``stop_when_lost`` that raises LeaseLost in the main thread at once
   (a signal, so a sleep or a wait for a subprocess is cut short too): the guarded work fails there
@@ -216,8 +219,13 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if not self.lost.is_set():
-            _move_aside(self.path, self.holder.token, lambda content: self._not_mine(content))
+        if self.lost.is_set():
+            return
+        # Under the guard, so that no taker's fresh lease is moved aside (a gap another could fill);
+        # without it (a taker stuck on it) the lease is left to expire.
+        with _guard(self.path, self.holder.token, self.seconds, patience=5.0) as guarded:
+            if guarded:
+                _move_aside(self.path, self.holder.token, lambda content: self._not_mine(content))
 
     def _not_mine(self, content: bytes) -> bool:
         if self.blank:
@@ -286,9 +294,59 @@ def try_acquire(path: Path, seconds: float, watch: _Watch | None = None,
     content = _read(path)
     if content is None or not watch.stale(content):
         return None
-    if _move_aside(path, lease.holder.token, lambda moved: moved != content):
+    if _take_over(path, lease.holder.token, content, seconds):
         return lease if lease._create() else None
     return None
+
+
+def _take_over(path: Path, token: str, judged: bytes, seconds: float) -> bool:
+    """Remove the lease file when it still holds ``judged``, as the only taker (under the guard)."""
+    with _guard(path, token, seconds) as guarded:
+        return guarded and _read(path) == judged and _move_aside(path, token, lambda moved: moved != judged)
+
+
+@contextmanager
+def _guard(path: Path, token: str, seconds: float, patience: float = 0.0) -> Iterator[bool]:
+    """Hold ``<lease>.takeover`` for the block (True), or False when another process holds it
+    for longer than ``patience`` seconds."""
+    guard = path.with_name(f"{path.name}.takeover")
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            break
+        except FileExistsError:
+            _clear_stale_guard(guard, token, seconds)
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.01)
+    try:
+        yield True
+    finally:
+        os.unlink(guard)
+
+
+def _clear_stale_guard(guard: Path, token: str, seconds: float) -> None:
+    """A guard older than a whole lease was left by a taker that died holding it: remove that one."""
+    try:
+        judged = os.stat(guard)
+    except FileNotFoundError:
+        return
+    if judged.st_mtime > time.time() - seconds:
+        return
+    aside = guard.with_name(f"{guard.name}.{token}.aside")
+    try:
+        os.rename(guard, aside)
+    except FileNotFoundError:
+        return
+    moved = os.stat(aside)
+    if (moved.st_ino, moved.st_mtime_ns) != (judged.st_ino, judged.st_mtime_ns):
+        try:
+            os.link(aside, guard)  # a live taker's guard: put it back
+        except FileExistsError:
+            pass
+    os.unlink(aside)
 
 
 @contextmanager

@@ -149,3 +149,18 @@ def test_work_under_a_lease_taken_over_stops_at_once_with_the_taker_named(tmp_pa
         assert held.lost.is_set()
     assert lease.read(path) == taker.holder  # the holder that lost it leaves the taker's lease alone
     taker.release()
+
+
+def test_a_takeover_guard_left_by_a_dead_taker_is_cleared_after_a_whole_lease(tmp_path: Path) -> None:
+    path = tmp_path / "Stage.lease"
+    stale = lease.Holder("elsewhere", 1, "", "e" * 32, 0.0, time.time() - 5, 3)
+    path.write_text(json.dumps(asdict(stale)))
+    guard = tmp_path / "Stage.lease.takeover"
+    guard.touch()  # a taker that died between taking the guard and removing it
+    assert lease.try_acquire(path, 30) is None  # a fresh guard: another taker may be at work
+    os.utime(guard, (time.time() - 60, time.time() - 60))
+    lease.try_acquire(path, 30)  # clears the guard left a whole lease ago
+    held = lease.try_acquire(path, 30)
+    assert held is not None and lease.read(path) == held.holder
+    held.release()
+    assert list(tmp_path.iterdir()) == []
