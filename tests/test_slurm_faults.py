@@ -296,10 +296,13 @@ def test_slurmdbd_stopped_falls_back_to_the_controller(faults: Cluster, tmp_path
 
 @pytest.mark.slurm
 def test_node_drained_then_down_requeues_without_a_second_submission(faults: Cluster, tmp_path: Path,
-                                                                     call_log: Path,
-                                                                     undisturbed: Reference) -> None:
+                                                                     call_log: Path, undisturbed: Reference,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     batch = "0063"  # a command line of its own: Luigi locks on the command line machine-wide
     names = ["alpha", "beta"]
+    output_log = tmp_path / "slurm_output.log"
+    output_log.touch()
+    monkeypatch.setenv("SLURM_OUTPUT_LOG", str(output_log))
     site = make_fault_site(tmp_path, names, batch)
     faults.wait_for_quiet_queue()
     process = faults.luigi(site, "Finalize", "--batch", batch)
@@ -311,15 +314,22 @@ def test_node_drained_then_down_requeues_without_a_second_submission(faults: Clu
         time.sleep(4 * POLL)
         # The controller's view: sacct may learn of the array late when slurmdbd lags under load.
         assert {s.state for s in slurm.query_controller([job]).values()} == {"RUNNING"}
-        # DOWN: SLURM kills both chunks and requeues them; sacct says NODE_FAIL for a while.
-        down = time.time()
+        # DOWN: SLURM kills both chunks and requeues them; sacct says NODE_FAIL for a while (unless
+        # slurmdbd, lagging under load, learns of the failure only after the requeue).
+        down, seen = time.time(), output_log.stat().st_size
         faults.scontrol("update", f"nodename={faults.node}", "state=down", "reason=fault-test")
         wait_until(lambda: {s.state for s in slurm.query_controller([job]).values()} == {"PENDING"},
                    "both chunks requeued", process)
-        wait_until(lambda: [c for c in read_calls(call_log, process.pid) if c.command == "squeue" and c.time > down],
-                   "the executor asking the controller about the ended jobs", process)
         time.sleep(4 * POLL)
         assert process.poll() is None
+        with output_log.open("rb") as log:
+            log.seek(seen)
+            shown = log.read().decode()
+        if any(line.startswith(f"{process.pid} sacct ") and "NODE_FAIL" in line for line in shown.splitlines()):
+            # What sacct showed as ended, the executor checked with the controller before acting.
+            wait_until(lambda: [c for c in read_calls(call_log, process.pid)
+                                if c.command == "squeue" and c.time > down],
+                       "the executor asking the controller about the ended jobs", process)
     finally:
         faults.scontrol("update", f"nodename={faults.node}", "state=resume", check=False)
     # A requeued job waits for SLURM's credential lifetime (2 minutes) before it starts again.

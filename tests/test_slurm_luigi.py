@@ -38,6 +38,14 @@ WRAPPER = """#!/bin/bash
 if [ -n "${{SLURM_CALL_LOG:-}}" ]; then
     printf '%s %s %s %s\\n' "$(date +%s.%N)" "$PPID" "$(basename "$0")" "$*" >> "$SLURM_CALL_LOG"
 fi
+if [ -n "${{SLURM_OUTPUT_LOG:-}}" ]; then
+    output=$({real} "$@"); status=$?
+    if [ -n "$output" ]; then
+        printf '%s\\n' "$output"
+        printf '%s\\n' "$output" | sed "s/^/$PPID $(basename "$0") /" >> "$SLURM_OUTPUT_LOG"
+    fi
+    exit $status
+fi
 exec {real} "$@"
 """
 
