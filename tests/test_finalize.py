@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import atomic, events
+from pipeline.engines import EngineSettings, get_engine
+from pipeline.executors.chunk_job import read_chunk_list, run_chunk
 from pipeline.layout import BatchPaths, Layout
 from pipeline.stages import chunks, finalize, split
 from pipeline.stages.chunks import WalltimeModel
@@ -111,3 +113,29 @@ def test_provenance_is_the_last_done_chunk_of_a_document(layout: Layout) -> None
     atomic.write_json(paths.done_marker(1), {"missing": []})  # an older job's marker names no engine
     lookup = finalize.provenance_lookup(paths, "text")
     assert lookup("y") == Provenance("0002", 1, "text", None)
+
+
+def test_partial_finalize_beside_a_running_ocr_keeps_the_documents_of_chunks_still_to_run(
+        layout: Layout, tmp_path: Path) -> None:
+    """A job killed after writing its results and before its done marker runs again: it must find its
+    PDFs, so a partial finalize leaves its documents alone however complete their records look."""
+    paths = batch(layout, tmp_path / "incoming", {f"doc{n}": 1 for n in range(4)})
+    chunks.plan_batch(layout, paths, 2, WalltimeModel())
+    first, second = (c["documents"] for c in atomic.read_json(paths.chunk_plan)["chunks"])
+    assert run_chunk(paths, 0, "text", EngineSettings())["missing"] == []
+    get_engine("text", EngineSettings()).run(read_chunk_list(paths.chunk_list(1)), paths.workspace)
+    assert not paths.done_marker(1).exists()  # chunk 1 wrote its records and is still to run
+
+    summary = finalize.finalize_batch(layout, paths, partial=True, workers=2, engine="text", progress=Recorder())
+
+    for identifier in first:
+        assert layout.processed_ocr(identifier).exists() and not paths.pdf(identifier).exists()
+        assert not layout.downloaded_pdf(identifier).exists()
+    for identifier in second:
+        assert not layout.processed_ocr(identifier).exists() and not layout.completed_jsonl(identifier).exists()
+        assert paths.pdf(identifier).exists() and layout.downloaded_meta(identifier).exists()
+    assert summary["remaining"] == sorted(second) and not paths.finalized.exists()
+
+    assert run_chunk(paths, 1, "text", EngineSettings())["missing"] == []  # the job runs again, finds its PDFs
+    summary = finalize.finalize_batch(layout, paths, partial=True, workers=2, engine="text", progress=Recorder())
+    assert summary["remaining"] == [] and summary["finalized"] == 4 and paths.finalized.exists()

@@ -159,6 +159,14 @@ def settled_chunks(paths: BatchPaths) -> list[dict[str, Any]]:
     return [c for c in all_chunks(paths) if c["index"] not in bisection.split and c["index"] not in bisection.failed]
 
 
+def documents_in_flight(paths: BatchPaths) -> frozenset[str]:
+    """Documents listed by a chunk of the batch still to run: a settled chunk without its done marker.
+    Their PDFs must stay while the batch's OCR runs, even when a record of them exists (a job killed
+    after writing its results and before its done marker runs again)."""
+    return frozenset(identifier for chunk in settled_chunks(paths)
+                     if not paths.done_marker(chunk["index"]).exists() for identifier in chunk["documents"])
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 @dataclass

@@ -210,14 +210,19 @@ def quarantine_without_result(layout: Layout, paths: BatchPaths, identifiers: li
 
 
 def finalize_batch(layout: Layout, paths: BatchPaths, *, partial: bool, workers: int, engine: str,
-                   progress: Progress, hold: frozenset[str] = frozenset()) -> dict[str, Any]:
+                   progress: Progress) -> dict[str, Any]:
     """Finalize: every document with a result into 05_processed, its PDFs deleted; then
     finalize_report.json and, unless documents remain (``partial``: those without a result yet stay),
-    finalized.json. A partial finalize splits the results there are first and leaves the documents
-    of ``hold`` as they are. Returns the summary."""
+    finalized.json. Returns the summary.
+
+    A partial finalize may run beside the batch's OCRBatch: it leaves as they are the documents a
+    chunk still to run lists (``bisect.documents_in_flight``, read here, under the batch's Finalize
+    lease its callers hold), so a job never finds its PDF gone, then splits the results there are
+    and finalizes the rest that have one."""
     record = atomic.read_json(paths.batch_record)
     documents = record["documents"]
-    taken = {i: d for i, d in documents.items() if i not in hold} if partial else documents
+    hold = bisect.documents_in_flight(paths) if partial else frozenset()
+    taken = {i: d for i, d in documents.items() if i not in hold}
     split_summary = split.split_documents(layout, paths, set(taken)) if partial else None
     lookup = provenance_lookup(paths, engine)
     outcomes = finalize_many(layout, paths, taken, lookup, workers=workers,

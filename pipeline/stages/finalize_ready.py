@@ -25,16 +25,6 @@ from pipeline.stages import batches, bisect, finalize, split
 FINALIZE_STAGE = "Finalize"  # the lock a Finalize task of the batch holds (batch_NNNN/locks/Finalize.lock)
 
 
-def documents_in_flight(paths: BatchPaths) -> frozenset[str]:
-    """Documents listed by a chunk of the batch still to run: not done, not split, not given up."""
-    bisection = bisect.load(paths)
-    return frozenset(
-        identifier for chunk in bisect.all_chunks(paths)
-        if not paths.done_marker(chunk["index"]).exists()
-        and chunk["index"] not in bisection.split and chunk["index"] not in bisection.failed
-        for identifier in chunk["documents"])
-
-
 def _valid_records(paths: BatchPaths, identifiers: set[str]) -> set[str]:
     """Which of ``identifiers`` have a record in the batch's results that the split can write."""
     plan = split.plan_split(paths.results, identifiers)
@@ -120,15 +110,13 @@ def finalize_batch_ready(layout: Layout, paths: BatchPaths, *, workers: int, eng
     """Finalize what is ready in one open batch, under its Finalize lock; returns (documents
     finalized now, bytes of inputs deleted). Nothing when nothing is ready once the lock is held."""
     ready: list[str] = []
-    in_flight: frozenset[str] = frozenset()
     outcome = (0, 0)
 
     def nothing_ready() -> bool:  # asked under the lock: a Finalize that held it may have done it all
-        nonlocal ready, in_flight
+        nonlocal ready
         if paths.finalized.exists():
             return True
-        in_flight = documents_in_flight(paths)
-        ready = ready_documents(layout, paths, in_flight)
+        ready = ready_documents(layout, paths, bisect.documents_in_flight(paths))
         return not ready
 
     def run() -> None:
@@ -136,7 +124,7 @@ def finalize_batch_ready(layout: Layout, paths: BatchPaths, *, workers: int, eng
         inputs = _input_files(layout, paths, ready)
         before = sum(_size(p) for p in inputs.values())
         summary = finalize.finalize_batch(layout, paths, partial=True, workers=workers, engine=engine,
-                                          progress=progress, hold=in_flight)
+                                          progress=progress)
         outcome = (summary["finalized_now"], before - sum(_size(p) for p in inputs.values()))
 
     batches.run_once(paths, FINALIZE_STAGE, nothing_ready, run, progress, lease_seconds)
@@ -156,7 +144,7 @@ def finalize_ready(layout: Layout, *, workers: int, engine: str, progress: Progr
 
         batch_progress(0, 1, "looking for documents with results")
         finalized = freed = 0
-        if ready_documents(layout, paths, documents_in_flight(paths)):  # else not even a lock file is made
+        if ready_documents(layout, paths, bisect.documents_in_flight(paths)):  # else not even a lock file is made
             finalized, freed = finalize_batch_ready(layout, paths, workers=workers, engine=engine,
                                                     progress=batch_progress, lease_seconds=lease_seconds)
         if finalized:
