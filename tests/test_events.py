@@ -341,3 +341,96 @@ def test_a_log_replaced_by_hand_after_compaction_is_named_not_misread(tmp_path):
     events.append(log, [events.event("chunk_done", batch="0001", chunk=0)])
     with pytest.raises(events.LogMismatch, match="events.ndjson .* put back the files"):
         events.facts(log)
+
+
+# --- several hosts on one base_dir (NFS): a lock that is not honoured across hosts --------------------
+
+class OtherHost:
+    """An appender on a host whose flock the compacting host does not see (NFS): as events.append, it
+    opens the log and checks that it is the file at the path, then writes when it gets to it, whatever
+    a compaction did meanwhile."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        assert os.fstat(self.fd).st_ino == os.stat(path).st_ino
+
+    def write(self, records: list[dict]) -> None:
+        os.write(self.fd, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode())
+        os.close(self.fd)
+
+
+def _same_lines(path, plain) -> None:
+    """Every record once, and the same facts (a late line may be read at another place than logged)."""
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, events.records(path))) == sorted(map(key, events.records(plain)))
+    assert events.facts(path) == events.facts(plain)
+
+
+def test_a_line_another_host_appends_to_the_replaced_log_is_kept(tmp_path, monkeypatch):
+    log = tmp_path / "site" / "_manifests" / "events.ndjson"
+    plain = tmp_path / "plain" / "_manifests" / "events.ndjson"  # the same appends, never compacted
+    _write([log, plain], _history(0))
+    late = OtherHost(log)
+    assert events.compact(log) is not None  # its exclusive lock does not wait for the other host
+    failure = [events.event("slurm_chunk_failed", batch="0001", chunk=3, job_id="other-host", state="FAILED")]
+    late.write(failure)  # into the replaced log, after its tail was copied
+    events.append(plain, failure)
+    _write([log, plain], _history(1))
+    assert _readers(log) == _readers(plain)
+    assert [a["job_id"] for a in events.facts(log).batch("0001").failed_attempts()[3]] == ["other-host"]
+
+    assert events.compact(log) is not None  # within the grace: the replaced log stays, still read
+    retired = sorted(p.name for p in (log.parent / "events").glob("retired_*"))
+    assert retired == ["retired_000000.ndjson", "retired_000001.ndjson"]
+    _same_lines(log, plain)
+
+    monkeypatch.setattr(events, "LATE_GRACE", 0.0)  # the other hosts' late appends are over
+    again = events.compact(log, min_bytes=10**9)  # a small log: only the late lines move
+    assert again is not None and again.bytes == 0 and len(again.segments) == 1
+    assert not list((log.parent / "events").glob("retired_*"))
+    _same_lines(log, plain)
+    assert events.compact(log, min_bytes=10**9) is None  # nothing left to do
+    _write([log, plain], _history(2))
+    assert events.compact(log) is not None
+    _same_lines(log, plain)
+    assert log.stat().st_size < 300
+
+
+def _writer_without_flock(path: str, writer: int, barrier) -> None:
+    """A writer on another host: its flock does not exclude the compaction's (a no-op here)."""
+    events.fcntl = type("NoFlock", (), {"flock": staticmethod(lambda fd, how: None),  # type: ignore[attr-defined]
+                                        "LOCK_SH": 1, "LOCK_EX": 2})
+    _writer(path, writer, barrier)
+
+
+def _compactor_with_grace(path: str, stop) -> None:
+    events.LATE_GRACE = 1.0
+    _compactor(path, stop)
+
+
+def test_appends_of_hosts_whose_lock_is_not_honoured_are_all_kept(tmp_path, monkeypatch):
+    path = tmp_path / "_manifests" / "events.ndjson"
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(WRITERS)
+    stop = context.Event()
+    compactors = [context.Process(target=_compactor_with_grace, args=(str(path), stop)) for _ in range(2)]
+    for process in compactors:
+        process.start()
+    processes = [context.Process(target=_writer_without_flock, args=(str(path), w, barrier)) for w in range(WRITERS)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(300)
+        assert process.exitcode == 0
+    stop.set()
+    for process in compactors:
+        process.join(120)
+        assert process.exitcode == 0
+    assert (path.parent / "events" / events.SNAPSHOT).exists()  # compactions did happen
+    expected = sorted((w, n, part) for w in range(WRITERS) for n in range(APPENDS) for part in range(1 + n % 3))
+    assert sorted((r["writer"], r["n"], r["part"]) for r in events.records(path)) == expected
+
+    monkeypatch.setattr(events, "LATE_GRACE", 0.0)
+    events.compact(path, min_bytes=10**12)  # only the retired logs' late lines, into segments
+    assert not list((path.parent / "events").glob("retired_*"))
+    assert sorted((r["writer"], r["n"], r["part"]) for r in events.records(path)) == expected
