@@ -505,7 +505,7 @@ def _compact(path: Path, folder: Path, min_bytes: int, progress: Callable[[str],
                 found.scan(data, first=n == 0 and generation == 0)
                 segments.add(data, generation)
             segments.flush()
-    if not segments.written:
+    if not segments.written and not consumed:
         return None  # nothing but the header, or too small, and no retired log ready
     atomic.fsync_dir(folder)
     faults.point("events.compact", "segments written")
@@ -529,7 +529,7 @@ def _compact(path: Path, folder: Path, min_bytes: int, progress: Callable[[str],
     _remove_unlisted(folder, {s["name"] for s in new.segments} | set(_pending(header, new)))
     names = [s["name"] for s in segments.written]
     progress(f"compacted {path}: {end if whole else 0:,} bytes of the log and {len(consumed)} retired logs "
-             f"into {', '.join(names)}; {tail:,} bytes left in the log")
+             f"into {', '.join(names) or 'no segment'}; {tail:,} bytes left in the log")
     return Compacted(names, end if whole else 0, tail)
 
 

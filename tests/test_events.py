@@ -221,13 +221,13 @@ events.compact(sys.argv[1])
 """
 
 
-def _run_compaction(log, fault_dir, pause: str | None):
+def _run_compaction(log, fault_dir, pause: str | None, script: str = COMPACT):
     """Compaction in a process of its own, stopped at the ``pause``-th point it reaches (or traced)."""
     fault_dir.mkdir(parents=True)
     env = {**os.environ, faults.FAULT_DIR: str(fault_dir), "PYTHONPATH": str(ROOT)}
     if pause:
         env[faults.PAUSE_AT] = pause
-    return subprocess.Popen([sys.executable, "-c", COMPACT, str(log)], env=env)
+    return subprocess.Popen([sys.executable, "-c", script, str(log)], env=env)
 
 
 def test_a_kill_at_any_point_of_compaction_loses_nothing_and_doubles_nothing(tmp_path):
@@ -394,6 +394,62 @@ def test_a_line_another_host_appends_to_the_replaced_log_is_kept(tmp_path, monke
     assert events.compact(log) is not None
     _same_lines(log, plain)
     assert log.stat().st_size < 300
+
+
+COMPACT_LATE = """
+import sys
+from pipeline import events
+events.SEGMENT_BYTES = 15_000
+events.LATE_GRACE = 0.0
+events.compact(sys.argv[1])
+"""
+
+
+def test_a_kill_while_late_lines_move_into_a_segment_loses_nothing_and_doubles_nothing(tmp_path, monkeypatch):
+    seed = tmp_path / "seed" / "_manifests" / "events.ndjson"
+    plain = tmp_path / "plain" / "_manifests" / "events.ndjson"
+    _write([seed, plain], _history(0))
+    late = OtherHost(seed)
+    assert events.compact(seed) is not None
+    failure = [events.event("slurm_chunk_failed", batch="0002", chunk=0, job_id="other-host", state="FAILED")]
+    late.write(failure)
+    events.append(plain, failure)
+    _write([seed, plain], _history(1))
+    trace = tmp_path / "trace"
+    traced = tmp_path / "traced"
+    shutil.copytree(seed.parent.parent, traced)
+    process = _run_compaction(traced / "_manifests" / "events.ndjson", trace, None, COMPACT_LATE)
+    assert process.wait() == 0
+    points = (trace / faults.TRACE).read_text().splitlines()
+    assert any("events.compact.late" in p for p in points)
+    for n in range(1, len(points) + 1):
+        site = tmp_path / f"kill{n:02d}"
+        shutil.copytree(seed.parent.parent, site)
+        log = site / "_manifests" / "events.ndjson"
+        process = _run_compaction(log, site / "faults", f"*:{n}", COMPACT_LATE)
+        paused = site / "faults" / faults.PAUSED
+        deadline = time.monotonic() + 60
+        while not paused.exists():
+            assert process.poll() is None and time.monotonic() < deadline, f"point {n} not reached"
+            time.sleep(0.01)
+        point = json.loads(paused.read_text())
+        why = f"killed at {point['point']} {point['detail']}"
+        _same_lines(log, plain)  # readers at the instant of the kill
+        process.kill()
+        process.wait()
+        _same_lines(log, plain)
+        with monkeypatch.context() as patch:
+            patch.setattr(events, "SEGMENT_BYTES", 15_000)
+            patch.setattr(events, "LATE_GRACE", 0.0)
+            events.compact(log)  # the next compaction finishes or redoes the work
+            _same_lines(log, plain)
+            events.compact(log, min_bytes=10**9)  # and the log it replaced, past the grace, goes too
+        _same_lines(log, plain)
+        folder = log.parent / "events"
+        assert not list(folder.glob("retired_*")), why
+        names = sorted(p.name for p in folder.iterdir() if p.name.startswith("segment_"))
+        listed = [s["name"] for s in json.loads((folder / events.SNAPSHOT).read_text())["segments"]]
+        assert names == listed, why
 
 
 def _writer_without_flock(path: str, writer: int, barrier) -> None:
