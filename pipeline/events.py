@@ -518,7 +518,7 @@ def _compact(path: Path, folder: Path, min_bytes: int, progress: Callable[[str],
     atomic.write_json(folder / SNAPSHOT, {"generation": new.generation, "offset": new.offset,
                                           "segments": new.segments, "facts": new.facts, "consumed": new.consumed})
     faults.point("events.compact", "snapshot written")
-    tail = size - end
+    tail = size  # the live log as it is, unless replaced below
     if whole:
         if _lost(held, path, progress):
             return None
