@@ -1,4 +1,5 @@
-"""What every task shares: the layout from luigi.cfg, the batch parameter, progress reporting."""
+"""What every task shares: the layout and the collection from luigi.cfg, the batch parameter,
+progress reporting."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,7 @@ from typing import Any, ClassVar
 
 import luigi
 
-from pipeline import events, startup_checks
+from pipeline import collection, events, startup_checks
 from pipeline.config import PipelineConfig
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 from pipeline.ops import status
@@ -28,6 +29,35 @@ def compact_events(progress: Callable[[str], None]) -> None:
     limit = PipelineConfig().events_compact_mb
     if limit > 0:
         events.compact(layout().events, min_bytes=int(limit * 2**20), progress=progress)
+
+
+def current_collection() -> str:
+    """This base_dir's collection: [pipeline] collection, else the name recorded in base_dir (see
+    pipeline/collection.py; the first run records it when it starts: pipeline/run_control.py)."""
+    return collection.resolve(layout().base, PipelineConfig().collection)
+
+
+class CollectionParameter(luigi.Parameter):
+    """Left out (the command line never sets it), the collection of the settings."""
+
+    def normalize(self, x: object) -> str:
+        return str(x) or current_collection()
+
+
+class InCollection:
+    """A task of one collection: luigid knows it by its collection too, so two collections sharing a
+    luigid never take each other's tasks for their own, and the visualizer shows the collection among
+    the task's parameters. A task passes ``collection=self.collection`` to the tasks it requires."""
+
+    collection = CollectionParameter(default="", description="set by [pipeline] collection, else the name "
+                                     "recorded in base_dir; not meant for the command line")
+
+    def __repr__(self) -> str:
+        # A run is of one collection: its own lines (progress, failures, Luigi's summary) name the task
+        # without it, as they always did.
+        shown = [f"{name}={param.serialize(getattr(self, name))}"
+                 for name, param in self.get_params() if param.significant and name != "collection"]  # type: ignore[attr-defined]
+        return f"{self.get_task_family()}({', '.join(shown)})"  # type: ignore[attr-defined]
 
 
 class BatchParameter(luigi.Parameter):
@@ -62,7 +92,7 @@ class BatchNotFound(LookupError):
     """A batch task other than CreateBatch was asked for a batch that was never opened."""
 
 
-class BatchTask(ProgressMixin, luigi.Task):
+class BatchTask(InCollection, ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
     checked_at_start: ClassVar[tuple[str, ...]] = ("base_dir", "batch")  # see pipeline/run_control.py
 

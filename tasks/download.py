@@ -11,14 +11,14 @@ import luigi
 from pipeline.config import BackpressureConfig, DownloadConfig, PipelineConfig
 from pipeline.stages import download
 
-from .base import ProgressMixin, layout
+from .base import InCollection, ProgressMixin, layout
 
 
 def this_minute() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H%M")
 
 
-class Download(ProgressMixin, luigi.Task):
+class Download(InCollection, ProgressMixin, luigi.Task):
     """One pass over the source; ``run`` (default: this minute) lets cron start a new pass each time."""
 
     checked_at_start = ("base_dir", "source")  # see pipeline/run_control.py
