@@ -37,11 +37,21 @@ def name_problem(name: str) -> str | None:
             "(at most 64, starting with a letter or digit)")
 
 
+def _name(last_part: str, whole: str) -> str:
+    stem = _OTHER.sub("_", last_part).strip("_")[:48] or "collection"
+    return f"{stem}_{hashlib.sha1(whole.encode()).hexdigest()[:8]}"
+
+
 def default_name(base: Path) -> str:
     """base_dir's folder name and a hash of its real path (two collections named 'data' differ)."""
     real = os.path.realpath(Path(base).expanduser())
-    stem = _OTHER.sub("_", Path(real).name).strip("_")[:48] or "collection"
-    return f"{stem}_{hashlib.sha1(real.encode()).hexdigest()[:8]}"
+    return _name(Path(real).name, real)
+
+
+def location_name(uri: str) -> str:
+    """The name of a collection known by where it keeps its state (the cloud shards' status prefix,
+    the same URI on every node): its last part and a hash of it; '' for none."""
+    return _name(uri.rstrip("/").rsplit("/", 1)[-1], uri) if uri else ""
 
 
 def recorded(base: Path) -> str | None:

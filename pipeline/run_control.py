@@ -156,7 +156,10 @@ def record_collection(task: luigi.Task) -> str | None:
     if name is None or "base_dir" not in tuple(getattr(task, "checked_at_start", ())):
         return None
     base = Path(PipelineConfig().base_dir).expanduser().absolute()
-    found = collection.record(base, name)
+    try:
+        found = collection.record(base, name)
+    except OSError:  # a full or read-only disk: the run's own work reports it; a later run records the name
+        return None
     if found == name:
         return None
     return (f"another run recorded base_dir {base} as collection {found} at the same moment as this one "

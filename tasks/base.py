@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import luigi
 
 from pipeline import collection, events, startup_checks
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, S3Config
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 from pipeline.ops import status
 from pipeline.stages import batches
@@ -37,11 +37,23 @@ def current_collection() -> str:
     return collection.resolve(layout().base, PipelineConfig().collection)
 
 
+def cloud_collection() -> str:
+    """The cloud shards' collection: [pipeline] collection, else a name of [s3] status_prefix."""
+    s3 = S3Config()
+    return PipelineConfig().collection or collection.location_name(s3.status_prefix or s3.shard_prefix)
+
+
 class CollectionParameter(luigi.Parameter):
-    """Left out (the command line never sets it), the collection of the settings."""
+    """Left out (the command line never sets it), the collection of the settings (``resolve``)."""
+
+    def __init__(self, resolve: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(default="", description="set by [pipeline] collection, else the name recorded in "
+                         "base_dir (cloud shards: made from [s3] status_prefix); not meant for the command line",
+                         positional=False, **kwargs)  # ShardFile(uri) and the like keep their meaning
+        self.resolve = resolve
 
     def normalize(self, x: object) -> str:
-        return str(x) or current_collection()
+        return str(x) or self.resolve()
 
 
 class InCollection:
@@ -49,8 +61,7 @@ class InCollection:
     luigid never take each other's tasks for their own, and the visualizer shows the collection among
     the task's parameters. A task passes ``collection=self.collection`` to the tasks it requires."""
 
-    collection = CollectionParameter(default="", description="set by [pipeline] collection, else the name "
-                                     "recorded in base_dir; not meant for the command line")
+    collection = CollectionParameter(current_collection)
 
     def __repr__(self) -> str:
         # A run is of one collection: its own lines (progress, failures, Luigi's summary) name the task
@@ -58,6 +69,12 @@ class InCollection:
         shown = [f"{name}={param.serialize(getattr(self, name))}"
                  for name, param in self.get_params() if param.significant and name != "collection"]  # type: ignore[attr-defined]
         return f"{self.get_task_family()}({', '.join(shown)})"  # type: ignore[attr-defined]
+
+
+class InCloudCollection(InCollection):
+    """A cloud shard task: its collection lives on S3, not in a base_dir."""
+
+    collection = CollectionParameter(cloud_collection)
 
 
 class BatchParameter(luigi.Parameter):
