@@ -14,7 +14,7 @@ from pipeline.stages import batches
 
 from .base import InCollection, ProgressMixin, compact_events, layout
 from .batch import CreateBatch, Finalize
-from .download import Download, this_minute
+from .download import Download, RunParameter
 from .report import write_report
 
 
@@ -22,11 +22,11 @@ class ProcessAll(InCollection, ProgressMixin, luigi.Task):
     """One pass of the whole pipeline; a new ``run_id`` (default: this minute) starts a new pass."""
 
     checked_at_start = ("base_dir", "source_if_set")  # see pipeline/run_control.py
-    run_id = luigi.Parameter(default="", description="names this pass; default: the current UTC minute")
+    run_id = RunParameter(default="", description="names this pass; default: the current UTC minute")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.effective_run = self.run_id or this_minute()
+        self.effective_run = self.run_id
         # Set when the task is scheduled, so it survives run() being restarted after each yield.
         self.started_at = events.now_iso()
         self.started = time.time()

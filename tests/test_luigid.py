@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import collection, samples
+from tasks import ProcessAll, download
 
 from .conftest import Site, luigi_executable, running_luigid, write_config
 from .s3server import RETCODES
@@ -237,3 +238,18 @@ def test_two_sites_on_one_collection_both_exit_0_and_print_the_same_summary(tmp_
     blocks = [summary_block(output) for output in outputs]
     assert blocks[0] == blocks[1], blocks
     assert blocks[0].splitlines()[:2] == ["documents finalized: 6", "pages:               24"], blocks[0]
+
+
+def test_a_process_all_pass_is_named_in_its_task_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without --run-id, the pass is the minute it started in, and that is in the task's parameters:
+    # a site whose cron started a minute later asks luigid for another pass, never for the same task
+    # with its output under another name.
+    monkeypatch.setattr(download, "this_minute", lambda: "2026-11-26T1200")
+    first = ProcessAll()
+    monkeypatch.setattr(download, "this_minute", lambda: "2026-11-26T1201")
+    later = ProcessAll()
+    assert first.task_id != later.task_id
+    for task in (first, later):
+        again = ProcessAll.from_str_params(task.to_str_params())  # as a worker loads a task luigid names
+        assert again.output().path == task.output().path
+        assert task.output().path.endswith(f"process_all_{task.param_kwargs['run_id']}.json")
