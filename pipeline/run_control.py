@@ -275,14 +275,23 @@ def _settle_elsewhere(task_sets: dict[str, set[luigi.Task]], root: luigi.Task,
             task_sets[status] = set()
         task_sets["already_done"] |= moved
         if root not in task_sets["completed"]:  # else this run printed its summary as it ended
-            summary = getattr(root, "done_summary", None)
-            _elsewhere.append(summary() if summary else f"{root} is done; other sites ran {len(moved)} of its tasks")
+            _elsewhere.append(_done_summary(root, len(moved)))
         return
     running = sorted(f"{task} ({_worker_name(worker)})" for worker, tasks in others.items() for task in tasks)
     _elsewhere.append(f"NOT DONE: {root} is not complete yet; "
                       + (f"still running on another site: {', '.join(running)}; " if running else
                          f"luigid did not let this run do {', '.join(sorted(map(str, left)))}; ")
                       + "a later run finds it done or does the rest")
+
+
+def _done_summary(root: luigi.Task, by_others: int) -> str:
+    """What the task says of its finished work (``done_summary``, e.g. ProcessAll's summary), else one line."""
+    line = f"{root} is done; other sites ran {by_others} of its tasks"
+    summary = getattr(root, "done_summary", None)
+    try:
+        return summary() if summary else line
+    except (OSError, ValueError, KeyError) as exc:  # its output is the truth of done, not of the summary
+        return f"{line} (its summary cannot be read: {exc})"
 
 
 def _worker_name(worker_id: str) -> str:

@@ -36,6 +36,13 @@ def test_two_base_dirs_with_the_same_folder_name_are_two_collections(tmp_path: P
     assert all(collection.name_problem(n) is None for n in names)
 
 
+def test_a_cloud_collection_is_named_after_its_status_prefix_the_same_on_every_node() -> None:
+    name = collection.location_name("s3://archive/maps/status/")
+    assert name == collection.location_name("s3://archive/maps/status/") and name.startswith("status_")
+    assert name != collection.location_name("s3://archive/letters/status/")
+    assert collection.location_name("") == ""  # none configured: no name
+
+
 def _record(base: Path, name: str) -> str:
     return collection.record(base, name)
 
