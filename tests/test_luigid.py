@@ -131,7 +131,7 @@ def gated_site(root: Path, documents: list[str], gate: Path, **pipeline: object)
     script.write_text(ENGINE.format(root=str(Path(__file__).resolve().parent.parent), log=str(log), gate=str(gate)))
     config = root / "luigi.cfg"
     write_config(config, {
-        "core": {"autoload_range": "false"}, "retcode": RETCODES, "worker": {"wait_interval": 0.2},
+        "core": {"autoload_range": "false"}, "retcode": RETCODES, "worker": {"wait_interval": 0.2, "wait_jitter": 0.2},
         "pipeline": {"base_dir": root / "data", "workers": 2, **pipeline}, "download": {"source": incoming},
         "ocr": {"executor": "local", "engine": "command", "pages_per_chunk": 8, "parallel_chunks": 2,
                 "command": f"{sys.executable} {script} {{chunk_list}} {{output}}"},
