@@ -26,6 +26,8 @@ class _Section(luigi.Config):
 class PipelineConfig(_Section):
     section = "pipeline"
     base_dir = luigi.Parameter(default="data", description="root of the stage folders")
+    collection = luigi.Parameter(default="", description="the name luigid tells this base_dir's tasks apart "
+                                 "by; '' = the name recorded in base_dir by its first run")
     shard_width = luigi.IntParameter(default=2, description="hex digits of the <ab> fan-out folder; 0 = off")
     batch_size = luigi.IntParameter(default=1000, description="most documents in one new batch")
     batch_pages = luigi.IntParameter(default=150_000, description="most pages in one new batch")

@@ -12,6 +12,13 @@
 - Luigi's own lock (one run of a command line at a time on this host, else exit 10) is kept per
   collection: its pid files go to a folder of [core] lock_pid_dir named after base_dir, so two
   collections with the same command line (another LUIGI_CONFIG_PATH) never block each other.
+- The collection's name (every task's ``collection`` parameter, pipeline/collection.py) is checked
+  against the one recorded in base_dir, and recorded by the first run.
+- Work other sites did counts as done: through luigid, a run whose tasks were run (or are still
+  being run) by another site's worker ends, in Luigi's eyes, with tasks it did not run (exit
+  not_run or already_running). When its task is complete when Luigi's run ends (its output
+  targets say so), whoever ran which part, the run exits 0 and prints the task's summary (the same
+  on every site); else the last line names what is still running elsewhere.
 
 A task says what it needs checked at start with a class attribute ``checked_at_start`` (this module
 imports no task): any of CHECKS below. Luigi's command line is where the site's settings meet the
@@ -23,6 +30,7 @@ import atexit
 import fcntl
 import hashlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -31,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import luigi
+import luigi.execution_summary
 import luigi.interface
 import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 
-from pipeline import config, startup_checks
+from pipeline import collection, config, startup_checks
 from pipeline.config import DownloadConfig, PipelineConfig
 from pipeline.layout import Layout
 
@@ -60,6 +69,10 @@ class _Run:
 
 
 _run: _Run | None = None
+# How the run ended when tasks were left to other sites: what to print last (see _settle_elsewhere).
+_elsewhere: list[str] = []
+# Luigi's statuses of tasks this worker did not run because another worker ran or runs them.
+_LEFT_TO_OTHERS = ("run_by_other_worker", "upstream_run_by_other_worker", "not_run")
 
 
 def install() -> None:
@@ -79,22 +92,48 @@ def install() -> None:
 
     get_task_obj._checks_settings = True  # type: ignore[attr-defined]
     CmdlineParser.get_task_obj = get_task_obj  # type: ignore[method-assign]
+    # Luigi's exit code and its execution summary both come from this one function.
+    summarize = luigi.execution_summary._summary_dict
+
+    def summary_dict(worker: luigi.worker.Worker) -> dict[str, set[luigi.Task]]:
+        task_sets = summarize(worker)
+        if _run is not None and os.getpid() == _run.main_pid and worker._add_task_history:
+            _settle_elsewhere(task_sets, luigi.execution_summary._root_task(worker),
+                              luigi.execution_summary._get_external_workers(worker))
+        return task_sets
+
+    luigi.execution_summary._summary_dict = summary_dict
+    luigi.worker.Worker._keep_alive = _waiting_for_others(luigi.worker.Worker._keep_alive)  # type: ignore[method-assign]
+
+
+def _waiting_for_others(keep_alive: Any) -> Any:
+    """Luigi's keep_alive waits while a task this worker asked for is pending, but not while another
+    site's worker runs it: a site would end before the task it asked for (say ProcessAll's last
+    step) did. With keep_alive on, it waits for that too; a worker asked to stop stops."""
+    def waiting(worker: luigi.worker.Worker, response: Any) -> bool:
+        running = response.running_tasks if isinstance(response.running_tasks, list) else []
+        return bool(keep_alive(worker, response) or worker._config.keep_alive and not worker._stop_requesting_work
+                    and any(task.get("worker") != worker._id for task in running))
+
+    return waiting
 
 
 def start(task: luigi.Task) -> None:
     """Check the settings for ``task`` (exit on a problem), then watch the run for failures."""
     problems = startup_problems(task)
+    if not problems:
+        lock_per_collection(luigi.configuration.get_config())
+        problems = [p for p in [record_collection(task)] if p]
     if problems:
         for problem in problems:
             print(f"ERROR: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(SETTINGS_ERROR)
-    lock_per_collection(luigi.configuration.get_config())
     global _run
     fd, path = tempfile.mkstemp(prefix="ocr-pipeline-failures-")
     os.unlink(path)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
     _run = _Run(os.getpid(), fd)
-    atexit.register(_print_reasons)
+    atexit.register(_at_exit)
 
 
 def lock_per_collection(parser: Any) -> Path:
@@ -108,6 +147,23 @@ def lock_per_collection(parser: Any) -> Path:
     parent.mkdir(parents=True, exist_ok=True)  # Luigi makes only the last folder
     parser.set("core", "lock_pid_dir", str(folder))
     return folder
+
+
+def record_collection(task: luigi.Task) -> str | None:
+    """Record the task's collection in base_dir unless one is; a line when another was recorded at
+    the same moment by another site (the task was made with the name it saw before)."""
+    name = getattr(task, "collection", None)
+    if name is None or "base_dir" not in tuple(getattr(task, "checked_at_start", ())):
+        return None
+    base = Path(PipelineConfig().base_dir).expanduser().absolute()
+    try:
+        found = collection.record(base, name)
+    except OSError:  # a full or read-only disk: the run's own work reports it; a later run records the name
+        return None
+    if found == name:
+        return None
+    return (f"another run recorded base_dir {base} as collection {found} at the same moment as this one "
+            "started; run the same command again")
 
 
 def startup_problems(task: luigi.Task) -> list[str]:
@@ -139,6 +195,8 @@ def task_problems(task: luigi.Task) -> list[str]:
         settings = PipelineConfig()
         base = Path(settings.base_dir).expanduser().absolute()
         found.append(startup_checks.base_dir_problem(base, settings.create_base_dir))
+        if not found[-1] and hasattr(task, "collection"):
+            found.append(collection.problem(base, settings.collection, task.collection))
         if not found[-1] and "batch" in checks:
             layout = Layout(base, settings.shard_width)
             found.append(startup_checks.missing_batch_problem(layout, getattr(task, "batch", "")))
@@ -173,14 +231,73 @@ def _stop(line: str) -> None:
         os.kill(run.main_pid, signal.SIGUSR1)
 
 
+def _reasons() -> list[str]:
+    run = _run
+    if run is None:
+        return []
+    size = os.fstat(run.reasons_fd).st_size
+    return list(dict.fromkeys(os.pread(run.reasons_fd, size, 0).decode("utf-8", "replace").splitlines()))
+
+
 def _print_reasons() -> None:
     run = _run
     if run is None or os.getpid() != run.main_pid:
         return
-    size = os.fstat(run.reasons_fd).st_size
-    lines = os.pread(run.reasons_fd, size, 0).decode("utf-8", "replace").splitlines()
-    for line in dict.fromkeys(lines):
+    for line in _reasons():
         print(f"ERROR: {line}", file=sys.stderr, flush=True)
+
+
+def _at_exit() -> None:
+    _print_reasons()
+    if _run is not None and os.getpid() == _run.main_pid and not _reasons():
+        for text in _elsewhere[-1:]:  # Luigi summarizes more than once: the last word counts
+            print(text, flush=True)
+
+
+def _settle_elsewhere(task_sets: dict[str, set[luigi.Task]], root: luigi.Task,
+                      others: dict[str, set[luigi.Task]]) -> None:
+    """When the run left tasks to other workers and nothing failed here, count them done if ``root``
+    is complete now (its outputs are the truth), in ``task_sets`` as Luigi's exit code and summary
+    read them; either way say what happened as the run's last line."""
+    # A task whose run() yielded tasks that another worker then ran stays "pending, not runnable" in
+    # this worker's history, which Luigi counts as a missing external input: only an external task is one.
+    missing = {task for task in task_sets["still_pending_ext"] if getattr(task, "run", None) is None}
+    left = set().union(*(task_sets[status] for status in _LEFT_TO_OTHERS), task_sets["still_pending_ext"] - missing)
+    if not left or missing or task_sets["failed"] or task_sets["scheduling_error"]:
+        return
+    try:
+        done = bool(root.complete())
+    except Exception:  # Luigi reported it already; the exit code stays Luigi's
+        return
+    if done:
+        moved = (left | task_sets["still_pending_not_ext"]) - task_sets["completed"]
+        for status in (*_LEFT_TO_OTHERS, "still_pending_not_ext", "still_pending_ext"):
+            task_sets[status] = set()
+        task_sets["already_done"] |= moved
+        if root not in task_sets["completed"]:  # else this run printed its summary as it ended
+            _elsewhere.append(_done_summary(root, len(moved)))
+        return
+    running = sorted(f"{task} ({_worker_name(worker)})" for worker, tasks in others.items() for task in tasks)
+    _elsewhere.append(f"NOT DONE: {root} is not complete yet; "
+                      + (f"still running on another site: {', '.join(running)}; " if running else
+                         f"luigid did not let this run do {', '.join(sorted(map(str, left)))}; ")
+                      + "a later run finds it done or does the rest")
+
+
+def _done_summary(root: luigi.Task, by_others: int) -> str:
+    """What the task says of its finished work (``done_summary``, e.g. ProcessAll's summary), else one line."""
+    line = f"{root} is done; other sites ran {by_others} of its tasks"
+    summary = getattr(root, "done_summary", None)
+    try:
+        return summary() if summary else line
+    except (OSError, ValueError, KeyError) as exc:  # its output is the truth of done, not of the summary
+        return f"{line} (its summary cannot be read: {exc})"
+
+
+def _worker_name(worker_id: str) -> str:
+    """Luigi's worker id names host and pid among other things: keep those two."""
+    found = dict(re.findall(r"(host|pid)=([^,)]+)", worker_id))
+    return f"host {found['host']}, pid {found['pid']}" if len(found) == 2 else worker_id
 
 
 @luigi.Task.event_handler(luigi.Event.FAILURE)

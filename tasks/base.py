@@ -1,4 +1,5 @@
-"""What every task shares: the layout from luigi.cfg, the batch parameter, progress reporting."""
+"""What every task shares: the layout and the collection from luigi.cfg, the batch parameter,
+progress reporting."""
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,8 @@ from typing import Any, ClassVar
 
 import luigi
 
-from pipeline import events, startup_checks
-from pipeline.config import PipelineConfig
+from pipeline import collection, events, startup_checks
+from pipeline.config import PipelineConfig, S3Config
 from pipeline.layout import BatchPaths, Layout, normalize_batch
 from pipeline.ops import status
 from pipeline.stages import batches
@@ -28,6 +29,52 @@ def compact_events(progress: Callable[[str], None]) -> None:
     limit = PipelineConfig().events_compact_mb
     if limit > 0:
         events.compact(layout().events, min_bytes=int(limit * 2**20), progress=progress)
+
+
+def current_collection() -> str:
+    """This base_dir's collection: [pipeline] collection, else the name recorded in base_dir (see
+    pipeline/collection.py; the first run records it when it starts: pipeline/run_control.py)."""
+    return collection.resolve(layout().base, PipelineConfig().collection)
+
+
+def cloud_collection() -> str:
+    """The cloud shards' collection: [pipeline] collection, else a name of [s3] status_prefix."""
+    s3 = S3Config()
+    return PipelineConfig().collection or collection.location_name(s3.status_prefix or s3.shard_prefix)
+
+
+class CollectionParameter(luigi.Parameter):
+    """Left out (the command line never sets it), the collection of the settings (``resolve``)."""
+
+    def __init__(self, resolve: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(default="", description="set by [pipeline] collection, else the name recorded in "
+                         "base_dir (cloud shards: made from [s3] status_prefix); not meant for the command line",
+                         positional=False, **kwargs)  # ShardFile(uri) and the like keep their meaning
+        self.resolve = resolve
+
+    def normalize(self, x: object) -> str:
+        return str(x) or self.resolve()
+
+
+class InCollection:
+    """A task of one collection: luigid knows it by its collection too, so two collections sharing a
+    luigid never take each other's tasks for their own, and the visualizer shows the collection among
+    the task's parameters. A task passes ``collection=self.collection`` to the tasks it requires."""
+
+    collection = CollectionParameter(current_collection)
+
+    def __repr__(self) -> str:
+        # A run is of one collection: its own lines (progress, failures, Luigi's summary) name the task
+        # without it, as they always did.
+        shown = [f"{name}={param.serialize(getattr(self, name))}"
+                 for name, param in self.get_params() if param.significant and name != "collection"]  # type: ignore[attr-defined]
+        return f"{self.get_task_family()}({', '.join(shown)})"  # type: ignore[attr-defined]
+
+
+class InCloudCollection(InCollection):
+    """A cloud shard task: its collection lives on S3, not in a base_dir."""
+
+    collection = CollectionParameter(cloud_collection)
 
 
 class BatchParameter(luigi.Parameter):
@@ -62,7 +109,7 @@ class BatchNotFound(LookupError):
     """A batch task other than CreateBatch was asked for a batch that was never opened."""
 
 
-class BatchTask(ProgressMixin, luigi.Task):
+class BatchTask(InCollection, ProgressMixin, luigi.Task):
     batch = BatchParameter(description="batch number, e.g. 7 or 0007")
     checked_at_start: ClassVar[tuple[str, ...]] = ("base_dir", "batch")  # see pipeline/run_control.py
 

@@ -32,7 +32,7 @@ class PlanChunks(BatchTask):
 
     def requires(self) -> CreateBatch:
         self.require_existing_batch()
-        return CreateBatch(batch=self.batch)
+        return CreateBatch(batch=self.batch, collection=self.collection)
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.paths.chunk_plan))
@@ -48,7 +48,7 @@ class OCRBatch(BatchTask):
     chunks that fail as a whole down to the documents that make them fail (quarantined)."""
 
     def requires(self) -> PlanChunks:
-        return PlanChunks(batch=self.batch)
+        return PlanChunks(batch=self.batch, collection=self.collection)
 
     @property
     def resources(self) -> dict[str, int]:  # type: ignore[override]
@@ -70,7 +70,7 @@ class SplitResults(BatchTask):
     """One 04_ocr_completed/<ab>/<id>.ocr.jsonl per document, and the batch's split report."""
 
     def requires(self) -> OCRBatch:
-        return OCRBatch(batch=self.batch)
+        return OCRBatch(batch=self.batch, collection=self.collection)
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.paths.split_report))
@@ -87,7 +87,8 @@ class Finalize(BatchTask):
 
     def requires(self) -> CreateBatch | SplitResults:
         self.require_existing_batch()
-        return CreateBatch(batch=self.batch) if self.partial else SplitResults(batch=self.batch)
+        stage = CreateBatch if self.partial else SplitResults
+        return stage(batch=self.batch, collection=self.collection)
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.paths.finalized))

@@ -7,10 +7,10 @@ import luigi
 from pipeline.config import OCRConfig, PipelineConfig
 from pipeline.stages import finalize_ready
 
-from .base import ProgressMixin, layout
+from .base import InCollection, ProgressMixin, layout
 
 
-class FinalizeReady(ProgressMixin, luigi.Task):
+class FinalizeReady(InCollection, ProgressMixin, luigi.Task):
     """For every open batch, finalize the documents that have results (as Finalize --partial does),
     leaving those a chunk still to run lists; print one line: documents finalized, disk freed.
 

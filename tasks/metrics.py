@@ -9,10 +9,10 @@ from pipeline.config import OCRConfig, SlurmConfig
 from pipeline.executors.slurm.client import SlurmClient
 from pipeline.ops import metrics
 
-from .base import ProgressMixin, layout
+from .base import InCollection, ProgressMixin, layout
 
 
-class MetricsSummary(ProgressMixin, luigi.Task):
+class MetricsSummary(InCollection, ProgressMixin, luigi.Task):
     """Compact _manifests/metrics.ndjson into metrics_summary.json and print the figures."""
 
     checked_at_start = ("base_dir",)  # see pipeline/run_control.py

@@ -12,7 +12,7 @@ from pipeline.executors.slurm.client import SlurmClient
 from pipeline.layout import Layout
 from pipeline.ops import report_html, status
 
-from .base import ProgressMixin, layout
+from .base import InCollection, ProgressMixin, layout
 
 
 def write_report(lay: Layout, *, record_snapshot: bool = False,
@@ -25,7 +25,7 @@ def write_report(lay: Layout, *, record_snapshot: bool = False,
         record_snapshot=record_snapshot, progress=progress)
 
 
-class Report(ProgressMixin, luigi.Task):
+class Report(InCollection, ProgressMixin, luigi.Task):
     """Write _manifests/report.html and print its path. Always runs: a report of the moment."""
 
     checked_at_start = ("base_dir",)  # see pipeline/run_control.py

@@ -14,7 +14,7 @@ from pipeline.cloud import counting, markers, preflight, runner, shard_plan, sta
 from pipeline.cloud.s3 import MarkerTarget, S3Settings, Storage, join
 from pipeline.config import OCRConfig, S3Config
 
-from .base import ProgressMixin
+from .base import InCloudCollection, ProgressMixin
 
 __all__ = ["CountPages", "ShardManifest", "ShardFile", "RunShard", "ShardStatus", "Preflight"]
 
@@ -33,7 +33,7 @@ class _OutputParameter(luigi.Parameter):
         return _OutputLocation(x)
 
 
-class CountPages(ProgressMixin, luigi.Task):
+class CountPages(InCloudCollection, ProgressMixin, luigi.Task):
     """Page counts of every PDF under ``--source`` into the master CSV ``key,size,pages,error``
     (ranged reads, resumable by parts: see pipeline/cloud/counting.py)."""
 
@@ -49,7 +49,7 @@ class CountPages(ProgressMixin, luigi.Task):
                              block_size=S3Config().range_block_bytes, progress=self.progress)
 
 
-class ShardManifest(luigi.Task):
+class ShardManifest(InCloudCollection, luigi.Task):
     """``shard_1.txt`` ... ``shard_N.txt`` (one URI a line) balanced by pages, and shard_summary.json."""
 
     page_counts = luigi.Parameter(description="master CSV from CountPages")
@@ -78,7 +78,7 @@ class ShardManifest(luigi.Task):
                  100 * summary["max_imbalance"], f"{summary['skipped_count']:,}")
 
 
-class ShardFile(luigi.ExternalTask):
+class ShardFile(InCloudCollection, luigi.ExternalTask):
     """A shard manifest made elsewhere (by ShardManifest on another machine)."""
 
     uri = luigi.Parameter()
@@ -87,14 +87,14 @@ class ShardFile(luigi.ExternalTask):
         return MarkerTarget(self.uri)
 
 
-class RunShard(ProgressMixin, luigi.Task):
+class RunShard(InCloudCollection, ProgressMixin, luigi.Task):
     """Process one shard on this node: every document without a .done marker, N at a time."""
 
     shard = luigi.IntParameter(description="shard number, from 1")
 
     def requires(self) -> ShardFile:
         runner.require(S3Config(), "shard_prefix")
-        return ShardFile(join(S3Config().shard_prefix, shard_plan.shard_name(self.shard)))
+        return ShardFile(join(S3Config().shard_prefix, shard_plan.shard_name(self.shard)), collection=self.collection)
 
     def output(self) -> MarkerTarget:
         runner.require(S3Config(), "status_prefix")
@@ -107,7 +107,7 @@ class RunShard(ProgressMixin, luigi.Task):
         runner.run_shard(storage, settings, uris, self.progress, log.warning)
 
 
-class _AlwaysRun(luigi.Task):
+class _AlwaysRun(InCloudCollection, luigi.Task):
     def complete(self) -> bool:
         return False
 

@@ -9,10 +9,10 @@ from pipeline.config import OCRConfig, SlurmConfig, StatusConfig
 from pipeline.executors.slurm.client import SlurmClient
 from pipeline.ops import status
 
-from .base import ProgressMixin, layout
+from .base import InCollection, ProgressMixin, layout
 
 
-class Status(ProgressMixin, luigi.Task):
+class Status(InCollection, ProgressMixin, luigi.Task):
     """Print documents, pages and disk per stage, open batches, throughput and what needs a person.
 
     Always runs; fails (exit [retcode] task_failed, the reason as the last line) when something

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import luigi
+import luigi.execution_summary
 import pytest
 from luigi.cmdline_parser import CmdlineParser
 from luigi.configuration import LuigiConfigParser
@@ -178,3 +179,47 @@ def test_a_key_luigi_does_not_read_is_still_warned_about(make_site: Callable) ->
     site = make_site(**{"core__default-scheduler-hots": "127.0.0.1"})
     output = site.luigi("MetricsSummary", merged=True).stdout
     assert "UnconsumedParameterWarning" in output and "'default_scheduler_hots'" in output
+
+
+class _Made(luigi.Task):
+    """A task whose output is a file named by the test."""
+
+    path = luigi.Parameter()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(self.path)
+
+
+def _left_to_another_worker(root: luigi.Task, dependency: luigi.Task) -> dict[str, set]:
+    """Luigi's task sets of a run that asked for ``root`` while another worker ran ``dependency``."""
+    task_sets: dict[str, set] = {status: set() for status in luigi.execution_summary._ORDERED_STATUSES}
+    task_sets["still_pending_not_ext"] = {root, dependency}
+    task_sets["run_by_other_worker"] = {dependency}
+    task_sets["upstream_run_by_other_worker"] = {root}
+    return task_sets
+
+
+def test_a_run_whose_work_another_site_finished_counts_it_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_control, "_elsewhere", [])
+    root, dependency = _Made(path=str(tmp_path / "root")), _Made(path=str(tmp_path / "dependency"))
+    other = "Worker(salt=1, workers=1, host=node7, username=ocr, pid=4242)"
+
+    task_sets = _left_to_another_worker(root, dependency)
+    run_control._settle_elsewhere(task_sets, root, {other: {dependency}})
+    assert task_sets == _left_to_another_worker(root, dependency)  # Luigi's exit code stays: already_running
+    assert run_control._elsewhere[-1] == (
+        f"NOT DONE: {root} is not complete yet; still running on another site: {dependency} (host node7, "
+        "pid 4242); a later run finds it done or does the rest")
+
+    (tmp_path / "root").touch()
+    (tmp_path / "dependency").touch()
+    task_sets = _left_to_another_worker(root, dependency)
+    run_control._settle_elsewhere(task_sets, root, {other: {dependency}})
+    assert luigi.execution_summary._tasks_status(task_sets) == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    assert task_sets["already_done"] == {root, dependency} and not task_sets["still_pending_not_ext"]
+    assert run_control._elsewhere[-1] == f"{root} is done; other sites ran 2 of its tasks"
+
+    task_sets = _left_to_another_worker(root, dependency)
+    task_sets["failed"] = {_Made(path=str(tmp_path / "failed"))}  # a failure here is never hidden
+    run_control._settle_elsewhere(task_sets, root, {other: {dependency}})
+    assert task_sets["run_by_other_worker"] == {dependency} and not task_sets["already_done"]

@@ -16,7 +16,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
-from pipeline import samples
+from pipeline import collection, samples
 
 from .conftest import luigi_executable, running_luigid
 from .s3server import free_port
@@ -142,6 +142,7 @@ def test_a_running_ocr_batch_shows_progress_and_its_message(make_site, tmp_path:
             assert percent == "50%", percent  # one chunk of two done
             row = browser.evaluate(f"{bar}.closest('tr').textContent")
             assert "OCRBatch" in row and "batch=0003" in row, row
+            assert f"collection={collection.recorded(site.base)}" in row, row  # which collection it works on
             browser.evaluate("$('.worker-table td .statusMessage').first().click()")
             message = "$('#statusMessageModal pre').is(':visible') ? $('#statusMessageModal pre').text() : ''"
             wait_for(lambda: bool(browser.evaluate(message)), "the status message pop-up", timeout=60)
