@@ -50,14 +50,29 @@ def output_uri(output_prefix: str, uri: str) -> str:
 
 def scan_markers(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str]]:
     """(done, failed) document keys from one listing of the status prefix (no HEAD per document)."""
-    done, failed = set(), set()
+    done, failed, _ = scan_status(storage, status_prefix)
+    return done, failed
+
+
+def scan_status(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str], set[str]]:
+    """(done, failed, claimed) document keys from one listing of the status prefix."""
+    done, failed, claimed = set(), set(), set()
     for item in storage.list(s3.folder(status_prefix)):
         name = item.name
-        if name.endswith(".done") and not name.startswith("_shards/"):
+        if name.startswith(("_shards/", "_nodes/")):
+            continue
+        if name.endswith(".done"):
             done.add(name[: -len(".done")])
         elif name.endswith(".failed"):
             failed.add(name[: -len(".failed")])
-    return done, failed
+        elif name.endswith(".claim"):
+            claimed.add(name[: -len(".claim")])
+    return done, failed, claimed
+
+
+def node_stats_uri(status_prefix: str, node: str, run: str) -> str:
+    """Where one run of a node keeps its counts (documents, pages, time) for ShardStatus."""
+    return s3.join(status_prefix, "_nodes", node.replace("/", "_"), f"{run}.json")
 
 
 def marker_bytes(**fields: Any) -> bytes:

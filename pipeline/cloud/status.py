@@ -7,13 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cloud import s3
-from pipeline.cloud.counting import csv_rows
 from pipeline.cloud.markers import doc_key, scan_markers
-from pipeline.cloud.shard_plan import SUMMARY_NAME, parse_shard_file, shard_name, uri_problem
+from pipeline.cloud.shard_plan import read_shards, uri_problem
 
 if TYPE_CHECKING:
     from pipeline.config import S3Config
@@ -58,17 +56,7 @@ def collect_status(
     storage: s3.Storage, shard_prefix: str, status_prefix: str, page_counts: str = ""
 ) -> dict[str, Any]:
     """Read the summary, the shard files, the page counts and one listing of the markers."""
-    summary = json.loads(storage.read_bytes(s3.join(shard_prefix, SUMMARY_NAME)))
-    with ThreadPoolExecutor(8) as pool:
-        numbers = [r["shard"] for r in summary["shards"]]
-        files = pool.map(lambda k: storage.read_bytes(s3.join(shard_prefix, shard_name(k))), numbers)
-        shards = {k: parse_shard_file(data) for k, data in zip(numbers, files, strict=True)}
-    counts = page_counts or summary.get("page_counts", "")
-    pages = {}
-    if counts:
-        for row in csv_rows(storage.read_bytes(counts)):
-            if (row.get("pages") or "").isdigit():
-                pages[row["key"]] = int(row["pages"])
+    shards, pages = read_shards(storage, shard_prefix, page_counts)
     done, failed = scan_markers(storage, status_prefix)
     return shard_status(shards, pages, done, failed)
 
