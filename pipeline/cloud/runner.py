@@ -130,20 +130,22 @@ def _set_source_file(paths: list[Path], uri: str) -> int:
     return records
 
 
-def document_engine(settings: ShardSettings, uri: str, folder: Path) -> Engine:
-    """The engine one document runs through: the [s3] command (once per document), or a built-in one."""
+def document_engine(settings: ShardSettings, uri: str, folder: Path, stop: threading.Event | None = None) -> Engine:
+    """The engine one document runs through: the [s3] command (once per document, ended once ``stop``
+    is set), or a built-in one."""
     if settings.engine == "command":
         return DocumentCommandEngine(settings.command, {
             "uri": uri,
             "workdir": str(folder),
             "output": output_uri(settings.output_prefix, uri),
             "shard": str(settings.shard),
-        }, timeout=settings.timeout)
+        }, timeout=settings.timeout, stop=stop)
     return get_engine(settings.engine, settings.engine_settings)
 
 
-def _run_engine(settings: ShardSettings, uri: str, pdf_path: Path, folder: Path, outdir: Path) -> None:
-    paths = document_engine(settings, uri, folder).run([pdf_path], outdir)
+def _run_engine(settings: ShardSettings, uri: str, pdf_path: Path, folder: Path, outdir: Path,
+                stop: threading.Event | None) -> None:
+    paths = document_engine(settings, uri, folder, stop).run([pdf_path], outdir)
     # A command's outputs are its own; a built-in engine's records name the document by its URI.
     if settings.engine != "command" and not _set_source_file(paths, uri):
         raise DocumentFailed(f"the {settings.engine} engine wrote no record for it (unreadable PDF?)")
@@ -179,7 +181,7 @@ def run_document(
         outdir = s3.inside(folder, "output")
         outdir.mkdir(parents=True)
         storage.download(uri, pdf_path)
-        _run_engine(settings, uri, pdf_path, folder, outdir)
+        _run_engine(settings, uri, pdf_path, folder, outdir, held.lost if held else None)
         base = output_uri(settings.output_prefix, uri)
         outputs = []
         for path in sorted(p for p in outdir.rglob("*") if p.is_file()):
