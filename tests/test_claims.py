@@ -101,8 +101,7 @@ def test_the_keeper_renews_while_the_document_runs(moto_endpoint, s3_client, buc
         held.check(1.5)
 
 
-def test_a_claim_of_this_node_whose_process_ended_is_known_without_waiting(moto_endpoint, bucket):
-    uri = f"s3://{bucket}/raw/a.pdf"
+def test_a_claim_of_this_node_whose_process_ended_is_known_without_waiting():
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     here = Node.here("node-a")
     body = {**here.fields(), "pid": int(ended.stdout)}
