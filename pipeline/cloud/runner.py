@@ -291,6 +291,9 @@ def shard_work_dir(settings: ShardSettings) -> Path:
     return s3.inside(settings.work_dir, f"shard_{settings.shard}")
 
 
+RESCAN_SECONDS = 60.0
+
+
 class WorkQueue:
     """Hands this node's workers the next document to claim: the shard's own documents in order,
     then (stealing) those of the shard with the most pages left; waits while documents in scope are
@@ -306,7 +309,8 @@ class WorkQueue:
         self.reclaimable: set[str] = set()  # claimed, but that claim is stale (or ended with its process)
         self.done: set[str] = set()
         self.claimed: set[str] = set()
-        self.poll = max(0.2, min(settings.lease_seconds / 4, 15.0))
+        # How often claims held elsewhere are looked at again while there is nothing else to take.
+        self.poll = max(0.2, min(settings.lease_seconds / 4, 2.0))
         self.scanned = -float("inf")
         self.cond = threading.Condition()
 
@@ -320,27 +324,28 @@ class WorkQueue:
     def shard_of(self, uri: str) -> int:
         return self.shard_by_uri.get(uri, self.settings.shard)
 
-    def _scan(self) -> None:
-        self.done, _, self.claimed = scan_status(self.storage, self.settings.status_prefix)
-        self.reclaimable.clear()
-        self.scanned = time.monotonic()
-
     def next(self) -> str | None:
+        """The next document to claim; None once nothing in scope is left to take or to wait for.
+
+        One listing of the markers at the start and then at most every RESCAN_SECONDS; in between a
+        claim attempt (412, or a .done found) or a read of the claims waited for tells what changed.
+        """
         with self.cond:
+            if time.monotonic() - self.scanned >= RESCAN_SECONDS:
+                self.done, _, self.claimed = scan_status(self.storage, self.settings.status_prefix)
+                self.reclaimable.clear()
+                self.scanned = time.monotonic()
             while True:
                 uri = next_document(self.own, self.shards, self.pages, self, self.settings.steal)
                 if uri is not None:
                     self.local.add(uri)
                     return uri
-                if time.monotonic() - self.scanned >= self.poll:
-                    self._scan()
-                    continue
                 waiting = [u for uris in self.shards.values() for u in uris
                            if u not in self.local and self.keys[u] in self.claimed and self.keys[u] not in self.done]
                 if not waiting:
                     return None
                 for uri in waiting:
-                    found = self.claims.read(uri)
+                    found = self.claims.read(uri)  # None: released with its outcome, seen once claimed
                     if found is None or found.stale() or self.settings.node.ended(found.body):
                         self.reclaimable.add(uri)
                 if not self.reclaimable:
@@ -505,7 +510,8 @@ def run_shard(
             f"shard {shard}: the uploaded outputs of {len(lost)} documents are not in storage "
             f"(first: {uri}: {missing[0]}); their .done markers were removed; rerun RunShard "
             f"--shard {shard} to run them again")
-    summaries = {k: shard_summary(storage, settings, k, v) for k, v in shards.items()}
+    done, failed = scan_markers(storage, settings.status_prefix)
+    summaries = {k: shard_summary(storage, settings, k, v, done, failed) for k, v in shards.items()}
     for k, summary in sorted(summaries.items()):
         retry = summary.pop("retry")
         if retry and k == shard:
@@ -531,10 +537,11 @@ def run_shard(
     return own_summary
 
 
-def shard_summary(storage: s3.Storage, settings: ShardSettings, shard: int, uris: list[str]) -> dict[str, Any]:
-    """A shard's marker body from a fresh listing: done, failed for good, and ``retry`` [(uri, error)]
-    of the failed documents with attempts left, ``remaining`` those with no outcome yet."""
-    done, failed = scan_markers(storage, settings.status_prefix)
+def shard_summary(
+    storage: s3.Storage, settings: ShardSettings, shard: int, uris: list[str], done: set[str], failed: set[str]
+) -> dict[str, Any]:
+    """A shard's marker body from the listed markers: done, failed for good, and ``retry``
+    [(uri, error)] of the failed documents with attempts left, ``remaining`` those with no outcome yet."""
     gave_up, retry, remaining = [], [], 0
     for uri in uris:
         key = doc_key(uri)
