@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Any
 
@@ -70,9 +71,27 @@ def scan_status(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[
     return done, failed, claimed
 
 
-def node_stats_uri(status_prefix: str, node: str, run: str) -> str:
-    """Where one run of a node keeps its counts (documents, pages, time) for ShardStatus."""
-    return s3.join(status_prefix, "_nodes", node.replace("/", "_"), f"{run}.json")
+def node_stats_uri(status_prefix: str, node: str, run: str, counts: dict[str, Any]) -> str:
+    """Where one run of a node keeps its counts for ShardStatus: in the object's name, so that one
+    listing of the status prefix shows every node without reading an object per node:
+    ``_nodes/<node>/<started>-<pid>/<documents>d-<pages>p-<failed>f-<seconds>s-<state>``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", node).lstrip(".") or "node"
+    return s3.join(status_prefix, "_nodes", safe, run, "{documents}d-{pages}p-{failed}f-{seconds}s-{state}".format(
+        **counts))
+
+
+_NODE_STATS = re.compile(r"_nodes/(?P<node>[^/]+)/(?P<started>\d+)-(?P<pid>\d+)/(?P<documents>\d+)d-"
+                         r"(?P<pages>\d+)p-(?P<failed>\d+)f-(?P<seconds>\d+)s-(?P<state>running|finished)")
+
+
+def parse_node_stats(name: str) -> dict[str, Any] | None:
+    """The counts of a node_stats_uri name relative to the status prefix (None for other names);
+    ``started`` is the run's start in seconds since the epoch."""
+    match = _NODE_STATS.fullmatch(name)
+    if match is None:
+        return None
+    found: dict[str, Any] = match.groupdict()
+    return {k: v if k in ("node", "state") else int(v) for k, v in found.items()}
 
 
 def marker_bytes(**fields: Any) -> bytes:

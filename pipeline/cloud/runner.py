@@ -35,7 +35,6 @@ from pipeline.cloud.shard_plan import read_shards, uri_problem
 from pipeline.cloud.stealing import next_document
 from pipeline.engines import ENGINES, Engine, EngineSettings, get_engine
 from pipeline.engines.command import DocumentCommandEngine
-from pipeline.events import now_iso
 
 if TYPE_CHECKING:
     from pipeline.config import OCRConfig, S3Config
@@ -477,6 +476,11 @@ def run_shard(
         shards, pages = read_shards(storage, settings.shard_prefix)
         shards = {k: [u for u in v if not uri_problem(u)] for k, v in shards.items()}
         shards[shard] = valid
+    elif settings.shard_prefix:  # for the pages per hour ShardStatus shows
+        try:
+            pages = read_shards(storage, settings.shard_prefix)[1]
+        except (s3.S3Error, OSError, ValueError, KeyError) as exc:
+            warn(f"RunShard {shard}: no page counts ({exc}); ShardStatus will count this node's documents only")
     own = [uri for uri, _ in plan.todo]
     queue = WorkQueue(storage, settings, own, shards, pages)
     queue.local.update(plan.gave_up)
@@ -560,32 +564,34 @@ def shard_summary(
 
 
 class NodeStats:
-    """This run's counts (documents, pages, busy time) in ``_nodes/<node>/<run>.json`` under the
-    status prefix, rewritten after each document (at most every few seconds) for ShardStatus."""
+    """This run's counts (documents, pages, failed, seconds) in the name of one object under
+    ``_nodes/`` of the status prefix (see markers.node_stats_uri), renamed after each document (at
+    most every few seconds) for ShardStatus."""
 
     def __init__(self, storage: s3.Storage, settings: ShardSettings, pages: dict[str, int]) -> None:
         self.storage, self.settings, self.pages = storage, settings, pages
-        self.started, self.started_iso = time.monotonic(), now_iso()
-        run = f"{self.started_iso.replace(':', '').replace('-', '')[:15]}-{settings.node.pid}"
-        self.uri = node_stats_uri(settings.status_prefix, settings.node.name, run)
-        self.body: dict[str, Any] = {"node": settings.node.name, "host": settings.node.host,
-                                     "pid": settings.node.pid, "shard": settings.shard, "steal": settings.steal,
-                                     "started": self.started_iso, "documents": 0, "pages": 0, "failed": 0,
-                                     "pages_known": bool(pages)}
+        self.started = time.monotonic()
+        self.run = f"{int(time.time())}-{settings.node.pid}"
+        self.counts: dict[str, Any] = {"documents": 0, "pages": 0, "failed": 0, "seconds": 0, "state": "running"}
+        self.uri = ""
         self.written = -float("inf")
 
     def add(self, outcome: Outcome) -> None:
         if outcome.ok:
-            self.body["documents"] += 1
-            self.body["pages"] += self.pages.get(outcome.uri, 0)
+            self.counts["documents"] += 1
+            self.counts["pages"] += self.pages.get(outcome.uri, 0)
         else:
-            self.body["failed"] += 1
+            self.counts["failed"] += 1
         if time.monotonic() - self.written >= 5:
             self.write()
 
     def write(self, final: bool = False) -> None:
-        self.body.update(updated=now_iso(), seconds=round(time.monotonic() - self.started, 1),
-                         state="finished" if final else "running")
+        self.counts.update(seconds=round(time.monotonic() - self.started), state="finished" if final else "running")
         self.written = time.monotonic()
+        uri = node_stats_uri(self.settings.status_prefix, self.settings.node.name, self.run, self.counts)
         with contextlib.suppress(s3.S3Error):  # counts for people: never a reason to stop the run
-            self.storage.write_bytes(self.uri, json.dumps(self.body, sort_keys=True).encode("utf-8"))
+            self.storage.write_bytes(uri, marker_bytes(**self.counts, node=self.settings.node.name,
+                                                       shard=self.settings.shard))
+            if self.uri and self.uri != uri:
+                self.storage.delete(self.uri)
+            self.uri = uri
