@@ -245,3 +245,34 @@ def test_a_stalled_node_whose_claim_was_taken_over_writes_no_done_marker(s3_clie
     assert f"claim of {uri} lost" in elastic.output("node-a")  # its lease ran out, or it found the new claim
     (output,) = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))["outputs"]
     assert get(s3_client, bucket, output.split("/", 3)[3]).decode() == f"{uri} node-b"
+
+
+POISON_ENGINE = """\
+import os, pathlib, signal, sys
+uri, outdir = sys.argv[1:3]
+if "poison" in uri:
+    os.kill(os.getppid(), signal.SIGKILL)  # takes its node down, as an OOM kill or a driver crash would
+pathlib.Path(outdir, "result.txt").write_text(uri)
+"""
+
+
+def test_a_document_that_kills_every_node_that_takes_it_is_marked_failed_with_its_history(
+        tmp_path, moto_endpoint, s3_client, bucket):
+    uris = [f"s3://{bucket}/raw/poison.pdf", f"s3://{bucket}/raw/good.pdf"]
+    for uri in uris:
+        s3_client.put_object(Bucket=bucket, Key=uri.split("/", 3)[3], Body=samples.text_pdf(["x"]))
+    s3_client.put_object(Bucket=bucket, Key="manifests/shards/shard_1.txt", Body=shard_plan.shard_file_bytes(uris))
+    script = tmp_path / "engine.py"
+    script.write_text(POISON_ENGINE)
+    cfg = make_cfg(tmp_path, moto_endpoint, bucket, engine="command", node_name="node-a", max_claim_attempts=2,
+                   command=f"{sys.executable} {script} {{uri}} {{outdir}}", parallel_documents=1)
+    argv, env = luigi_command(cfg, "RunShard", "--shard", "1")
+    codes = [subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
+                            start_new_session=True).returncode for _ in range(3)]
+    assert codes[:2] == [-signal.SIGKILL, -signal.SIGKILL] and codes[2] == 0, codes
+    failed = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uris[0])}.failed"))
+    assert "claimed 2 times without an outcome" in failed["error"]
+    assert [h["outcome"] for h in failed["history"]] == ["its process ended without an outcome"] * 2
+    assert json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))["failed"] == [uris[0]]
+    assert done_node(s3_client, bucket, "status", uris[1]) == "node-a"
+    assert not [k for k in keys(s3_client, bucket, "status/") if k.endswith(".claim")]

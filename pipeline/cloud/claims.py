@@ -157,11 +157,12 @@ class Claims:
         return self._write(uri, body, if_none_match=True)
 
     def take_over(self, found: Found, shard: int) -> Held | None:
-        """Replace a stale claim (If-Match on its ETag), its holder's attempt added to the history;
-        None when someone changed it first."""
+        """Replace a stale claim, or one whose process ended (If-Match on its ETag), its holder's
+        attempt added to the history; None when someone changed it first."""
         previous = found.body
         lost = {k: previous.get(k) for k in ("node", "host", "pid", "claimed", "renewed", "attempt")}
-        lost["outcome"] = f"lease of {found.lease:.0f} s expired (claim {found.age:.0f} s old)"
+        lost["outcome"] = (f"lease of {found.lease:.0f} s expired (claim {found.age:.0f} s old)" if found.stale()
+                           else "its process ended without an outcome")
         body = self._body(found.uri, shard, int(previous.get("attempt", 1)) + 1, [*found.lost_attempts, lost])
         return self._write(found.uri, body, if_match=found.etag)
 

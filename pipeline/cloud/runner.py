@@ -516,25 +516,28 @@ def run_shard(
             f"--shard {shard} to run them again")
     done, failed = scan_markers(storage, settings.status_prefix)
     summaries = {k: shard_summary(storage, settings, k, v, done, failed) for k, v in shards.items()}
-    for k, summary in sorted(summaries.items()):
+    unfinished = []  # (shard, what to say) of the shards in scope that cannot get their marker yet
+    for k, summary in sorted(summaries.items(), key=lambda item: (item[0] != shard, item[0])):
         retry = summary.pop("retry")
-        if retry and k == shard:
+        if retry:
             uri, error = retry[0]
-            raise RuntimeError(
-                f"shard {shard}: {len(retry)} documents failed (first: {uri}: {error[:200]}); "
-                f"their .failed markers are under {settings.status_prefix}; rerun RunShard --shard {shard} "
-                f"to retry them (at most {settings.attempts} attempts each)")
-        if k == shard and summary["remaining"]:
-            raise RuntimeError(
-                f"shard {shard}: {summary['remaining']} documents have no outcome yet (their claims were "
-                f"lost to other nodes that have not finished them); rerun RunShard --shard {shard} to finish them")
-        if not retry and summary["remaining"] == 0:
+            unfinished.append((k, f"{len(retry)} documents failed (first: {uri}: {error[:200]}); their .failed "
+                                  f"markers are under {settings.status_prefix}; rerun RunShard --shard {k} to "
+                                  f"retry them (at most {settings.attempts} attempts each)"))
+        elif summary["remaining"]:
+            unfinished.append((k, f"{summary['remaining']} documents have no outcome yet (their claims went to "
+                                  f"other nodes that have not finished them); rerun RunShard --shard {k}"))
+        else:
             del summary["remaining"]
             summary["rejected"] = plan.rejected if k == shard else []
             if k == shard:
                 summary["documents"] = len(uris)
             storage.create(shard_marker_uri(settings.status_prefix, k),
                            (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    if unfinished:
+        k, message = unfinished[0]
+        more = f" ({len(unfinished) - 1} more shards unfinished)" if len(unfinished) > 1 else ""
+        raise RuntimeError(f"shard {k}: {message}{more}")
     own_summary = {**summaries[shard]}
     own_summary.pop("remaining", None)
     progress(100, f"shard {shard}: finished, {len(own_summary['failed'])} documents failed for good", force=True)
