@@ -240,8 +240,8 @@ def test_a_stalled_node_whose_claim_was_taken_over_writes_no_done_marker(s3_clie
     codes = elastic.wait()
     assert codes == {"node-a": 0, "node-b": 0}, {n: elastic.output(n)[-2000:] for n in codes}
     assert done_node(s3_client, bucket, "status", uri) == "node-b"
-    ends = [n for what, _, n, u in elastic.events() if what == "end" and u == uri]
-    assert ends == ["node-b"]
+    # node-a's command may have ended by itself after the pause; what it made was never uploaded
+    assert [n for what, _, n, u in elastic.events() if what == "end" and u == uri].count("node-b") == 1
     assert f"claim of {uri} lost" in elastic.output("node-a")  # its lease ran out, or it found the new claim
     (output,) = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))["outputs"]
     assert get(s3_client, bucket, output.split("/", 3)[3]).decode() == f"{uri} node-b"
