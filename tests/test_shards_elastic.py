@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,8 @@ def test_three_stealing_nodes_over_four_shards_run_each_document_once_and_finish
     # Shard 4 had no node of its own: the others took all of it, and nobody sat idle.
     assert {n for _, _, n, u in events if "/s4-" in u} - {"node-a", "node-b", "node-c"} == set()
     last_end = {name: max(t for what, t, n, _ in events if n == name and what == "end") for name in codes}
-    assert max(last_end.values()) - min(last_end.values()) <= biggest + 1.0, last_end
+    # within one document's time: its engine time and its S3 requests and start-up on a busy machine
+    assert max(last_end.values()) - min(last_end.values()) <= biggest + 2.0, last_end
     status_keys = keys(s3_client, bucket, "elastic/")
     assert {f"elastic/_shards/shard_{k}.done" for k in COSTS} <= set(status_keys)
     assert not [k for k in status_keys if k.endswith(".claim")]
@@ -203,9 +205,11 @@ def test_a_killed_node_s_document_and_shard_are_finished_by_the_others_after_its
     (lost_uri,) = [u for what, _, n, u in events if what == "start" and n == "node-a"]
     assert lost_uri == f"s3://{bucket}/raw/s1-d0.pdf"
     again = [t for what, t, n, u in events if what == "start" and u == lost_uri and n != "node-a"]
-    assert len(again) == 1
-    # Taken over only once the dead node's lease (renewed every lease / 3) had run out.
-    assert again[0] - killed_at > lease * 2 / 3
+    assert len(again) == 1 and again[0] > killed_at
+    # Taken over only once the dead node's lease had run out since its last renewal.
+    (lost,) = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(lost_uri)}.done"))["lost_claims"]
+    assert lost["node"] == "node-a" and "expired" in lost["outcome"]
+    assert again[0] >= datetime.fromisoformat(lost["renewed"]).timestamp() + lease
     for uri in cost:
         assert [n for what, _, n, u in events if what == "end" and u == uri] == [done_node(s3_client, bucket,
                                                                                             "status", uri)]
@@ -243,7 +247,9 @@ def test_a_stalled_node_whose_claim_was_taken_over_writes_no_done_marker(s3_clie
     # node-a's command may have ended by itself after the pause; what it made was never uploaded
     assert [n for what, _, n, u in elastic.events() if what == "end" and u == uri].count("node-b") == 1
     assert f"claim of {uri} lost" in elastic.output("node-a")  # its lease ran out, or it found the new claim
-    (output,) = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))["outputs"]
+    marker = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))
+    assert [c["node"] for c in marker["lost_claims"]] == ["node-a"]
+    (output,) = marker["outputs"]
     assert get(s3_client, bucket, output.split("/", 3)[3]).decode() == f"{uri} node-b"
 
 

@@ -190,9 +190,11 @@ def run_document(
             outputs.append(target)
         seconds = round(time.monotonic() - started, 3)
         confirm()
+        # Earlier claims that ended without an outcome (their nodes died) stay on record.
+        lost = {"lost_claims": held.body["history"]} if held is not None and held.body.get("history") else {}
         written = storage.create(marker_uri(settings.status_prefix, uri, "done"), marker_bytes(
             uri=uri, shard=settings.shard, node=settings.node.name, attempts=attempt, outputs=outputs,
-            seconds=seconds))
+            seconds=seconds, **lost))
         if not written:
             return Outcome(uri, True, attempts=attempt, seconds=seconds, skipped="done by another node")
         if previous_attempts:
