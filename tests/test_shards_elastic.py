@@ -282,3 +282,23 @@ def test_a_document_that_kills_every_node_that_takes_it_is_marked_failed_with_it
     assert json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))["failed"] == [uris[0]]
     assert done_node(s3_client, bucket, "status", uris[1]) == "node-a"
     assert not [k for k in keys(s3_client, bucket, "status/") if k.endswith(".claim")]
+
+
+@pytest.mark.slow
+def test_more_nodes_than_shards_and_a_late_node_share_the_work_without_repeats(s3_client, bucket, nodes_factory):
+    cost = put_collection(s3_client, bucket, {1: [3, 3, 2, 2, 1, 1], 2: [2, 2, 1, 1]})
+    elastic = nodes_factory(status="status", claim_lease_seconds=20)
+    elastic.start("node-a", 1, "--steal")
+    elastic.start("node-b", 2, "--steal")
+    elastic.start("node-c", 1, "--steal")  # a third node for two shards: the claims share shard 1
+    elastic.until(lambda: any(what == "end" for what, *_ in elastic.events()), "a first document to finish")
+    elastic.start("node-d", 2, "--steal")  # joins late, when its shard may already be done
+    codes = elastic.wait()
+    assert codes == dict.fromkeys(("node-a", "node-b", "node-c", "node-d"), 0), {
+        n: elastic.output(n)[-2000:] for n in codes}
+    events = elastic.events()
+    assert sorted(u for what, *_, u in events if what == "start") == sorted(cost)  # each exactly once
+    assert {n for what, _, n, _ in events if what == "end"} >= {"node-a", "node-b", "node-c"}
+    for uri in cost:
+        assert done_node(s3_client, bucket, "status", uri) in ("node-a", "node-b", "node-c", "node-d")
+    assert {f"status/_shards/shard_{k}.done" for k in (1, 2)} <= set(keys(s3_client, bucket, "status/"))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from pipeline.cloud import Progress, no_progress, s3
 from pipeline.cloud.claims import ClaimLost, Claims, Held, LeaseKeeper, Node
 from pipeline.cloud.markers import (
@@ -289,7 +291,18 @@ def drop_unconfirmed(
 
 
 def shard_work_dir(settings: ShardSettings) -> Path:
-    return s3.inside(settings.work_dir, f"shard_{settings.shard}")
+    """This process's folder: several RunShard processes of one node may share a shard (claims)."""
+    return s3.inside(settings.work_dir, f"shard_{settings.shard}", f"pid-{os.getpid()}")
+
+
+def clear_work_dirs(settings: ShardSettings) -> None:
+    """Remove what killed runs left in the shard's work folder (their documents are redone or done
+    already): this process's folder and those of processes no longer running."""
+    for folder in s3.inside(settings.work_dir, f"shard_{settings.shard}").glob("*"):
+        pid = folder.name.removeprefix("pid-")
+        if folder.is_dir() and not folder.is_symlink() and (not pid.isdigit() or not psutil.pid_exists(int(pid))
+                                                             or int(pid) == os.getpid()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 RESCAN_SECONDS = 60.0
@@ -409,11 +422,10 @@ def run_documents(
 ) -> list[Outcome]:
     """``settings.parallel`` workers claim and run documents from ``queue`` until it has none left.
 
-    Whatever the shard's work folder holds first is left from a killed run (its documents are
-    redone or already done), so it is cleared. S3 being unavailable ends the run (its claims
-    lapse and are taken over).
+    What killed runs left in the shard's work folder is cleared first. S3 being unavailable ends
+    the run (its claims lapse and are taken over).
     """
-    shutil.rmtree(shard_work_dir(settings), ignore_errors=True)
+    clear_work_dirs(settings)
     outcomes: list[Outcome] = []
     failure: list[BaseException] = []
     lock = threading.Lock()
