@@ -48,9 +48,10 @@ case "${1:-}" in
         if [ "${1:-}" = "--quick" ]; then
             page_count=(--quick); finalize=(--documents 200); s3=(--size-mb 40); text=(--documents 100)
             startup=(--repeat 7); status_=(--documents 20000); base_status=(--documents 20000)
-            scale=(--documents 2000); events_=(--events 200000)
+            scale=(--documents 2000); events_=(--events 200000); shards=(--quick)
         else
             page_count=(); finalize=(); s3=(); text=(); startup=(); status_=(); base_status=(); scale=(); events_=()
+            shards=()
         fi
         status=0
         "$VENV/bin/python" bench/bench_page_count.py "${page_count[@]}" || status=1
@@ -62,6 +63,7 @@ case "${1:-}" in
         "$VENV/bin/python" bench/bench_status.py "${base_status[@]}" || status=1
         "$VENV/bin/python" bench/bench_events.py "${events_[@]}" || status=1
         "$VENV/bin/python" bench/bench_scale.py "${scale[@]}" || status=1
+        "$VENV/bin/python" bench/bench_shards.py "${shards[@]}" || status=1
         exit $status ;;
     *) echo "usage: ./dev.sh demo | test [pytest args] | bench [--quick] | setup" >&2; exit 2 ;;
 esac

@@ -104,6 +104,14 @@ class S3Config(_Section):
     document_attempts = luigi.IntParameter(default=3, description="runs a failing document gets before it "
                                            "stays .failed")
     document_timeout = luigi.FloatParameter(default=0.0, description="seconds per document command; 0 = no limit")
+    claim_lease_seconds = luigi.FloatParameter(default=600.0, description="a document's claim lapses when its "
+                                               "node does not renew it for this long (renewed every third)")
+    max_claim_attempts = luigi.IntParameter(default=3, description="claims of one document, across nodes, that "
+                                            "may end without an outcome (node died, lease lost) before it is "
+                                            "marked .failed with their history")
+    steal = luigi.BoolParameter(default=False, description="RunShard: once its own shard has nothing left to "
+                                "claim, take documents from the shard with the most pages remaining")
+    node_name = luigi.Parameter(default="", description="this node's name in claims and ShardStatus; '' = host name")
     min_root_free_gb = luigi.FloatParameter(default=5.0, description="Preflight: free space needed on /")
     min_work_free_gb = luigi.FloatParameter(default=50.0, description="Preflight: free space needed on work_dir")
 

@@ -91,17 +91,24 @@ class RunShard(InCloudCollection, ProgressMixin, luigi.Task):
     """Process one shard on this node: every document without a .done marker, N at a time."""
 
     shard = luigi.IntParameter(description="shard number, from 1")
+    # How the shard is run, not which: RunShard(shard=K) names the same task either way.
+    steal = luigi.BoolParameter(default=False, significant=False, description="then take other shards' "
+                                "documents until none is left anywhere (also [s3] steal)")
 
     def requires(self) -> ShardFile:
         runner.require(S3Config(), "shard_prefix")
         return ShardFile(join(S3Config().shard_prefix, shard_plan.shard_name(self.shard)), collection=self.collection)
 
-    def output(self) -> MarkerTarget:
-        runner.require(S3Config(), "status_prefix")
-        return MarkerTarget(markers.shard_marker_uri(S3Config().status_prefix, self.shard))
+    def output(self) -> MarkerTarget | list[MarkerTarget]:
+        cfg = S3Config()
+        runner.require(cfg, "status_prefix")
+        if self.steal or cfg.steal:  # done when no shard has work left
+            return [MarkerTarget(markers.shard_marker_uri(cfg.status_prefix, k)) for k in
+                    shard_plan.shard_numbers(Storage(), cfg.shard_prefix)]
+        return MarkerTarget(markers.shard_marker_uri(cfg.status_prefix, self.shard))
 
     def run(self) -> None:
-        settings = runner.ShardSettings.from_config(self.shard, S3Config(), OCRConfig())
+        settings = runner.ShardSettings.from_config(self.shard, S3Config(), OCRConfig(), self.steal)
         storage = Storage(S3Settings.from_config(pool=settings.parallel * 4))
         uris = shard_plan.parse_shard_file(self.input().read())
         runner.run_shard(storage, settings, uris, self.progress, log.warning)

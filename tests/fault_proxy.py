@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # What to do with one request: None forwards it; 500 / 503 answer that status; "drop" closes the
 # connection without an answer; "cut" forwards and sends half the answer's body, then closes;
-# "lose" answers 200 to a PUT without storing it.
+# "lose" answers 200 to a PUT without storing it; "swallow" forwards the request (it is stored) and
+# closes the connection without an answer.
 Rule = Callable[[int, str, str], "int | str | None"]  # (request number from 0, method, path) -> action
 
 ERROR_CODES = {500: b"InternalError", 502: b"BadGateway", 503: b"SlowDown"}
@@ -75,6 +76,10 @@ class FaultProxy:
                 conn.close()
                 kept = [(k, v) for k, v in response.getheaders()
                         if k.lower() not in ("transfer-encoding", "connection", "content-length")]
+                if action == "swallow":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 if action == "cut" and len(data) > 1:
                     self.send_response(response.status)
                     for key, value in kept:

@@ -3,10 +3,12 @@ markers, on a real moto server; and ``python -m pipeline.sharding status`` in-pr
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from pipeline.cloud import counting, markers, s3, shard_plan, status
+from pipeline.cloud.claims import Claims, Node
 from pipeline.config import S3Config
 from tests.fault_proxy import FaultProxy
 from tests.test_s3 import s3_endpoint_in_config  # noqa: F401 (a fixture)
@@ -75,3 +77,45 @@ def test_prefixes_come_from_the_arguments_or_s3_config():
     assert status.resolve_prefixes("/local/shards", "", cfg) == ("/local/shards", "s3://b/status")
     with pytest.raises(ValueError, match="set --shard-prefix and --status-prefix"):
         status.resolve_prefixes("", "", S3Config(shard_prefix="", status_prefix=""))
+
+
+def test_status_shows_claims_with_their_node_and_age_and_the_nodes_rates(moto_endpoint, s3_client, bucket):
+    uris = put_shards(s3_client, bucket)
+    storage = s3.Storage(s3.S3Settings(endpoint_url=moto_endpoint))
+    status_prefix = f"s3://{bucket}/status"
+    assert Claims(storage, status_prefix, Node.here("node-a"), lease_seconds=1).create(uris[1], shard=1)
+    time.sleep(4.2)  # node-a stops renewing: its lease (1 s) runs out
+    assert Claims(storage, status_prefix, Node.here("node-b"), lease_seconds=600).create(uris[4], shard=2)
+    now = time.time()
+    runs = [("node-a", now - 7200, {"documents": 4, "pages": 400, "failed": 0, "seconds": 3600, "state": "finished"}),
+            ("node-a", now - 1800, {"documents": 2, "pages": 100, "failed": 1, "seconds": 1800, "state": "running"}),
+            ("node-b", now - 900, {"documents": 1, "pages": 50, "failed": 0, "seconds": 900, "state": "running"})]
+    for node, started, counts in runs:
+        uri = markers.node_stats_uri(status_prefix, node, f"{int(started)}-42", counts)
+        storage.write_bytes(uri, b"{}")
+
+    result = status.collect_status(storage, f"s3://{bucket}/shards", status_prefix)
+    claims = {c["uri"]: c for c in result["claims"]}
+    assert set(claims) == {uris[1], uris[4]}
+    assert (claims[uris[1]]["node"], claims[uris[1]]["shard"], claims[uris[1]]["stale"]) == ("node-a", 1, True)
+    assert claims[uris[1]]["age"] >= 4
+    assert (claims[uris[4]]["node"], claims[uris[4]]["shard"], claims[uris[4]]["stale"]) == ("node-b", 2, False)
+    nodes = {r["node"]: r for r in result["nodes"]["rows"]}
+    assert (nodes["node-a"]["documents"], nodes["node-a"]["pages"], nodes["node-a"]["failed"]) == (6, 500, 1)
+    assert nodes["node-a"]["pages_per_hour"] == round(500 / 1.5, 1)  # 500 pages in 1.5 hours of runs
+    assert nodes["node-a"]["running"] and nodes["node-b"]["running"]
+    # running now: node-a at 200 pages/hour, node-b at 200; 2 + 3 + 5 pages remain (a is done)
+    assert result["nodes"]["pages_per_hour"] == 400
+    assert result["nodes"]["hours_to_finish"] == round(10 / 400, 2)
+    table = status.format_status(result)
+    assert "claims of shard 1: 1 claimed, 1 stale (node, lease age: node-a" in table and "STALE" in table
+    assert "claims of shard 2: 1 claimed, 0 stale (node, lease age: node-b" in table
+    assert "the rest takes 0.0 h" in table and any(line.startswith("node-a ") for line in table.splitlines())
+
+
+def test_a_node_silent_for_an_hour_is_not_counted_as_running():
+    runs = [{"node": "gone", "started": 0, "documents": 1, "pages": 10, "failed": 0, "seconds": 60,
+             "state": "running"}]
+    rates = status.node_rates(runs, remaining_pages=100, now=4 * 3600)
+    assert not rates["rows"][0]["running"] and rates["hours_to_finish"] is None
+    assert status.node_rates(runs, remaining_pages=100, now=120)["hours_to_finish"] == round(100 / 600, 2)

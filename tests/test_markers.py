@@ -43,3 +43,14 @@ def test_a_marker_says_where_and_when_it_was_written():
     body = json.loads(markers.marker_bytes(uri="s3://b/ünï.pdf", attempts=2, outputs=["s3://o/x"]))
     assert body["uri"] == "s3://b/ünï.pdf" and body["attempts"] == 2 and body["outputs"] == ["s3://o/x"]
     assert body["host"] == socket.gethostname() and body["time"][:2] == "20"
+
+
+def test_node_counts_are_read_back_from_the_object_name_alone():
+    counts = {"documents": 12, "pages": 3400, "failed": 1, "seconds": 930, "state": "running"}
+    uri = markers.node_stats_uri("s3://b/status", "ip-10-0-0-7/../x y", "1795690000-4242", counts)
+    name = uri.removeprefix("s3://b/status/")
+    assert name.startswith("_nodes/ip-10-0-0-7_.._x_y/") and name.count("/") == 3
+    assert markers.parse_node_stats(name) == {"node": "ip-10-0-0-7_.._x_y", "started": 1795690000, "pid": 4242,
+                                              **counts}
+    assert markers.parse_node_stats("_nodes/a/b.json") is None
+    assert markers.parse_node_stats("bucket/raw/a.pdf.done") is None

@@ -12,6 +12,7 @@ from pipeline import samples
 from pipeline.cloud import markers, runner, s3
 from pipeline.config import OCRConfig, S3Config
 from pipeline.engines import EngineSettings
+from tests.fault_proxy import FaultProxy
 from tests.test_shards import get, keys, upload
 
 
@@ -116,3 +117,41 @@ def test_shard_settings_take_s3_over_ocr(tmp_path):
         runner.ShardSettings.from_config(1, S3Config(status_prefix="s", output_prefix="o", engine="command"), ocr)
     with pytest.raises(ValueError, match=r"set status_prefix, output_prefix in luigi.cfg \[s3\]"):
         runner.ShardSettings.from_config(1, S3Config(), ocr)
+
+
+def test_s3_failures_during_claims_renewals_and_markers_are_retried_and_no_done_lacks_its_outputs(
+        tmp_path, moto_endpoint, s3_client, bucket):
+    names = ["a", "b", "c", "d"]
+    upload(s3_client, bucket, {f"raw/{n}.pdf": samples.text_pdf([n]) for n in names})
+    uris = [f"s3://{bucket}/raw/{n}.pdf" for n in names]
+    script = tmp_path / "engine.py"
+    script.write_text("import pathlib, sys, time\ntime.sleep(1.2)\npathlib.Path(sys.argv[2], 'result.txt')"
+                      ".write_text(sys.argv[1])\n")
+    settings = shard_settings(tmp_path, bucket, engine="command", lease_seconds=1.5, attempts=1,
+                              command=f"{sys.executable} {script} {{uri}} {{outdir}}")
+    seen: dict[str, int] = {}
+    faults = {".claim": [503, "drop", None, "swallow", 500, None, "drop", None],
+              ".done": [503, "swallow", None, "drop"], "result.txt": [None, None, "lose"]}
+
+    def rule(n: int, method: str, path: str) -> int | str | None:
+        kind = next((k for k in faults if path.split("?")[0].endswith(k)), "")
+        if method != "PUT" or not kind:
+            return None
+        seen[kind] = seen.get(kind, 0) + 1
+        plan = faults[kind]
+        return plan[(seen[kind] - 1) % len(plan)] if seen[kind] <= 2 * len(plan) else None
+
+    with FaultProxy(moto_endpoint, rule) as flaky:
+        storage = s3.Storage(s3.S3Settings(endpoint_url=flaky.endpoint, max_attempts=5))
+        with pytest.raises(RuntimeError, match=r"outputs of 1 documents are not in storage .*their \.done markers "
+                                               r"were removed; rerun RunShard --shard 1"):
+            runner.run_shard(storage, settings, uris)
+        assert {kind for kind in seen} == set(faults) and flaky.failed >= 8
+        runner.run_shard(storage, settings, uris)
+    status = keys(s3_client, bucket, "status/")
+    assert not [k for k in status if k.endswith((".claim", ".failed"))]
+    for uri in uris:
+        marker = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))
+        for output in marker["outputs"]:
+            assert get(s3_client, bucket, s3.split(output)[1]).decode() == uri
+    assert json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))["done"] == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Any
 
@@ -50,14 +51,47 @@ def output_uri(output_prefix: str, uri: str) -> str:
 
 def scan_markers(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str]]:
     """(done, failed) document keys from one listing of the status prefix (no HEAD per document)."""
-    done, failed = set(), set()
+    done, failed, _ = scan_status(storage, status_prefix)
+    return done, failed
+
+
+def scan_status(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str], set[str]]:
+    """(done, failed, claimed) document keys from one listing of the status prefix."""
+    done, failed, claimed = set(), set(), set()
     for item in storage.list(s3.folder(status_prefix)):
         name = item.name
-        if name.endswith(".done") and not name.startswith("_shards/"):
+        if name.startswith(("_shards/", "_nodes/")):
+            continue
+        if name.endswith(".done"):
             done.add(name[: -len(".done")])
         elif name.endswith(".failed"):
             failed.add(name[: -len(".failed")])
-    return done, failed
+        elif name.endswith(".claim"):
+            claimed.add(name[: -len(".claim")])
+    return done, failed, claimed
+
+
+def node_stats_uri(status_prefix: str, node: str, run: str, counts: dict[str, Any]) -> str:
+    """Where one run of a node keeps its counts for ShardStatus: in the object's name, so that one
+    listing of the status prefix shows every node without reading an object per node:
+    ``_nodes/<node>/<started>-<pid>/<documents>d-<pages>p-<failed>f-<seconds>s-<state>``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", node).lstrip(".") or "node"
+    return s3.join(status_prefix, "_nodes", safe, run, "{documents}d-{pages}p-{failed}f-{seconds}s-{state}".format(
+        **counts))
+
+
+_NODE_STATS = re.compile(r"_nodes/(?P<node>[^/]+)/(?P<started>\d+)-(?P<pid>\d+)/(?P<documents>\d+)d-"
+                         r"(?P<pages>\d+)p-(?P<failed>\d+)f-(?P<seconds>\d+)s-(?P<state>running|finished)")
+
+
+def parse_node_stats(name: str) -> dict[str, Any] | None:
+    """The counts of a node_stats_uri name relative to the status prefix (None for other names);
+    ``started`` is the run's start in seconds since the epoch."""
+    match = _NODE_STATS.fullmatch(name)
+    if match is None:
+        return None
+    found: dict[str, Any] = match.groupdict()
+    return {k: v if k in ("node", "state") else int(v) for k, v in found.items()}
 
 
 def marker_bytes(**fields: Any) -> bytes:

@@ -244,6 +244,38 @@ class Storage:
         self._call("PUT", uri, "put_object", Bucket=bucket, Key=key, Body=data)
         faults.point("s3.put.after", uri)
 
+    def create(self, uri: str, data: bytes) -> bool:
+        """Write ``data`` only if nothing is at ``uri`` (S3: If-None-Match: *); False when something was.
+
+        True also when a retried request meets its own first try (stored, its answer lost): the
+        object then holds exactly ``data``.
+        """
+        if not is_s3(uri):
+            path = Path(uri)
+            atomic.makedirs(path.parent)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp") as temp:
+                temp.write(data)
+                temp.flush()
+                os.fsync(temp.fileno())
+                try:
+                    os.link(temp.name, path)  # atomic, and fails when the name exists
+                except FileExistsError:
+                    return path.read_bytes() == data
+            atomic.fsync_dir(path.parent)
+            return True
+        from botocore.exceptions import ClientError
+
+        bucket, key = split(uri)
+        faults.point("s3.put.before", uri)
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise describe_error(exc, "PUT", uri) from exc
+            return self.read_optional(uri) == data
+        faults.point("s3.put.after", uri)
+        return True
+
     def delete(self, uri: str) -> None:
         if not is_s3(uri):
             Path(uri).unlink(missing_ok=True)

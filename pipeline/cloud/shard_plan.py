@@ -6,6 +6,7 @@ import heapq
 import json
 import os
 from bisect import bisect_left
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.cloud import s3
@@ -197,3 +198,25 @@ def make_shard_files(
                             min_pages=min_pages, skip_errors=skip_errors)
     storage.write_bytes(uris["summary"], (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return summary
+
+
+def read_shards(storage: s3.Storage, prefix: str, page_counts: str = "") -> tuple[dict[int, list[str]], dict[str, int]]:
+    """({shard: uris}, {uri: pages}) from the summary, the shard files and the page counts (the
+    given CSV, else the one the summary names; no pages when neither is there)."""
+    summary = json.loads(storage.read_bytes(s3.join(prefix, SUMMARY_NAME)))
+    numbers = [int(r["shard"]) for r in summary["shards"]]
+    with ThreadPoolExecutor(8) as pool:
+        files = pool.map(lambda k: storage.read_bytes(s3.join(prefix, shard_name(k))), numbers)
+        shards = {k: parse_shard_file(data) for k, data in zip(numbers, files, strict=True)}
+    counts = page_counts or summary.get("page_counts", "")
+    pages = {}
+    if counts:
+        for row in csv_rows(storage.read_bytes(counts)):
+            if (row.get("pages") or "").isdigit():
+                pages[row["key"]] = int(row["pages"])
+    return shards, pages
+
+
+def shard_numbers(storage: s3.Storage, prefix: str) -> list[int]:
+    """The shard numbers the summary under ``prefix`` lists."""
+    return [int(r["shard"]) for r in json.loads(storage.read_bytes(s3.join(prefix, SUMMARY_NAME)))["shards"]]

@@ -7,16 +7,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cloud import s3
-from pipeline.cloud.counting import csv_rows
-from pipeline.cloud.markers import doc_key, scan_markers
-from pipeline.cloud.shard_plan import SUMMARY_NAME, parse_shard_file, shard_name, uri_problem
+from pipeline.cloud.claims import Claims, Node
+from pipeline.cloud.markers import doc_key, parse_node_stats
+from pipeline.cloud.shard_plan import read_shards, uri_problem
 
 if TYPE_CHECKING:
     from pipeline.config import S3Config
+
+# A running node whose counts did not change for this long is not counted in the rate (it may be dead).
+SILENT_SECONDS = 3600.0
 
 
 def shard_status(
@@ -51,26 +55,96 @@ def format_status(status: dict[str, Any]) -> str:
     lines += [line(str(r["shard"]), r) for r in status["shards"]]
     if status["overall"]:
         lines.append(line("all", status["overall"]))
-    return "\n".join(lines)
+    return "\n".join(lines + _claim_lines(status.get("claims", [])) + _node_lines(status.get("nodes", {})))
+
+
+def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for shard in sorted({c["shard"] for c in claims}):
+        mine = [c for c in claims if c["shard"] == shard]
+        stale = sum(c["stale"] for c in mine)
+        held = ", ".join(f"{c['node']} {c['age']} s{' STALE' if c['stale'] else ''}" for c in mine[:8])
+        more = f", +{len(mine) - 8} more" if len(mine) > 8 else ""
+        lines.append(f"claims of shard {shard}: {len(mine)} claimed, {stale} stale (node, lease age: {held}{more})")
+    return [""] + lines if lines else []
+
+
+def _node_lines(nodes: dict[str, Any]) -> list[str]:
+    if not nodes.get("rows"):
+        return []
+    lines = ["", f"{'node':<24} {'docs done':>10} {'pages':>11} {'failed':>7} {'pages/hour':>11} {'state':>9}"]
+    for r in nodes["rows"]:
+        state = "running" if r["running"] else "idle"
+        lines.append(f"{r['node'][:24]:<24} {r['documents']:>10,} {r['pages']:>11,} {r['failed']:>7,} "
+                     f"{r['pages_per_hour']:>11,.0f} {state:>9}")
+    hours = nodes["hours_to_finish"]
+    if hours is not None:
+        lines.append(f"at {nodes['pages_per_hour']:,.0f} pages/hour (running nodes) the rest takes {hours:.1f} h")
+    return lines
 
 
 def collect_status(
     storage: s3.Storage, shard_prefix: str, status_prefix: str, page_counts: str = ""
 ) -> dict[str, Any]:
-    """Read the summary, the shard files, the page counts and one listing of the markers."""
-    summary = json.loads(storage.read_bytes(s3.join(shard_prefix, SUMMARY_NAME)))
-    with ThreadPoolExecutor(8) as pool:
-        numbers = [r["shard"] for r in summary["shards"]]
-        files = pool.map(lambda k: storage.read_bytes(s3.join(shard_prefix, shard_name(k))), numbers)
-        shards = {k: parse_shard_file(data) for k, data in zip(numbers, files, strict=True)}
-    counts = page_counts or summary.get("page_counts", "")
-    pages = {}
-    if counts:
-        for row in csv_rows(storage.read_bytes(counts)):
-            if (row.get("pages") or "").isdigit():
-                pages[row["key"]] = int(row["pages"])
-    done, failed = scan_markers(storage, status_prefix)
-    return shard_status(shards, pages, done, failed)
+    """Read the summary, the shard files, the page counts and one listing of the markers (and each
+    claim, when documents are being worked on)."""
+    shards, pages = read_shards(storage, shard_prefix, page_counts)
+    done, failed, claimed, nodes = set(), set(), set(), []
+    for item in storage.list(s3.folder(status_prefix)):
+        name = item.name
+        if name.startswith("_nodes/"):
+            stats = parse_node_stats(name)
+            if stats:
+                nodes.append(stats)
+        elif name.startswith("_shards/"):
+            continue
+        elif name.endswith(".done"):
+            done.add(name[: -len(".done")])
+        elif name.endswith(".failed"):
+            failed.add(name[: -len(".failed")])
+        elif name.endswith(".claim"):
+            claimed.add(name[: -len(".claim")])
+    result = shard_status(shards, pages, done, failed)
+    result["claims"] = read_claims(storage, status_prefix, shards, claimed - done)
+    result["nodes"] = node_rates(nodes, result["overall"].get("remaining_pages", 0))
+    return result
+
+
+def read_claims(storage: s3.Storage, status_prefix: str, shards: dict[int, list[str]],
+                claimed: set[str]) -> list[dict[str, Any]]:
+    """[{shard, uri, node, age, lease, stale}] of the claimed documents, read in parallel."""
+    if not claimed:
+        return []
+    reader = Claims(storage, status_prefix, Node.here(), lease_seconds=1)
+    wanted = [(shard, uri) for shard, uris in sorted(shards.items()) for uri in uris
+              if not uri_problem(uri) and doc_key(uri) in claimed]
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda item: reader.read(item[1]), wanted))
+    return [{"shard": shard, "uri": uri, "node": claim.body.get("node", "?"), "age": round(claim.age),
+             "lease": claim.lease, "stale": claim.stale()}
+            for (shard, uri), claim in zip(wanted, found, strict=True) if claim is not None]
+
+
+def node_rates(runs: list[dict[str, Any]], remaining_pages: int, now: float | None = None) -> dict[str, Any]:
+    """Per node: documents, pages, failed, pages/hour, running; and overall the pages per hour of the
+    running nodes and the hours they need for ``remaining_pages`` at that rate (None: no rate yet)."""
+    now = time.time() if now is None else now
+    per_node: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        row = per_node.setdefault(run["node"], {"node": run["node"], "documents": 0, "pages": 0, "failed": 0,
+                                                "seconds": 0, "running": False, "rate": 0.0})
+        for key in ("documents", "pages", "failed", "seconds"):
+            row[key] += run[key]
+        if run["state"] == "running" and now - (run["started"] + run["seconds"]) < SILENT_SECONDS:
+            row["running"] = True
+            row["rate"] += 3600 * run["pages"] / max(1, run["seconds"])
+    rows = sorted(per_node.values(), key=lambda r: r["node"])
+    for row in rows:
+        row["pages_per_hour"] = round(3600 * row["pages"] / max(1, row["seconds"]), 1)
+        row["rate"] = round(row["rate"], 1)
+    rate = sum(r["rate"] for r in rows)
+    hours = round(remaining_pages / rate, 2) if rate else None
+    return {"rows": rows, "pages_per_hour": round(rate, 1), "hours_to_finish": hours}
 
 
 def resolve_prefixes(shard_prefix: str, status_prefix: str, cfg: S3Config) -> tuple[str, str]:

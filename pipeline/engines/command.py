@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from pipeline import atomic, olmocr_format
@@ -129,13 +130,15 @@ class DocumentCommandEngine:
     ``values`` fill ``{uri}`` (the document), ``{output}`` (its output prefix), ``{shard}`` and
     ``{workdir}`` (the document's folder: the working directory, where ``command.log`` goes);
     ``run`` adds ``{input}`` (the local PDF) and ``{outdir}`` (the workspace). Every file the program
-    leaves in the workspace is an output. The run is bounded by ``timeout`` seconds (0 = none).
+    leaves in the workspace is an output. The run is bounded by ``timeout`` seconds (0 = none) and
+    ended once ``stop`` is set (the document's claim was lost).
     """
 
     name = "command"
 
-    def __init__(self, template: str, values: dict[str, str], timeout: float = 0.0) -> None:
-        self.template, self.values, self.timeout = template, values, timeout
+    def __init__(self, template: str, values: dict[str, str], timeout: float = 0.0,
+                 stop: threading.Event | None = None) -> None:
+        self.template, self.values, self.timeout, self.stop = template, values, timeout, stop
         self.failures: list[dict[str, str]] = []
 
     def run(self, pdfs: list[Path], workspace: Path) -> list[Path]:
@@ -145,7 +148,7 @@ class DocumentCommandEngine:
         log = folder / "command.log"
         try:
             # In our process group: a killed RunShard takes its document commands with it.
-            status = run_bounded(args, timeout=self.timeout, cwd=folder, log=log, own_group=False)
+            status = run_bounded(args, timeout=self.timeout, cwd=folder, log=log, own_group=False, stop=self.stop)
         except TimedOut as exc:
             raise EngineFailed(f"command timed out after {exc.seconds:.0f} s") from exc
         except OSError as exc:

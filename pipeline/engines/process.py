@@ -10,8 +10,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,7 +34,7 @@ class TimedOut(EngineFailed):
 
 def run_bounded(
     args: list[str], *, timeout: float | None, cwd: Path | None = None, log: Path | None = None,
-    own_group: bool = True,
+    own_group: bool = True, stop: threading.Event | None = None,
 ) -> int:
     """Run ``args`` (no shell) and return its exit status; raises TimedOut after ``timeout`` seconds
     (None or 0: no limit), OSError when it cannot start.
@@ -41,11 +43,31 @@ def run_bounded(
     gets a process group of its own, ended as a group. Without it, it stays in ours, so whatever
     stops us (Ctrl-C, a kill of our process group) stops it too, and it is ended with its process
     tree: a document command of a cloud shard must not outlive a RunShard that was killed.
+    Once ``stop`` is set the program is ended the same way and Stopped raised.
     """
     with open(log, "wb") if log is not None else contextlib.nullcontext() as out:
         process = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT if out else None, start_new_session=own_group)
-        return _bounded(process, process.wait, args[0], timeout, own_group)
+        wait = process.wait if stop is None else partial(_wait_unless, process, args[0], stop)
+        return _bounded(process, wait, args[0], timeout, own_group)
+
+
+class Stopped(EngineFailed):
+    """The program was ended because its work is no longer wanted (a cloud document's claim was lost)."""
+
+
+def _wait_unless(process: subprocess.Popen, program: str, stop: threading.Event, timeout: float | None) -> int:
+    """``process.wait(timeout)`` that raises Stopped (the caller ends the program) once ``stop`` is set."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        try:
+            return process.wait(timeout=max(0.0, left))
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        if stop.is_set():
+            raise Stopped(f"{program} stopped: its work is no longer wanted")
 
 
 def run_captured(
