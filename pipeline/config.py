@@ -53,7 +53,8 @@ class OCRConfig(_Section):
     executor = luigi.ChoiceParameter(choices=["local", "slurm"], default="local")
     engine = luigi.ChoiceParameter(choices=ENGINES, default="tesseract")
     pages_per_chunk = luigi.IntParameter(default=1500)
-    parallel_chunks = luigi.IntParameter(default=1, description="local executor: chunks run at once")
+    parallel_chunks = luigi.IntParameter(default=0, description="local executor: chunks run at once; 0 = "
+                                         "automatic, from the engine, the cores and the memory available")
     engine_workers = luigi.IntParameter(default=0, description="pages OCRed (tesseract) or documents "
                                         "read (text) at once; 0 = all cores")
     tesseract_lang = luigi.Parameter(default="eng")
