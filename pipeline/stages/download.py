@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import atomic, events, faults, pdf
-from pipeline.layout import InvalidIdentifier, Layout, identifier_of
+from pipeline import atomic, events, faults, listing, pdf
+from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, fanout_of, identifier_of
 from pipeline.stages import batches
 from pipeline.stages.quarantine import quarantine
 
 if TYPE_CHECKING:
     from pipeline.executors.base import Progress
+
+
+SKIPPED_PROGRESS_EVERY = 1000  # documents already here between progress reports
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,27 @@ def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
     return fetch
 
 
+def _pdf_files(folder: str) -> Iterator[tuple[str, bool]]:
+    """(path, is a symlink) of the files (or links to files) named *.pdf under ``folder``; symlinked
+    folders are not entered. One scandir per folder: no stat per file but for symlinks."""
+    with os.scandir(folder) as scan:
+        entries = list(scan)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _pdf_files(entry.path)
+        elif entry.name[-4:].lower() == ".pdf" and entry.is_file():
+            yield entry.path, entry.is_symlink()
+
+
 def iter_folder(folder: Path) -> Iterator[SourceItem | InvalidIdentifier]:
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix.lower() == ".pdf" and path.is_file():
-            try:
-                yield SourceItem(identifier_of(path.name), str(path.resolve()), _copy_from(path))
-            except InvalidIdentifier as exc:
-                yield exc
+    root = str(Path(folder).resolve())
+    found = sorted(_pdf_files(root), key=lambda item: item[0][len(root):].split(os.sep))
+    for path, link in found:
+        try:
+            yield SourceItem(identifier_of(os.path.basename(path)), os.path.realpath(path) if link else path,
+                             _copy_from(Path(path)))
+        except InvalidIdentifier as exc:
+            yield exc
 
 
 def iter_url_list(listing: Path, timeout: float) -> Iterator[SourceItem | InvalidIdentifier]:
@@ -124,6 +141,18 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
         yield from iter_url_list(path, timeout)
     else:
         raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
+
+
+def already_here(layout: Layout, identifier: str) -> bool:
+    """True when the document is downloaded or finalized, from the folder listings (pipeline/listing.py)
+    and one stat for a finalized one. False leaves the answer to download_one (quarantined documents,
+    and listings that lag behind)."""
+    fanout = fanout_of(identifier, layout.fanout_width)
+    if f"{identifier}.meta.json" in listing.entries(os.path.join(layout.base, DOWNLOADED, fanout)).files:
+        return True
+    processed = os.path.join(layout.base, PROCESSED, fanout)
+    return (identifier in listing.entries(processed).folders
+            and os.path.exists(os.path.join(processed, identifier, f"{identifier}.metadata.json")))
 
 
 def download_one(layout: Layout, item: SourceItem) -> str:
@@ -239,6 +268,11 @@ def download_all(
             if free_gb(layout.base) < min_free_gb:
                 summary.paused = low_space
                 break
+            if already_here(layout, item.identifier):  # a rerun over a large source: no thread per document
+                summary.skipped += 1
+                if summary.skipped % SKIPPED_PROGRESS_EVERY == 0:
+                    progress(summary)
+                continue
             pending.append((item, pool.submit(download_unless_full, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
