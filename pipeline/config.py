@@ -27,7 +27,7 @@ class PipelineConfig(_Section):
     section = "pipeline"
     base_dir = luigi.Parameter(default="data", description="root of the stage folders")
     shard_width = luigi.IntParameter(default=2, description="hex digits of the <ab> fan-out folder; 0 = off")
-    batch_size = luigi.IntParameter(default=1000, description="most documents in one new batch")
+    batch_size = luigi.IntParameter(default=2000, description="most documents in one new batch")
     batch_pages = luigi.IntParameter(default=150_000, description="most pages in one new batch")
     workers = luigi.IntParameter(default=4, description="threads for per-document I/O work")
     lease_seconds = luigi.FloatParameter(default=lease.DEFAULT_SECONDS, description="stage locks: a lease "
