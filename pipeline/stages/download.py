@@ -155,8 +155,12 @@ def already_here(layout: Layout, identifier: str) -> bool:
             and os.path.exists(os.path.join(processed, identifier, f"{identifier}.metadata.json")))
 
 
-def download_one(layout: Layout, item: SourceItem) -> str:
-    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
+def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) -> str:
+    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'.
+
+    The PDF is durable in 01 before its .meta.json is written. Without ``sync_meta`` the folder
+    entry of the .meta.json is left for the caller to sync (one sync for many documents): until
+    then a power cut can only make the document look not yet downloaded, so it is fetched again."""
     dest = layout.downloaded_pdf(item.identifier)
     prefix = f".{item.identifier}."
     if layout.is_known(item.identifier):
@@ -190,7 +194,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
         faults.point("download.rename.before", dest)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
-        atomic.write_json(layout.downloaded_meta(item.identifier), meta)
+        atomic.write_json(layout.downloaded_meta(item.identifier), meta, sync_dir=sync_meta)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -206,7 +210,7 @@ def download_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -
     the pool runs several downloads at once, and those queued behind them must not fill the disk."""
     if free_gb(layout.base) < min_free_gb:
         return "paused"
-    return download_one(layout, item)
+    return download_one(layout, item, sync_meta=False)
 
 
 def download_all(
@@ -223,6 +227,7 @@ def download_all(
     summary = DownloadSummary()
     atomic.makedirs(layout.base)
     records: list[dict] = []
+    unsynced: set[Path] = set()  # folders of .meta.json files written, synced together at the end
     disk_full: list[atomic.DiskFull] = []
     low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
 
@@ -243,6 +248,7 @@ def download_all(
             return
         if outcome == "fetched":
             summary.fetched += 1
+            unsynced.add(layout.downloaded_meta(item.identifier).parent)
             records.append(events.event("downloaded", identifier=item.identifier, source=item.uri))
         elif outcome == "quarantined":
             summary.quarantined += 1
@@ -279,6 +285,7 @@ def download_all(
                 settle(item0, future)
         for item, future in pending:
             settle(item, future)
+    atomic.fsync_dirs(unsynced)
     if summary.paused:
         records.append(events.event("backpressure", message=summary.paused))
     if disk_full:
