@@ -325,7 +325,7 @@ def test_a_source_folder_lists_its_pdf_files_in_path_order_following_file_links_
         ("linked", str(elsewhere / "real.pdf"))]
 
 
-def test_already_here_knows_downloaded_and_finalized_documents_from_the_listings(tmp_path: Path) -> None:
+def test_already_here_knows_downloaded_and_finalized_documents(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "data", 2)
     source = tmp_path / "source"
     source.mkdir()

@@ -84,6 +84,7 @@ def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
     """Downloaded PDFs (with their .meta.json, or from a legacy 02_ocr_pending) not yet in a batch."""
     claimed = claimed_identifiers(layout)
     downloaded = str(layout.base / DOWNLOADED)
+    files: dict[str, frozenset[str]] = {}  # one look at each folder per call
     waiting = []
     for identifier, path in layout.waiting_pdfs():
         if identifier in claimed:
@@ -91,8 +92,11 @@ def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
         folder = os.path.dirname(path)
         in_01 = (os.path.basename(path) == f"{identifier}.pdf"
                  and folder == os.path.join(downloaded, fanout_of(identifier, layout.fanout_width)).rstrip(os.sep))
-        if in_01 and f"{identifier}.meta.json" not in listing.entries(folder).files:
-            continue  # still being downloaded
+        if in_01:
+            if folder not in files:
+                files[folder] = listing.entries(folder).files
+            if f"{identifier}.meta.json" not in files[folder]:
+                continue  # still being downloaded
         waiting.append((identifier, path))
     return waiting
 

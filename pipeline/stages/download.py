@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import atomic, events, faults, listing, pdf
+from pipeline import atomic, events, faults, pdf
 from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, fanout_of, identifier_of
 from pipeline.stages import batches
 from pipeline.stages.quarantine import quarantine
@@ -144,15 +144,13 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
 
 
 def already_here(layout: Layout, identifier: str) -> bool:
-    """True when the document is downloaded or finalized, from the folder listings (pipeline/listing.py)
-    and one stat for a finalized one. False leaves the answer to download_one (quarantined documents,
-    and listings that lag behind)."""
+    """True when the document is downloaded or finalized: two stats on paths built as plain strings
+    (a rerun asks this for every document of the source). False leaves the answer to download_one
+    (quarantined documents: it tidies their leftovers)."""
     fanout = fanout_of(identifier, layout.fanout_width)
-    if f"{identifier}.meta.json" in listing.entries(os.path.join(layout.base, DOWNLOADED, fanout)).files:
-        return True
-    processed = os.path.join(layout.base, PROCESSED, fanout)
-    return (identifier in listing.entries(processed).folders
-            and os.path.exists(os.path.join(processed, identifier, f"{identifier}.metadata.json")))
+    base = os.fspath(layout.base)
+    return (os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json"))
+            or os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json")))
 
 
 def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) -> str:
