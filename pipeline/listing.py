@@ -57,11 +57,13 @@ def _stamp(path: str) -> Stamp | None:
     return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _keep(cache: dict[str, tuple[Stamp, Any]], path: str, stamp: Stamp, value: Any, read_at_ns: int) -> None:
-    """Keep ``value`` read from ``path`` when its mtime was settled before the reading and did not move."""
+def _keep(cache: dict[str, tuple[Stamp, Any]], path: str, stamp: Stamp, value: Any, read_at_ns: int,
+          key: str = "") -> None:
+    """Keep ``value`` read from ``path`` (under ``key``, default the path) when its mtime was settled
+    before the reading and did not move."""
     if read_at_ns - stamp[2] >= RACY_SECONDS * 1e9 and _stamp(path) == stamp:
         with _lock:
-            cache[path] = (stamp, value)
+            cache[key or path] = (stamp, value)
 
 
 def _cached(cache: dict[str, tuple[Stamp, Any]], path: str, stamp: Stamp) -> Any | None:
@@ -103,17 +105,20 @@ def walk(folder: Path | str) -> Iterator[Entries]:
         yield from walk(os.path.join(listed.folder, name))
 
 
-def read_json(path: Path | str) -> Any:
-    """The parsed JSON file, read again only when it changed (callers must not modify the value)."""
+def read_json(path: Path | str, pick: Callable[[Any], T]) -> T:
+    """``pick`` of the parsed JSON file, read again only when the file changed. Only what ``pick``
+    returns is kept (the caller must not modify it); ``pick`` must be one function, not a new lambda
+    at each call, as it is part of the key."""
     key = os.fspath(path)
     stamp = _stamp(key)
     if stamp is None:
         raise FileNotFoundError(key)
-    kept = _cached(_records, key, stamp)
+    kept_as = f"{key}\0{pick.__module__}.{pick.__qualname__}"
+    kept = _cached(_records, kept_as, stamp)
     if kept is not None:
         return kept
     read_at = time.time_ns()
     with open(key, encoding="utf-8") as handle:
-        value = json.load(handle)
-    _keep(_records, key, stamp, value, read_at)
+        value = pick(json.load(handle))
+    _keep(_records, key, stamp, value, read_at, kept_as)
     return value

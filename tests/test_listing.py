@@ -59,16 +59,21 @@ def test_a_folder_changed_lately_is_listed_at_every_call(tmp_path: Path) -> None
     assert listing.entries(tmp_path).files == {"a.pdf", "b.pdf"}
 
 
+def documents(record: dict) -> list[str]:
+    return sorted(record["documents"])
+
+
 def test_a_record_is_read_again_when_it_is_replaced(tmp_path: Path) -> None:
     record = tmp_path / "batch.json"
     atomic.write_json(record, {"documents": {"a": 1}})
     settle(record)
-    assert listing.read_json(record) == {"documents": {"a": 1}}
+    assert listing.read_json(record, documents) == ["a"]
+    assert listing.read_json(record, documents) is listing.read_json(record, documents)  # kept
     atomic.write_json(record, {"documents": {"a": 1, "b": 2}})
-    assert listing.read_json(record) == {"documents": {"a": 1, "b": 2}}
+    assert listing.read_json(record, documents) == ["a", "b"]
     os.unlink(record)
     try:
-        listing.read_json(record)
+        listing.read_json(record, documents)
     except FileNotFoundError as exc:
         assert str(record) in str(exc)
     else:

@@ -67,13 +67,17 @@ def run_once(paths: BatchPaths, stage: str, complete: Callable[[], bool], run: C
         run()
 
 
+def _identifiers(record: dict) -> frozenset[str]:
+    return frozenset(record["documents"])
+
+
 def claimed_identifiers(layout: Layout) -> set[str]:
     """Identifiers some batch already holds (listed in its batch.json, or lying in its folder)."""
     claimed: set[str] = set()
     for number in layout.batch_numbers():
         paths = BatchPaths(layout.batch_dir(number))
         try:  # read again only when it changed: B batches do not make B x B readings
-            claimed.update(listing.read_json(paths.batch_record)["documents"])
+            claimed.update(listing.read_json(paths.batch_record, _identifiers))
         except FileNotFoundError:
             pass
         claimed.update(i for i, _ in paths.pdfs())
