@@ -60,7 +60,7 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _copy_from(path: Path) -> Callable[[Path], None]:
+def _copy_from(path: str | Path) -> Callable[[Path], None]:
     def fetch(target: Path) -> None:
         shutil.copyfile(path, target)
     return fetch
@@ -103,11 +103,12 @@ def _pdf_files(folder: str) -> Iterator[tuple[str, bool]]:
 
 def iter_folder(folder: Path) -> Iterator[SourceItem | InvalidIdentifier]:
     root = str(Path(folder).resolve())
-    found = sorted(_pdf_files(root), key=lambda item: item[0][len(root):].split(os.sep))
+    # In path order (folder by folder, as sorted Paths): a separator sorts before any character.
+    found = sorted(_pdf_files(root), key=lambda item: item[0].replace(os.sep, "\0"))
     for path, link in found:
         try:
             yield SourceItem(identifier_of(os.path.basename(path)), os.path.realpath(path) if link else path,
-                             _copy_from(Path(path)))
+                             _copy_from(path))
         except InvalidIdentifier as exc:
             yield exc
 
