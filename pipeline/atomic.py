@@ -159,8 +159,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Hard-link ``src`` at ``dst`` (same filesystem) or copy it; never a symlink. Returns the method."""
+def link_or_copy(src: Path, dst: Path, *, sync_dir: bool = True) -> str:
+    """Hard-link ``src`` at ``dst`` (same filesystem) or copy it; never a symlink. Returns the method.
+
+    Without ``sync_dir`` a new link's folder is not fsynced here: the caller syncs it once for many
+    links, before anything relies on them. A copy is always synced (its source may be removed next).
+    """
     makedirs(Path(dst).parent)
     try:
         os.link(src, dst)
@@ -173,7 +177,8 @@ def link_or_copy(src: Path, dst: Path) -> str:
         copy_file(src, dst)
         return "copy"
     faults.point("atomic.link.after", dst)
-    fsync_dir(Path(dst).parent)
+    if sync_dir:
+        fsync_dir(Path(dst).parent)
     return method
 
 

@@ -29,7 +29,7 @@ class PipelineConfig(_Section):
     collection = luigi.Parameter(default="", description="the name luigid tells this base_dir's tasks apart "
                                  "by; '' = the name recorded in base_dir by its first run")
     shard_width = luigi.IntParameter(default=2, description="hex digits of the <ab> fan-out folder; 0 = off")
-    batch_size = luigi.IntParameter(default=1000, description="most documents in one new batch")
+    batch_size = luigi.IntParameter(default=2000, description="most documents in one new batch")
     batch_pages = luigi.IntParameter(default=150_000, description="most pages in one new batch")
     workers = luigi.IntParameter(default=4, description="threads for per-document I/O work")
     lease_seconds = luigi.FloatParameter(default=lease.DEFAULT_SECONDS, description="stage locks: a lease "
@@ -55,7 +55,8 @@ class OCRConfig(_Section):
     executor = luigi.ChoiceParameter(choices=["local", "slurm"], default="local")
     engine = luigi.ChoiceParameter(choices=ENGINES, default="tesseract")
     pages_per_chunk = luigi.IntParameter(default=1500)
-    parallel_chunks = luigi.IntParameter(default=1, description="local executor: chunks run at once")
+    parallel_chunks = luigi.IntParameter(default=0, description="local executor: chunks run at once; 0 = "
+                                         "automatic, from the engine, the cores and the memory available")
     engine_workers = luigi.IntParameter(default=0, description="pages OCRed (tesseract) or documents "
                                         "read (text) at once; 0 = all cores")
     tesseract_lang = luigi.Parameter(default="eng")

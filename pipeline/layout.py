@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import listing
+
 DOWNLOADED = "01_downloaded"
 PENDING_LEGACY = "02_ocr_pending"
 PROCESSING = "03_ocr_processing"
@@ -156,14 +158,8 @@ class Layout:
         """PDFs in 01_downloaded (and a legacy 02_ocr_pending), as (identifier, path), sorted."""
         found: list[tuple[str, Path]] = []
         for stage in (DOWNLOADED, PENDING_LEGACY):
-            root = self.base / stage
-            if root.is_dir():
-                for path in root.rglob("*"):
-                    if path.suffix.lower() == ".pdf" and path.is_file() and not path.is_symlink():
-                        try:
-                            found.append((identifier_of(path.name), path))
-                        except InvalidIdentifier:
-                            continue
+            for entries in listing.walk(self.base / stage):
+                found.extend(entries.derived(pdfs_listed))
         return sorted(found)
 
     def is_known(self, identifier: str) -> bool:
@@ -249,11 +245,16 @@ class BatchPaths:
 
     def pdfs(self) -> list[tuple[str, Path]]:
         """PDFs lying directly in the batch folder (new and old layouts alike)."""
-        found = []
-        for path in self.dir.iterdir() if self.dir.is_dir() else ():
-            if path.suffix.lower() == ".pdf" and path.is_file() and not path.is_symlink():
-                try:
-                    found.append((identifier_of(path.name), path))
-                except InvalidIdentifier:
-                    continue
-        return sorted(found)
+        return sorted(listing.entries(self.dir).derived(pdfs_listed))
+
+
+def pdfs_listed(entries: listing.Entries) -> list[tuple[str, Path]]:
+    """(identifier, path) of the PDF files of a listing whose name makes a safe identifier."""
+    found = []
+    for name in entries.files:
+        if name[-4:].lower() == ".pdf":
+            try:
+                found.append((identifier_of(name), Path(entries.folder, name)))
+            except InvalidIdentifier:
+                continue
+    return found

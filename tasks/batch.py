@@ -77,7 +77,7 @@ class SplitResults(BatchTask):
 
     def run(self) -> None:
         split.split_results(self.layout, self.paths, OCRConfig(), SlurmConfig(), self.report,
-                            self.set_status_message)
+                            self.set_status_message, workers=PipelineConfig().workers)
 
 
 class Finalize(BatchTask):

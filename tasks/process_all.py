@@ -8,7 +8,7 @@ from typing import Any
 import luigi
 
 from pipeline import atomic, events
-from pipeline.config import BackpressureConfig, DownloadConfig
+from pipeline.config import BackpressureConfig, DownloadConfig, PipelineConfig
 from pipeline.ops import report
 from pipeline.stages import batches
 
@@ -44,10 +44,12 @@ class ProcessAll(InCollection, ProgressMixin, luigi.Task):
         if DownloadConfig().source:
             yield Download(run_id=self.effective_run, collection=self.collection)
         open_batches = batches.open_batches(lay)
-        while number := batches.batch_to_open(lay, len(open_batches), BackpressureConfig().max_open_batches):
-            self.set_status_message(f"creating batch {number}")
-            yield CreateBatch(batch=number, collection=self.collection)
-            open_batches.append(number)
+        while numbers := batches.batches_to_open(lay, len(open_batches), BackpressureConfig().max_open_batches,
+                                                 PipelineConfig().batch_size):
+            self.set_status_message(f"creating batches {', '.join(numbers)}")
+            # all at once: run() restarts per yield
+            yield [CreateBatch(batch=number, collection=self.collection) for number in numbers]
+            open_batches += numbers
         if open_batches:
             self.report(0, len(open_batches), f"finalizing batches {', '.join(open_batches)}")
         yield [Finalize(batch=b, collection=self.collection) for b in open_batches]

@@ -3,7 +3,9 @@ batch folders, batch numbers, and the per-stage lock that keeps two processes of
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -93,10 +95,19 @@ def test_batch_numbers_are_never_reused_and_only_unfinalized_batches_are_open(la
 
 def test_a_batch_is_opened_only_when_documents_wait_and_fewer_than_the_limit_are_open(
         layout: Layout, tmp_path: Path) -> None:
-    assert batches.batch_to_open(layout, 0, 2) is None  # nothing waits
+    assert batches.batches_to_open(layout, 0, 2, batch_size=10) == []  # nothing waits
     downloaded(layout, tmp_path / "incoming", {"a": 1})
-    assert batches.batch_to_open(layout, 2, 2) is None
-    assert batches.batch_to_open(layout, 1, 2) == "0001"
+    assert batches.batches_to_open(layout, 2, 2, batch_size=10) == []
+    assert batches.batches_to_open(layout, 1, 2, batch_size=10) == ["0001"]
+
+
+def test_the_batches_to_open_are_enough_for_the_waiting_documents_up_to_the_open_limit(
+        layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {f"d{n}": 1 for n in range(7)})
+    atomic.makedirs(layout.batch_dir(4))  # numbers go on after the highest batch present
+    assert batches.batches_to_open(layout, 0, 10, batch_size=3) == ["0005", "0006", "0007"]
+    assert batches.batches_to_open(layout, 0, 2, batch_size=3) == ["0005", "0006"]
+    assert batches.batches_to_open(layout, 1, 10, batch_size=7) == ["0005"]
 
 
 def test_a_second_process_waits_for_the_stage_lock_and_other_stages_do_not(layout: Layout) -> None:
@@ -126,3 +137,38 @@ def test_a_stage_completed_by_another_process_is_not_run_again(layout: Layout) -
     batches.run_once(paths, "Finalize", lambda: True, lambda: runs.append("run again"), progress)
     assert runs == ["run"]
     assert progress.calls == [(1, 1, "Finalize of batch 0001 was completed by another process")]
+
+
+def test_batches_taken_from_settled_listings_are_the_batches_of_fresh_scans(layout: Layout, tmp_path: Path) -> None:
+    documents = {f"d{n:02d}": 1 + n % 3 for n in range(11)}
+    fresh = Layout(tmp_path / "fresh", 2)
+    downloaded(fresh, tmp_path / "incoming", documents)
+    downloaded(layout, tmp_path / "incoming", documents)
+    for folder in [layout.base / "01_downloaded", *(layout.base / "01_downloaded").iterdir()]:
+        settle(folder)  # kept by pipeline.listing from the first look on
+
+    made, expected = [], []
+    for number in ("0001", "0002", "0003", "0004"):
+        made.append(batches.create_batch(layout, number, max_documents=4, max_pages=7)["documents"])
+        expected.append(batches.create_batch(fresh, number, max_documents=4, max_pages=7)["documents"])
+    assert [sorted(d) for d in made] == [sorted(d) for d in expected]
+    assert sorted(i for d in made for i in d) == sorted(documents) and batches.waiting_documents(layout) == []
+
+
+def test_a_document_gone_behind_a_kept_listing_is_left_out_of_the_batch(layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {"stays": 1, "goes": 1})
+    gone = layout.downloaded_pdf("goes")
+    settle(gone.parent)
+    mtime = gone.parent.stat().st_mtime_ns
+    assert [i for i, _ in batches.waiting_documents(layout)] == ["goes", "stays"]
+    # Another host removed it, and this host's view of the folder still shows the old mtime (NFS).
+    os.unlink(gone)
+    os.unlink(layout.downloaded_meta("goes"))
+    os.utime(gone.parent, ns=(mtime, mtime))
+    record = batches.create_batch(layout, "0001", max_documents=10, max_pages=100)
+    assert list(record["documents"]) == ["stays"] and not BatchPaths(layout.batch_dir(1)).pdf("goes").exists()
+
+
+def settle(path: Path) -> None:
+    past = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(past, past))

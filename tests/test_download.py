@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import threading
 import urllib.parse
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from pipeline import samples
+from pipeline import atomic, samples
 from pipeline.layout import Layout
 from pipeline.stages import download
 
@@ -305,3 +306,35 @@ def test_a_download_pass_without_source_says_which_setting_to_fill_in(tmp_path):
     with pytest.raises(ValueError, match=r"\[download\] source"):
         download.download_pass(Layout(tmp_path / "data", 2), "", tmp_path / "pass.json", timeout=10, workers=1,
                                max_waiting=10, min_free_gb=0, progress=Recorder(), status=lambda m: None)
+
+
+def test_a_source_folder_lists_its_pdf_files_in_path_order_following_file_links_only(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    elsewhere = tmp_path / "elsewhere"
+    for path in (source / "b.pdf", source / "a" / "z.PDF", source / "a b" / "c.pdf", source / "notes.txt",
+                 elsewhere / "real.pdf", elsewhere / "inner" / "hidden_by_link.pdf"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%PDF-1.4")
+    os.symlink(elsewhere / "real.pdf", source / "linked.pdf")
+    os.symlink(elsewhere / "inner", source / "linked_folder")  # not entered, as rglob does not
+    os.symlink(tmp_path / "missing.pdf", source / "broken.pdf")
+
+    items = [i for i in download.iter_folder(source) if isinstance(i, download.SourceItem)]
+    assert [(i.identifier, i.uri) for i in items] == [
+        ("z", str(source / "a" / "z.PDF")), ("c", str(source / "a b" / "c.pdf")), ("b", str(source / "b.pdf")),
+        ("linked", str(elsewhere / "real.pdf"))]
+
+
+def test_already_here_knows_downloaded_and_finalized_documents(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data", 2)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "doc.pdf").write_bytes(samples.text_pdf(["one"]))
+    assert not download.already_here(layout, "doc")
+    download.download_all(layout, download.iter_folder(source), workers=1, max_waiting=10, waiting_now=0,
+                          min_free_gb=0)
+    assert download.already_here(layout, "doc")
+    atomic.write_json(layout.processed_metadata("done"), {"identifier": "done"})
+    assert download.already_here(layout, "done")
+    atomic.makedirs(layout.processed_dir("half"))  # a finalize killed before it wrote anything
+    assert not download.already_here(layout, "half") and not download.already_here(layout, "other")

@@ -15,6 +15,7 @@ from pipeline.executors.base import make_executor, planned_walltime
 from pipeline.executors.local import LocalExecutor
 from pipeline.executors.slurm.executor import SlurmExecutor
 from pipeline.executors.walltime import WalltimeModel
+from pipeline.isolation import available_cpus
 from pipeline.layout import BatchPaths, Layout
 
 from .test_metrics import recorded
@@ -36,6 +37,16 @@ def test_the_factory_builds_the_local_executor_from_settings(layout: Layout) -> 
     assert (executor.parallel, executor.max_retries) == (3, 5)
     assert executor.command[1:] == ["-m", "pipeline.chunk_job", "--batch-dir", str(paths.dir), "--engine", "text",
                                     "--settings", executor.command[-1]]
+
+
+def test_the_factory_gives_the_local_executor_the_automatic_parallel_chunks_when_none_is_set(layout: Layout) -> None:
+    paths = BatchPaths(layout.batch_dir(4))
+    automatic = make_executor(layout, paths, OCRConfig(executor="local", engine="olmocr", parallel_chunks=0),
+                              SlurmConfig())
+    assert isinstance(automatic, LocalExecutor) and automatic.parallel == 1  # one GPU model at a time
+    text = make_executor(layout, paths, OCRConfig(executor="local", engine="text", parallel_chunks=0,
+                                                engine_workers=0), SlurmConfig())
+    assert isinstance(text, LocalExecutor) and text.parallel == min(2, available_cpus())
 
 
 def test_the_factory_builds_the_slurm_executor_from_settings(layout: Layout) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,14 @@ import pytest
 
 from pipeline import events
 from pipeline.executors.base import ChunkRun
-from pipeline.executors.local import LocalExecutor, exit_code_text
+from pipeline.executors.local import (
+    LocalExecutor,
+    automatic_parallel,
+    available_memory_mib,
+    exit_code_text,
+    parallel_chunks,
+)
+from pipeline.isolation import available_cpus
 from pipeline.layout import BatchPaths, Layout
 
 # The chunk job the script runs: plan_NNN lists one mode per attempt (the last one repeats).
@@ -117,3 +125,27 @@ def test_attempts_count_across_runs_and_done_chunks_never_run_again(layout: Layo
 
 def test_exit_codes_in_slurms_form() -> None:
     assert (exit_code_text(0), exit_code_text(3), exit_code_text(-6)) == ("0:0", "3:0", "0:6")
+
+
+def test_the_automatic_parallel_chunks_follow_the_engine_the_cores_and_the_memory() -> None:
+    # olmocr: one GPU model at a time, however large the machine.
+    assert automatic_parallel("olmocr", 0, cpus=64, available_mib=512_000, document_memory_mb=2048) == 1
+    # tesseract and text spread one chunk over every core themselves: a second chunk overlaps.
+    assert automatic_parallel("text", 0, cpus=64, available_mib=512_000, document_memory_mb=2048) == 2
+    assert automatic_parallel("tesseract", 0, cpus=1, available_mib=512_000, document_memory_mb=2048) == 1
+    # Chunks of a fixed number of workers: as many as the cores take ...
+    assert automatic_parallel("tesseract", 4, cpus=64, available_mib=512_000, document_memory_mb=2048) == 16
+    assert automatic_parallel("command", 0, cpus=64, available_mib=512_000, document_memory_mb=2048) == 64
+    # ... and the memory holds (document_memory_mb per worker, or a planned figure when unlimited).
+    assert automatic_parallel("command", 0, cpus=64, available_mib=10_000, document_memory_mb=2048) == 4
+    assert automatic_parallel("command", 0, cpus=64, available_mib=10_000, document_memory_mb=0) == 9
+    assert automatic_parallel("text", 2, cpus=64, available_mib=1000, document_memory_mb=2048) == 1
+
+
+def test_a_configured_parallel_chunks_wins_over_the_automatic_figure() -> None:
+    assert parallel_chunks(3, "olmocr", 0, 2048) == 3
+    assert parallel_chunks(1, "command", 0, 0) == 1
+    assert parallel_chunks(0, "olmocr", 0, 2048) == 1
+    assert parallel_chunks(0, "command", 1, 0) == automatic_parallel(
+        "command", 1, available_cpus(), available_memory_mib(), 0) >= 1
+    assert 0 < available_memory_mib() < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

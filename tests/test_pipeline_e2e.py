@@ -75,3 +75,25 @@ def test_scanned_documents_are_ocred_with_tesseract(make_site, tmp_path):
     site.luigi("ProcessAll", "--run-id", "t")
     text = json.loads(site.layout.processed_ocr("scan").read_text())["text"]
     assert "Harbour ledger of the county" in " ".join(text.split())
+
+
+def test_process_all_opens_the_batches_its_documents_need_never_more_open_than_the_limit(make_site, tmp_path):
+    texts = make_inputs(tmp_path / "incoming")
+    site = make_site(source=tmp_path / "incoming", engine="text", pipeline__batch_size=1,
+                     backpressure__max_open_batches=3)
+    first = site.luigi("ProcessAll", "--run-id", "r1")
+    assert "documents finalized: 4" in first.stdout
+    assert "Scheduled 22 tasks" in first.stdout + first.stderr  # ProcessAll, Download, 4 x 5 batch stages
+    layout = site.layout
+    held = {n: list(json.loads(BatchPaths(layout.batch_dir(n)).batch_record.read_text())["documents"])
+            for n in layout.batch_numbers()}
+    assert held == {"0001": ["alpha"], "0002": ["beta report"], "0003": ["delta"], "0004": ["gamma"]}
+    assert all(layout.processed_metadata(identifier).exists() for identifier in texts)
+    open_now = []
+    for line in layout.events.read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "batch_created":
+            open_now.append(event["batch"])
+            assert len(open_now) <= 3, open_now
+        elif event["event"] == "batch_finalized":
+            open_now.remove(event["batch"])

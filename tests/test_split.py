@@ -66,3 +66,18 @@ def test_split_results_of_an_adopted_batch_writes_each_record_and_the_report(tmp
     [event] = [e for e in events.read(layout.events) if e["event"] == "split"]
     assert (event["documents"], event["unmatched"], event["malformed"], event["duplicates"]) == (2, 1, 1, 1)
     assert progress.calls == [(1, 1, "split 2 documents; 1 unmatched records, 1 malformed lines, 1 duplicates")]
+
+
+def test_split_writes_the_same_records_several_at_a_time(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    lines = [json.dumps({"text": f"Document {n}", "metadata": {"Source-File": f"/in/d{n}.pdf"}}) for n in range(40)]
+    (results / "output_a.jsonl").write_text("\n".join(lines) + "\n")
+    identifiers = {f"d{n}" for n in range(40)}
+    written = {}
+    for workers in (1, 4):
+        out = tmp_path / f"out{workers}" / "ab"
+        plan = split.plan_split(results, identifiers)
+        assert split.write_split(plan, lambda i, out=out: out / f"{i}.ocr.jsonl", workers=workers) == 40
+        written[workers] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert written[4] == written[1] and len(written[4]) == 40

@@ -28,7 +28,7 @@ from pipeline.executors.attempts import (
     failed_attempts,
 )
 from pipeline.executors.jobscript import job_command
-from pipeline.executors.local import LocalExecutor
+from pipeline.executors.local import LocalExecutor, parallel_chunks
 from pipeline.executors.walltime import WalltimeModel, capped, configured_walltime
 from pipeline.layout import BatchPaths, Layout
 
@@ -75,7 +75,8 @@ def make_executor(layout: Layout, paths: BatchPaths, ocr: OCRConfig, slurm: Slur
             max_query_failures=slurm.max_query_failures, lost_after=slurm.lost_after_seconds,
             cancel_on_exit=slurm.cancel_on_exit,
         )
-    return LocalExecutor(layout, command, max_retries=slurm.max_retries, parallel=ocr.parallel_chunks)
+    parallel = parallel_chunks(ocr.parallel_chunks, ocr.engine, ocr.engine_workers, ocr.document_memory_mb)
+    return LocalExecutor(layout, command, max_retries=slurm.max_retries, parallel=parallel)
 
 
 def _configured_walltime(layout: Layout, slurm: SlurmConfig) -> WalltimeModel:

@@ -20,7 +20,52 @@ from pipeline.executors.attempts import ChunkOutcome, ChunkRun, Progress, attemp
 from pipeline.executors.jobscript import render, write_job_script
 from pipeline.executors.records import local_record
 from pipeline.executors.slurm.states import COMPLETED, FAILED
+from pipeline.isolation import available_cpus
 from pipeline.layout import BatchPaths, Layout
+
+# What one chunk job is planned to need when [ocr] document_memory_mb sets no figure (its own
+# process and the engine's); the automatic parallel_chunks starts no more chunks than memory holds.
+CHUNK_MEMORY_MIB = 1024
+# Engines that spread one chunk over all cores themselves when [ocr] engine_workers = 0.
+SPREADING_ENGINES = ("tesseract", "text")
+
+
+def automatic_parallel(engine: str, engine_workers: int, cpus: int, available_mib: int,
+                       document_memory_mb: int) -> int:
+    """Chunks run at once when [ocr] parallel_chunks = 0 (automatic).
+
+    olmocr: 1 (one GPU model at a time). tesseract or text with engine_workers = 0: 2, as each chunk
+    already keeps every core busy; the second overlaps the first's start and write-out. Otherwise a
+    chunk uses engine_workers cores (1 for a command): as many chunks as the cores take, and no
+    more than the available memory holds at document_memory_mb per worker (CHUNK_MEMORY_MIB a chunk
+    when that is 0). Always at least 1.
+    """
+    if engine == "olmocr":
+        return 1
+    if engine_workers <= 0 and engine in SPREADING_ENGINES:
+        return max(1, min(2, cpus))
+    per_chunk = max(1, engine_workers) if engine != "command" else 1
+    memory = per_chunk * document_memory_mb if document_memory_mb > 0 else CHUNK_MEMORY_MIB
+    return max(1, min(cpus // per_chunk, available_mib // max(1, memory)))
+
+
+def available_memory_mib() -> int:
+    """Memory available to new processes (Linux: MemAvailable), in MiB; the total where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+
+
+def parallel_chunks(configured: int, engine: str, engine_workers: int, document_memory_mb: int) -> int:
+    """[ocr] parallel_chunks as set, or the automatic figure for this machine when it is 0."""
+    if configured > 0:
+        return configured
+    return automatic_parallel(engine, engine_workers, available_cpus(), available_memory_mib(), document_memory_mb)
 
 
 def exit_code_text(returncode: int) -> str:

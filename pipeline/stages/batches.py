@@ -1,13 +1,14 @@
 """Batches: new ones made from waiting PDFs, old ones (made by the older scripts) adopted as they are."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import atomic, events, lease, olmocr_format, pdf
-from pipeline.layout import BatchPaths, Layout
+from pipeline import atomic, events, lease, listing, olmocr_format, pdf
+from pipeline.layout import DOWNLOADED, BatchPaths, Layout, fanout_of
 from pipeline.stages.quarantine import quarantine
 
 if TYPE_CHECKING:
@@ -66,13 +67,19 @@ def run_once(paths: BatchPaths, stage: str, complete: Callable[[], bool], run: C
         run()
 
 
+def _identifiers(record: dict) -> frozenset[str]:
+    return frozenset(record["documents"])
+
+
 def claimed_identifiers(layout: Layout) -> set[str]:
     """Identifiers some batch already holds (listed in its batch.json, or lying in its folder)."""
     claimed: set[str] = set()
     for number in layout.batch_numbers():
         paths = BatchPaths(layout.batch_dir(number))
-        if paths.batch_record.exists():
-            claimed.update(atomic.read_json(paths.batch_record)["documents"])
+        try:  # read again only when it changed: B batches do not make B x B readings
+            claimed.update(listing.read_json(paths.batch_record, _identifiers))
+        except FileNotFoundError:
+            pass
         claimed.update(i for i, _ in paths.pdfs())
     return claimed
 
@@ -80,13 +87,20 @@ def claimed_identifiers(layout: Layout) -> set[str]:
 def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
     """Downloaded PDFs (with their .meta.json, or from a legacy 02_ocr_pending) not yet in a batch."""
     claimed = claimed_identifiers(layout)
+    downloaded = str(layout.base / DOWNLOADED)
+    files: dict[str, frozenset[str]] = {}  # one look at each folder per call
     waiting = []
     for identifier, path in layout.waiting_pdfs():
         if identifier in claimed:
             continue
-        in_01 = path == layout.downloaded_pdf(identifier)
-        if in_01 and not layout.downloaded_meta(identifier).exists():
-            continue  # still being downloaded
+        folder = os.path.dirname(path)
+        in_01 = (os.path.basename(path) == f"{identifier}.pdf"
+                 and folder == os.path.join(downloaded, fanout_of(identifier, layout.fanout_width)).rstrip(os.sep))
+        if in_01:
+            if folder not in files:
+                files[folder] = listing.entries(folder).files
+            if f"{identifier}.meta.json" not in files[folder]:
+                continue  # still being downloaded
         waiting.append((identifier, path))
     return waiting
 
@@ -124,6 +138,8 @@ def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: i
             origin = f"adopted from {paths.dir.name}" if adopted else str(path)
             try:
                 info = describe(layout, identifier, path, origin)
+            except FileNotFoundError:
+                continue  # gone since 01 was listed (see pipeline/listing.py)
             except pdf.PdfError as exc:
                 meta_path = layout.downloaded_meta(identifier)
                 quarantine(layout, identifier, _sources(layout, identifier, path), exc.reason, str(exc),
@@ -132,10 +148,17 @@ def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: i
                 continue
             if not adopted and documents and total_pages + info["pages"] > max_pages:
                 break
-            if not adopted and atomic.link_or_copy(path, paths.pdf(identifier)) == "copy":
-                atomic.remove_files([path])  # another filesystem: a move, never two live copies
+            if not adopted:
+                try:
+                    method = atomic.link_or_copy(path, paths.pdf(identifier), sync_dir=False)
+                except FileNotFoundError:
+                    continue  # gone since 01 was listed
+                if method == "copy":
+                    atomic.remove_files([path])  # another filesystem: a move, never two live copies
             documents[identifier] = info
             total_pages += info["pages"]
+        if documents and not adopted:
+            atomic.fsync_dir(paths.dir)  # the links are durable before batch.json names them
         record = {
             "batch": batch,
             "created_at": events.now_iso(),
@@ -161,11 +184,16 @@ def open_batches(layout: Layout) -> list[str]:
     return [b for b in layout.batch_numbers() if not BatchPaths(layout.batch_dir(b)).finalized.exists()]
 
 
-def batch_to_open(layout: Layout, open_now: int, max_open: int) -> str | None:
-    """The number of the next batch to make, when documents wait and fewer than ``max_open`` are open."""
-    if open_now >= max_open or not waiting_documents(layout):
-        return None
-    return next_batch_number(layout)
+def batches_to_open(layout: Layout, open_now: int, max_open: int, batch_size: int) -> list[str]:
+    """The numbers of the batches to make now: enough for the waiting documents at ``batch_size``
+    each (fewer when the page limit fills them first: the next call finds the rest), while fewer
+    than ``max_open`` are open. One look at 01 for all of them, so ProcessAll can ask for them at once."""
+    if open_now >= max_open:
+        return []
+    waiting = len(waiting_documents(layout))
+    count = min(max_open - open_now, -(-waiting // max(1, batch_size)))
+    first = int(next_batch_number(layout))
+    return [f"{first + n:04d}" for n in range(count)]
 
 
 def existing_results(paths: BatchPaths) -> set[str]:

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import atomic, events, faults, pdf
-from pipeline.layout import InvalidIdentifier, Layout, identifier_of
+from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, fanout_of, identifier_of
 from pipeline.stages import batches
 from pipeline.stages.quarantine import quarantine
 
 if TYPE_CHECKING:
     from pipeline.executors.base import Progress
+
+
+SKIPPED_PROGRESS_EVERY = 1000  # documents already here between progress reports
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _copy_from(path: Path) -> Callable[[Path], None]:
+def _copy_from(path: str | Path) -> Callable[[Path], None]:
     def fetch(target: Path) -> None:
         shutil.copyfile(path, target)
     return fetch
@@ -86,13 +89,28 @@ def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
     return fetch
 
 
+def _pdf_files(folder: str) -> Iterator[tuple[str, bool]]:
+    """(path, is a symlink) of the files (or links to files) named *.pdf under ``folder``; symlinked
+    folders are not entered. One scandir per folder: no stat per file but for symlinks."""
+    with os.scandir(folder) as scan:
+        entries = list(scan)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _pdf_files(entry.path)
+        elif entry.name[-4:].lower() == ".pdf" and entry.is_file():
+            yield entry.path, entry.is_symlink()
+
+
 def iter_folder(folder: Path) -> Iterator[SourceItem | InvalidIdentifier]:
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix.lower() == ".pdf" and path.is_file():
-            try:
-                yield SourceItem(identifier_of(path.name), str(path.resolve()), _copy_from(path))
-            except InvalidIdentifier as exc:
-                yield exc
+    root = str(Path(folder).resolve())
+    # In path order (folder by folder, as sorted Paths): a separator sorts before any character.
+    found = sorted(_pdf_files(root), key=lambda item: item[0].replace(os.sep, "\0"))
+    for path, link in found:
+        try:
+            yield SourceItem(identifier_of(os.path.basename(path)), os.path.realpath(path) if link else path,
+                             _copy_from(path))
+        except InvalidIdentifier as exc:
+            yield exc
 
 
 def iter_url_list(listing: Path, timeout: float) -> Iterator[SourceItem | InvalidIdentifier]:
@@ -126,8 +144,22 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
         raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
 
 
-def download_one(layout: Layout, item: SourceItem) -> str:
-    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'."""
+def already_here(layout: Layout, identifier: str) -> bool:
+    """True when the document is downloaded or finalized: two stats on paths built as plain strings
+    (a rerun asks this for every document of the source). False leaves the answer to download_one
+    (quarantined documents: it tidies their leftovers)."""
+    fanout = fanout_of(identifier, layout.fanout_width)
+    base = os.fspath(layout.base)
+    return (os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json"))
+            or os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json")))
+
+
+def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) -> str:
+    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'.
+
+    The PDF is durable in 01 before its .meta.json is written. Without ``sync_meta`` the folder
+    entry of the .meta.json is left for the caller to sync (one sync for many documents): until
+    then a power cut can only make the document look not yet downloaded, so it is fetched again."""
     dest = layout.downloaded_pdf(item.identifier)
     prefix = f".{item.identifier}."
     if layout.is_known(item.identifier):
@@ -161,7 +193,7 @@ def download_one(layout: Layout, item: SourceItem) -> str:
         faults.point("download.rename.before", dest)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
-        atomic.write_json(layout.downloaded_meta(item.identifier), meta)
+        atomic.write_json(layout.downloaded_meta(item.identifier), meta, sync_dir=sync_meta)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -177,7 +209,7 @@ def download_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -
     the pool runs several downloads at once, and those queued behind them must not fill the disk."""
     if free_gb(layout.base) < min_free_gb:
         return "paused"
-    return download_one(layout, item)
+    return download_one(layout, item, sync_meta=False)
 
 
 def download_all(
@@ -194,6 +226,7 @@ def download_all(
     summary = DownloadSummary()
     atomic.makedirs(layout.base)
     records: list[dict] = []
+    unsynced: set[Path] = set()  # folders of .meta.json files written, synced together at the end
     disk_full: list[atomic.DiskFull] = []
     low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
 
@@ -214,6 +247,7 @@ def download_all(
             return
         if outcome == "fetched":
             summary.fetched += 1
+            unsynced.add(layout.downloaded_meta(item.identifier).parent)
             records.append(events.event("downloaded", identifier=item.identifier, source=item.uri))
         elif outcome == "quarantined":
             summary.quarantined += 1
@@ -239,12 +273,18 @@ def download_all(
             if free_gb(layout.base) < min_free_gb:
                 summary.paused = low_space
                 break
+            if already_here(layout, item.identifier):  # a rerun over a large source: no thread per document
+                summary.skipped += 1
+                if summary.skipped % SKIPPED_PROGRESS_EVERY == 0:
+                    progress(summary)
+                continue
             pending.append((item, pool.submit(download_unless_full, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
                 settle(item0, future)
         for item, future in pending:
             settle(item, future)
+    atomic.fsync_dirs(unsynced)
     if summary.paused:
         records.append(events.event("backpressure", message=summary.paused))
     if disk_full:

@@ -223,7 +223,7 @@ def finalize_batch(layout: Layout, paths: BatchPaths, *, partial: bool, workers:
     documents = record["documents"]
     hold = bisect.documents_in_flight(paths) if partial else frozenset()
     taken = {i: d for i, d in documents.items() if i not in hold}
-    split_summary = split.split_documents(layout, paths, set(taken)) if partial else None
+    split_summary = split.split_documents(layout, paths, set(taken), workers=workers) if partial else None
     lookup = provenance_lookup(paths, engine)
     outcomes = finalize_many(layout, paths, taken, lookup, workers=workers,
                              progress=lambda done, total: progress(done, total, "documents finalized"))

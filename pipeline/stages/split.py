@@ -6,6 +6,7 @@ older runs; one that cannot be is left out and reported, so its document alone g
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,42 +73,55 @@ def report(plan: SplitPlan, identifiers: set[str], written: int) -> dict[str, An
     }
 
 
-def write_split(plan: SplitPlan, destination: Callable[[str], Path]) -> int:
+def write_split(plan: SplitPlan, destination: Callable[[str], Path], workers: int = 1) -> int:
     """Write each winner, made valid, to ``destination(identifier)``; files already holding it are left
-    untouched. Fills ``plan.replaced`` and ``plan.invalid``; call it before ``report``."""
-    written = 0
-    for identifier, (record, where) in sorted(plan.winners.items()):
+    untouched. Fills ``plan.replaced`` and ``plan.invalid``; call it before ``report``.
+
+    ``workers`` files are written at once (their fsyncs overlap), and the folders that gained files
+    are synced together before returning: every file is durable when this returns."""
+
+    def write(identifier: str) -> tuple[str, int, Path | None]:
+        record, where = plan.winners[identifier]
         try:
             valid, replaced = olmocr_format.make_valid(record)
             data = olmocr_format.record_line(valid)
         except olmocr_format.InvalidRecord as exc:
-            plan.invalid[identifier] = f"{where}: {exc}"
-            continue
-        if replaced:
-            plan.replaced[identifier] = replaced
-        if atomic.write_bytes(destination(identifier), data):
-            written += 1
-    return written
+            return f"{where}: {exc}", 0, None
+        target = destination(identifier)
+        return "", replaced, target if atomic.write_bytes(target, data, sync_dir=False) else None
+
+    changed = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for identifier, (invalid, replaced, written) in zip(
+                sorted(plan.winners), pool.map(write, sorted(plan.winners)), strict=True):
+            if invalid:
+                plan.invalid[identifier] = invalid
+            elif replaced:
+                plan.replaced[identifier] = replaced
+            if written:
+                changed.append(written)
+    atomic.fsync_dirs(path.parent for path in changed)
+    return len(changed)
 
 
 def split_documents(layout: Layout, paths: BatchPaths, identifiers: set[str],
-                    plan: SplitPlan | None = None) -> dict[str, Any]:
+                    plan: SplitPlan | None = None, workers: int = 1) -> dict[str, Any]:
     """Write the 04 record of each of ``identifiers`` found in the batch's results (``plan``: the
-    choice already made); returns the split report."""
+    choice already made; ``workers``: files written at once); returns the split report."""
     if plan is None:
         plan = plan_split(paths.results, identifiers)
-    return report(plan, identifiers, write_split(plan, layout.completed_jsonl))
+    return report(plan, identifiers, write_split(plan, layout.completed_jsonl, workers))
 
 
 def split_results(layout: Layout, paths: BatchPaths, ocr: OCRConfig, slurm: SlurmConfig,
-                  progress: Progress, status: Callable[[str], None]) -> dict[str, Any]:
+                  progress: Progress, status: Callable[[str], None], workers: int = 1) -> dict[str, Any]:
     """SplitResults: the batch's 04 records and split_report.json. Done chunks whose results were cut
     short or are gone run again first (with ``ocr`` and ``slurm`` settings); returns the report."""
     identifiers = set(atomic.read_json(paths.batch_record)["documents"])
     plan = plan_split(paths.results, identifiers)
     if ocr_pass.redo_untrusted(layout, paths, set(plan.winners), ocr, slurm, progress, status):
         plan = plan_split(paths.results, identifiers)
-    result = split_documents(layout, paths, identifiers, plan)
+    result = split_documents(layout, paths, identifiers, plan, workers)
     events.log_event(layout.events, "split", batch=paths.number, documents=result["split"],
                      unmatched=len(plan.unmatched), malformed=len(plan.malformed), duplicates=len(plan.duplicates))
     atomic.write_json(paths.split_report, result)
