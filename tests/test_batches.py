@@ -101,13 +101,27 @@ def test_a_batch_is_opened_only_when_documents_wait_and_fewer_than_the_limit_are
     assert batches.batches_to_open(layout, 1, 2, batch_size=10) == ["0001"]
 
 
-def test_the_batches_to_open_are_enough_for_the_waiting_documents_up_to_the_open_limit(
+def test_the_batches_to_open_are_the_full_ones_for_the_waiting_documents_up_to_the_open_limit(
         layout: Layout, tmp_path: Path) -> None:
     downloaded(layout, tmp_path / "incoming", {f"d{n}": 1 for n in range(7)})
     atomic.makedirs(layout.batch_dir(4))  # numbers go on after the highest batch present
-    assert batches.batches_to_open(layout, 0, 10, batch_size=3) == ["0005", "0006", "0007"]
-    assert batches.batches_to_open(layout, 0, 2, batch_size=3) == ["0005", "0006"]
+    assert batches.batches_to_open(layout, 0, 10, batch_size=3) == ["0005", "0006"]  # d6 at the next call
+    assert batches.batches_to_open(layout, 0, 1, batch_size=3) == ["0005"]
     assert batches.batches_to_open(layout, 1, 10, batch_size=7) == ["0005"]
+    assert batches.batches_to_open(layout, 1, 10, batch_size=8) == ["0005"]  # fewer than a batch: one
+
+
+def test_a_damaged_waiting_document_never_leaves_an_empty_batch(layout: Layout, tmp_path: Path) -> None:
+    downloaded(layout, tmp_path / "incoming", {"b": 1, "c": 1})
+    legacy = layout.base / PENDING_LEGACY  # the older scripts' queue: PDFs measured only when batched
+    legacy.mkdir()
+    (legacy / "a.pdf").write_bytes(b"%PDF-1.4 damaged")
+    made = []
+    while numbers := batches.batches_to_open(layout, 0, 10, batch_size=2):
+        for number in numbers:
+            made.append(batches.create_batch(layout, number, max_documents=2, max_pages=1_000))
+    assert [sorted(r["documents"]) for r in made] == [["b", "c"]]
+    assert made[0]["quarantined"] and layout.batch_numbers() == ["0001"]
 
 
 def test_a_second_process_waits_for_the_stage_lock_and_other_stages_do_not(layout: Layout) -> None:

@@ -185,13 +185,15 @@ def open_batches(layout: Layout) -> list[str]:
 
 
 def batches_to_open(layout: Layout, open_now: int, max_open: int, batch_size: int) -> list[str]:
-    """The numbers of the batches to make now: enough for the waiting documents at ``batch_size``
-    each (fewer when the page limit fills them first: the next call finds the rest), while fewer
-    than ``max_open`` are open. One look at 01 for all of them, so ProcessAll can ask for them at once."""
+    """The numbers of the batches to make now, while fewer than ``max_open`` are open: one per full
+    ``batch_size`` of waiting documents, or one for fewer. The rest (a remainder, or what the page
+    limit left) is found by the next call: a batch planned for a remainder could come out empty once
+    damaged documents among the waiting ones are quarantined. One look at 01 for all of them, so
+    ProcessAll can ask for them at once."""
     if open_now >= max_open:
         return []
     waiting = len(waiting_documents(layout))
-    count = min(max_open - open_now, -(-waiting // max(1, batch_size)))
+    count = min(max_open - open_now, max(1, waiting // max(1, batch_size))) if waiting else 0
     first = int(next_batch_number(layout))
     return [f"{first + n:04d}" for n in range(count)]
 
