@@ -319,6 +319,9 @@ def shard_cfg(folder: Path, endpoint: str, bucket: str) -> Path:
     return write_luigi_cfg(folder / "luigi.cfg", {"core": core, "s3": {
         "endpoint_url": endpoint, "max_attempts": 3, "engine": "text", "parallel_documents": 1,
         "document_attempts": 1, "work_dir": folder / "work",
+        # Each kill that lands inside a document ends one of its claims; more than the default cap of
+        # such ends would rightly mark the document failed, which is not what this sweep is about.
+        "max_claim_attempts": 10,
         "shard_prefix": f"s3://{bucket}/manifests/shards", "status_prefix": f"s3://{bucket}/status",
         "output_prefix": f"s3://{bucket}/outputs"}})
 

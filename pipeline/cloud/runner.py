@@ -147,9 +147,15 @@ def document_engine(settings: ShardSettings, uri: str, folder: Path, stop: threa
 def _run_engine(settings: ShardSettings, uri: str, pdf_path: Path, folder: Path, outdir: Path,
                 stop: threading.Event | None) -> None:
     paths = document_engine(settings, uri, folder, stop).run([pdf_path], outdir)
-    # A command's outputs are its own; a built-in engine's records name the document by its URI.
-    if settings.engine != "command" and not _set_source_file(paths, uri):
+    if settings.engine == "command":
+        return  # a command's outputs are its own
+    # A built-in engine's records name the document by its URI, and so do their file names: the
+    # temp copy's path is this process's, and a redo after a kill must write the same objects.
+    if not _set_source_file(paths, uri):
         raise DocumentFailed(f"the {settings.engine} engine wrote no record for it (unreadable PDF?)")
+    stem = f"output_{hashlib.sha1(uri.encode('utf-8', 'surrogateescape')).hexdigest()}"
+    for n, path in enumerate(sorted(paths)):
+        path.rename(path.with_name(f"{stem}{f'_{n}' if n else ''}.jsonl"))
 
 
 def run_document(
@@ -346,9 +352,13 @@ class WorkQueue:
         """
         with self.cond:
             if time.monotonic() - self.scanned >= RESCAN_SECONDS:
+                first = self.scanned == -float("inf")
                 self.done, _, self.claimed = scan_status(self.storage, self.settings.status_prefix)
                 self.reclaimable.clear()
                 self.scanned = time.monotonic()
+                if first:  # a restarted node resumes its own shard where its killed processes were, in order
+                    self._look_again([u for u in self.own
+                                      if self.keys[u] in self.claimed and self.keys[u] not in self.done])
             while True:
                 uri = next_document(self.own, self.shards, self.pages, self, self.settings.steal)
                 if uri is not None:
@@ -358,12 +368,16 @@ class WorkQueue:
                            if u not in self.local and self.keys[u] in self.claimed and self.keys[u] not in self.done]
                 if not waiting:
                     return None
-                for uri in waiting:
-                    found = self.claims.read(uri)  # None: released with its outcome, seen once claimed
-                    if found is None or found.stale() or self.settings.node.ended(found.body):
-                        self.reclaimable.add(uri)
+                self._look_again(waiting)
                 if not self.reclaimable:
                     self.cond.wait(self.poll)
+
+    def _look_again(self, uris: list[str]) -> None:
+        """Read the claims of ``uris``: those released, stale or held by an ended process may be taken."""
+        for uri in uris:
+            found = self.claims.read(uri)  # None: released with its outcome, seen once claimed
+            if found is None or found.stale() or self.settings.node.ended(found.body):
+                self.reclaimable.add(uri)
 
     def claimed_elsewhere(self, uri: str) -> None:
         """``uri`` turned out to be held by a live claim: wait for it like any other."""
