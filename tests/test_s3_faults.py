@@ -113,7 +113,8 @@ def shard_texts(client, bucket: str, run: str, uris: list[str]) -> dict[str, str
 
 
 def marker_objects(client, bucket: str, run: str) -> dict[str, dict]:
-    return keys(client, bucket, f"{run}/status/")
+    """The markers under the run's status prefix (not the nodes' statistics under _nodes/)."""
+    return {k: v for k, v in keys(client, bucket, f"{run}/status/").items() if "/status/_nodes/" not in k}
 
 
 def setup_shard(tmp_path, moto_endpoint, s3_client, bucket, count: int = 6) -> tuple[list[str], dict[str, str]]:
