@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -280,15 +281,15 @@ def _compactor(path: str, stop) -> None:
         events.compact(path)
 
 
-def test_appends_during_compaction_are_all_kept(tmp_path):
-    path = tmp_path / "_manifests" / "events.ndjson"
+def _race(path: Path, writer: Callable[..., None], compactor: Callable[..., None]) -> None:
+    """WRITERS processes appending through ``writer`` while two run ``compactor`` until they end."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(WRITERS)
     stop = context.Event()
-    compactors = [context.Process(target=_compactor, args=(str(path), stop)) for _ in range(2)]
+    compactors = [context.Process(target=compactor, args=(str(path), stop)) for _ in range(2)]
     for process in compactors:
         process.start()
-    processes = [context.Process(target=_writer, args=(str(path), w, barrier)) for w in range(WRITERS)]
+    processes = [context.Process(target=writer, args=(str(path), w, barrier)) for w in range(WRITERS)]
     for process in processes:
         process.start()
     for process in processes:
@@ -299,6 +300,11 @@ def test_appends_during_compaction_are_all_kept(tmp_path):
         process.join(120)
         assert process.exitcode == 0
     assert (path.parent / "events" / events.SNAPSHOT).exists()  # compactions did happen
+
+
+def test_appends_during_compaction_are_all_kept(tmp_path):
+    path = tmp_path / "_manifests" / "events.ndjson"
+    _race(path, _writer, _compactor)
     seen = [(r["writer"], r["n"], r["part"]) for r in events.records(path)]
     expected = [(w, n, part) for w in range(WRITERS) for n in range(APPENDS) for part in range(1 + n % 3)]
     assert sorted(seen) == sorted(expected)
@@ -466,23 +472,7 @@ def _compactor_with_grace(path: str, stop) -> None:
 
 def test_appends_of_hosts_whose_lock_is_not_honoured_are_all_kept(tmp_path, monkeypatch):
     path = tmp_path / "_manifests" / "events.ndjson"
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(WRITERS)
-    stop = context.Event()
-    compactors = [context.Process(target=_compactor_with_grace, args=(str(path), stop)) for _ in range(2)]
-    for process in compactors:
-        process.start()
-    processes = [context.Process(target=_writer_without_flock, args=(str(path), w, barrier)) for w in range(WRITERS)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(300)
-        assert process.exitcode == 0
-    stop.set()
-    for process in compactors:
-        process.join(120)
-        assert process.exitcode == 0
-    assert (path.parent / "events" / events.SNAPSHOT).exists()  # compactions did happen
+    _race(path, _writer_without_flock, _compactor_with_grace)
     expected = sorted((w, n, part) for w in range(WRITERS) for n in range(APPENDS) for part in range(1 + n % 3))
     assert sorted((r["writer"], r["n"], r["part"]) for r in events.records(path)) == expected
 
