@@ -10,7 +10,7 @@ import json
 import os
 import re
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.cloud import s3
 from pipeline.events import now_iso
@@ -51,24 +51,33 @@ def output_uri(output_prefix: str, uri: str) -> str:
 
 def scan_markers(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str]]:
     """(done, failed) document keys from one listing of the status prefix (no HEAD per document)."""
-    done, failed, _ = scan_status(storage, status_prefix)
-    return done, failed
+    listing = scan_status(storage, status_prefix)
+    return listing.done, listing.failed
 
 
-def scan_status(storage: s3.Storage, status_prefix: str) -> tuple[set[str], set[str], set[str]]:
-    """(done, failed, claimed) document keys from one listing of the status prefix."""
-    done, failed, claimed = set(), set(), set()
+class StatusListing(NamedTuple):
+    done: set[str]       # document keys
+    failed: set[str]
+    claimed: set[str]
+    nodes: list[str]     # names of the nodes' statistics objects (_nodes/...)
+
+
+def scan_status(storage: s3.Storage, status_prefix: str) -> StatusListing:
+    """The document keys done, failed and claimed, and the nodes' statistics, from one listing."""
+    listing = StatusListing(set(), set(), set(), [])
     for item in storage.list(s3.folder(status_prefix)):
         name = item.name
-        if name.startswith(("_shards/", "_nodes/")):
+        if name.startswith("_nodes/"):
+            listing.nodes.append(name)
+        elif name.startswith("_shards/"):
             continue
-        if name.endswith(".done"):
-            done.add(name[: -len(".done")])
+        elif name.endswith(".done"):
+            listing.done.add(name[: -len(".done")])
         elif name.endswith(".failed"):
-            failed.add(name[: -len(".failed")])
+            listing.failed.add(name[: -len(".failed")])
         elif name.endswith(".claim"):
-            claimed.add(name[: -len(".claim")])
-    return done, failed, claimed
+            listing.claimed.add(name[: -len(".claim")])
+    return listing
 
 
 def node_stats_uri(status_prefix: str, node: str, run: str, counts: dict[str, Any]) -> str:

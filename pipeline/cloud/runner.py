@@ -353,7 +353,8 @@ class WorkQueue:
         with self.cond:
             if time.monotonic() - self.scanned >= RESCAN_SECONDS:
                 first = self.scanned == -float("inf")
-                self.done, _, self.claimed = scan_status(self.storage, self.settings.status_prefix)
+                listing = scan_status(self.storage, self.settings.status_prefix)
+                self.done, self.claimed = listing.done, listing.claimed
                 self.reclaimable.clear()
                 self.scanned = time.monotonic()
                 if first:  # a restarted node resumes its own shard where its killed processes were, in order

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.cloud import s3
 from pipeline.cloud.claims import Claims, Node
-from pipeline.cloud.markers import doc_key, parse_node_stats
+from pipeline.cloud.markers import doc_key, parse_node_stats, scan_status
 from pipeline.cloud.shard_plan import read_shards, uri_problem
 
 if TYPE_CHECKING:
@@ -89,23 +89,10 @@ def collect_status(
     """Read the summary, the shard files, the page counts and one listing of the markers (and each
     claim, when documents are being worked on)."""
     shards, pages = read_shards(storage, shard_prefix, page_counts)
-    done, failed, claimed, nodes = set(), set(), set(), []
-    for item in storage.list(s3.folder(status_prefix)):
-        name = item.name
-        if name.startswith("_nodes/"):
-            stats = parse_node_stats(name)
-            if stats:
-                nodes.append(stats)
-        elif name.startswith("_shards/"):
-            continue
-        elif name.endswith(".done"):
-            done.add(name[: -len(".done")])
-        elif name.endswith(".failed"):
-            failed.add(name[: -len(".failed")])
-        elif name.endswith(".claim"):
-            claimed.add(name[: -len(".claim")])
-    result = shard_status(shards, pages, done, failed)
-    result["claims"] = read_claims(storage, status_prefix, shards, claimed - done)
+    listing = scan_status(storage, status_prefix)
+    nodes = [stats for stats in map(parse_node_stats, listing.nodes) if stats]
+    result = shard_status(shards, pages, listing.done, listing.failed)
+    result["claims"] = read_claims(storage, status_prefix, shards, listing.claimed - listing.done)
     result["nodes"] = node_rates(nodes, result["overall"].get("remaining_pages", 0))
     return result
 
