@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 # What to do with one request: None forwards it; 500 / 503 answer that status; "drop" closes the
 # connection without an answer; "cut" forwards and sends half the answer's body, then closes;
 # "lose" answers 200 to a PUT without storing it; "swallow" forwards the request (it is stored) and
-# closes the connection without an answer.
-Rule = Callable[[int, str, str], "int | str | None"]  # (request number from 0, method, path) -> action
+# closes the connection without an answer; a float forwards the request after that many seconds.
+Rule = Callable[[int, str, str], "int | float | str | None"]  # (request number from 0, method, path) -> action
 
 ERROR_CODES = {500: b"InternalError", 502: b"BadGateway", 503: b"SlowDown"}
 
@@ -67,7 +67,7 @@ class FaultProxy:
                 if action == "lose" and self.command == "PUT":
                     self._answer(200, [("ETag", '"00000000000000000000000000000000"')], b"")
                     return
-                time.sleep(proxy.delay)
+                time.sleep(action if isinstance(action, float) else proxy.delay)
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn.request(self.command, self.path, body=body, headers=headers)

@@ -137,6 +137,32 @@ def test_claims_retry_server_errors_and_answers_lost_after_the_write(moto_endpoi
     assert get(s3_client, bucket, "status/y.done") == b"done\n"
 
 
+def test_a_keeper_whose_renewals_s3_does_not_answer_loses_the_claim_at_the_end_of_its_lease(
+        moto_endpoint, bucket):
+    uri = f"s3://{bucket}/raw/a.pdf"
+    down = threading.Event()
+
+    def rule(n: int, method: str, path: str) -> str | None:
+        return "drop" if down.is_set() else None
+
+    with FaultProxy(moto_endpoint, rule) as flaky:
+        claims = Claims(s3.Storage(s3.S3Settings(endpoint_url=flaky.endpoint, max_attempts=2)),
+                        f"s3://{bucket}/status", Node.here("node"), 3.0)
+        down.set()
+        with pytest.raises(s3.S3Error, match=r"GET s3://.*a\.pdf\.claim failed after all attempts") as raised:
+            claims.read(uri)
+        assert raised.value.unavailable
+        down.clear()
+        held = claims.create(uri, shard=1)
+        assert held is not None
+        down.set()
+        lost: list[str] = []
+        with LeaseKeeper(claims, held, on_lost=lambda: lost.append(held.reason)):
+            time.sleep(5)  # the renewals fail as S3Error and are tried again until the lease is over
+        assert lost == [f"claim of {uri} lost: not renewed within its lease of 3 s"]
+        assert [a for a, method, _ in flaky.injected if method == "PUT"]
+
+
 def test_claims_on_a_local_status_folder(tmp_path):
     uri = "/data/raw/a.pdf"
     first = Claims(s3.Storage(), str(tmp_path / "status"), Node.here("first"), 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,21 +126,29 @@ def test_s3_failures_during_claims_renewals_and_markers_are_retried_and_no_done_
     upload(s3_client, bucket, {f"raw/{n}.pdf": samples.text_pdf([n]) for n in names})
     uris = [f"s3://{bucket}/raw/{n}.pdf" for n in names]
     script = tmp_path / "engine.py"
-    script.write_text("import pathlib, sys, time\ntime.sleep(1.2)\npathlib.Path(sys.argv[2], 'result.txt')"
+    # Each document outlasts one renewal interval (lease / 3); the lease outlasts botocore's backoff
+    # over two faults in a row (up to 1 + 2 s), so the faults are retried without losing a claim.
+    script.write_text("import pathlib, sys, time\ntime.sleep(3.0)\npathlib.Path(sys.argv[2], 'result.txt')"
                       ".write_text(sys.argv[1])\n")
-    settings = shard_settings(tmp_path, bucket, engine="command", lease_seconds=1.5, attempts=1,
+    settings = shard_settings(tmp_path, bucket, engine="command", lease_seconds=8.0, attempts=1,
                               command=f"{sys.executable} {script} {{uri}} {{outdir}}")
     seen: dict[str, int] = {}
+    in_a_row: dict[str, int] = {}
     faults = {".claim": [503, "drop", None, "swallow", 500, None, "drop", None],
               ".done": [503, "swallow", None, "drop"], "result.txt": [None, None, "lose"]}
 
     def rule(n: int, method: str, path: str) -> int | str | None:
-        kind = next((k for k in faults if path.split("?")[0].endswith(k)), "")
+        name = path.split("?")[0]
+        kind = next((k for k in faults if name.endswith(k)), "")
         if method != "PUT" or not kind:
             return None
         seen[kind] = seen.get(kind, 0) + 1
         plan = faults[kind]
-        return plan[(seen[kind] - 1) % len(plan)] if seen[kind] <= 2 * len(plan) else None
+        action = plan[(seen[kind] - 1) % len(plan)] if seen[kind] <= 2 * len(plan) else None
+        # Two faults in a row on one object at most, however the workers' writes interleave: the
+        # third of botocore's five attempts gets through.
+        in_a_row[name] = in_a_row.get(name, 0) + 1 if action is not None and in_a_row.get(name, 0) < 2 else 0
+        return action if in_a_row[name] else None
 
     with FaultProxy(moto_endpoint, rule) as flaky:
         storage = s3.Storage(s3.S3Settings(endpoint_url=flaky.endpoint, max_attempts=5))
@@ -149,9 +158,47 @@ def test_s3_failures_during_claims_renewals_and_markers_are_retried_and_no_done_
         assert {kind for kind in seen} == set(faults) and flaky.failed >= 8
         runner.run_shard(storage, settings, uris)
     status = keys(s3_client, bucket, "status/")
-    assert not [k for k in status if k.endswith((".claim", ".failed"))]
+    left = {k: get(s3_client, bucket, k).decode() for k in status if k.endswith((".claim", ".failed"))}
+    assert not left, left
     for uri in uris:
         marker = json.loads(get(s3_client, bucket, f"status/{markers.doc_key(uri)}.done"))
         for output in marker["outputs"]:
             assert get(s3_client, bucket, s3.split(output)[1]).decode() == uri
     assert json.loads(get(s3_client, bucket, "status/_shards/shard_1.done"))["done"] == 4
+
+
+def test_a_claim_whose_lease_ran_out_while_its_done_marker_was_written_is_released(
+        tmp_path, moto_endpoint, s3_client, bucket):
+    upload(s3_client, bucket, {"raw/a.pdf": samples.text_pdf(["alpha"])})
+    uri = f"s3://{bucket}/raw/a.pdf"
+    writing_done = threading.Event()
+
+    def rule(n: int, method: str, path: str) -> float | int | None:
+        name = path.split("?")[0]
+        if method == "PUT" and name.endswith(".done"):
+            writing_done.set()
+            return 8.0  # the marker's write outlasts the lease twice over, and no renewal meanwhile gets through
+        return 503 if method == "PUT" and name.endswith(".claim") and writing_done.is_set() else None
+
+    with FaultProxy(moto_endpoint, rule) as flaky:
+        storage = s3.Storage(s3.S3Settings(endpoint_url=flaky.endpoint, max_attempts=1))
+        outcome = runner.claim_and_run(storage, shard_settings(tmp_path, bucket, lease_seconds=3.0), uri, 1)
+    assert writing_done.is_set() and outcome.ok and not outcome.skipped, outcome
+    assert list(keys(s3_client, bucket, "status/")) == [f"status/{markers.doc_key(uri)}.done"]
+
+
+def test_s3_down_while_the_done_marker_is_written_stops_the_run_and_blames_no_document(
+        tmp_path, moto_endpoint, s3_client, bucket):
+    upload(s3_client, bucket, {"raw/a.pdf": samples.text_pdf(["alpha"])})
+    uri = f"s3://{bucket}/raw/a.pdf"
+
+    def rule(n: int, method: str, path: str) -> str | None:
+        return "drop" if method == "PUT" and path.split("?")[0].endswith(".done") else None
+
+    with FaultProxy(moto_endpoint, rule) as flaky:
+        storage = s3.Storage(s3.S3Settings(endpoint_url=flaky.endpoint, max_attempts=2))
+        with pytest.raises(s3.S3Error, match=r"PUT s3://.*/a\.pdf\.done failed after all attempts: "
+                                             r"ConnectionClosedError") as raised:
+            runner.claim_and_run(storage, shard_settings(tmp_path, bucket), uri, 1)
+    assert raised.value.unavailable
+    assert list(keys(s3_client, bucket, "status/")) == []  # no .failed marker, and the claim released

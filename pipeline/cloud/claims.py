@@ -183,7 +183,7 @@ class Claims:
     def release(self, held: Held) -> None:
         """Delete the claim if it is still ours (its outcome is in a marker, or it was given up)."""
         if s3.is_s3(held.claim_uri):
-            from botocore.exceptions import ClientError
+            from botocore.exceptions import BotoCoreError, ClientError
 
             bucket, key = s3.split(held.claim_uri)
             try:
@@ -191,6 +191,8 @@ class Claims:
             except ClientError as exc:
                 if s3.error_code(exc) not in (*_CONFLICT_CODES, "NoSuchKey", "404"):
                     raise s3.describe_error(exc, "DELETE", held.claim_uri) from exc
+            except BotoCoreError as exc:
+                raise s3.describe_error(exc, "DELETE", held.claim_uri) from exc
             return
         with self._local_lock():
             if _local_etag(Path(held.claim_uri)) == held.etag:
@@ -207,7 +209,7 @@ class Claims:
                 except FileNotFoundError:
                     return None
             return Found(uri, _local_etag(path, data), _parse(data), max(0.0, time.time() - modified))
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = s3.split(claim_uri)
         try:
@@ -217,6 +219,8 @@ class Claims:
         except ClientError as exc:
             if s3.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return None
+            raise s3.describe_error(exc, "GET", claim_uri) from exc
+        except BotoCoreError as exc:
             raise s3.describe_error(exc, "GET", claim_uri) from exc
         date = answer["ResponseMetadata"]["HTTPHeaders"].get("date")
         server_now = parsedate_to_datetime(date).timestamp() if date else time.time()
@@ -231,16 +235,20 @@ class Claims:
         is read back and its token tells.
         """
         claim_uri = self.claim_uri(uri)
-        sent = time.monotonic() if sent is None else sent
         data = (json.dumps(body, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         if not s3.is_s3(claim_uri):
-            return self._write_local(uri, claim_uri, body, data, if_none_match, if_match, sent)
-        from botocore.exceptions import ClientError
+            return self._write_local(uri, claim_uri, body, data, if_none_match, if_match,
+                                     time.monotonic() if sent is None else sent)
+        from botocore.exceptions import BotoCoreError, ClientError
 
+        client = self.storage.client  # built at its first use, before the lease's clock starts
+        sent = time.monotonic() if sent is None else sent
         bucket, key = s3.split(claim_uri)
         condition = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match}
         try:
-            answer = self.storage.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+            answer = client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except BotoCoreError as exc:  # no answer after botocore's retries: S3 is unavailable
+            raise s3.describe_error(exc, "PUT", claim_uri) from exc
         except ClientError as exc:
             if s3.error_code(exc) not in (*_CONFLICT_CODES, "NoSuchKey", "404"):
                 raise s3.describe_error(exc, "PUT", claim_uri) from exc

@@ -403,17 +403,22 @@ def claim_and_run(storage: s3.Storage, settings: ShardSettings, uri: str, shard:
                 return _give_up(storage, settings, claims, held)
         if held is None:
             return Outcome(uri, False, skipped="claimed by a live node")
+    outcome: Outcome | None = None
     try:
-        if storage.exists(marker_uri(settings.status_prefix, uri, "done")):
-            return Outcome(uri, True, skipped="done by another node")
-        body = storage.read_optional(marker_uri(settings.status_prefix, uri, "failed"))
-        previous = int(json.loads(body).get("attempts", 1)) if body else 0
-        if previous >= settings.attempts:
-            return Outcome(uri, False, "failed for good", previous, skipped="failed for good")
-        with LeaseKeeper(claims, held):
-            return run_document(storage, settings, uri, previous, held)
+        with LeaseKeeper(claims, held):  # from the claim's first moment: S3 may be slow to answer the checks
+            if storage.exists(marker_uri(settings.status_prefix, uri, "done")):
+                return Outcome(uri, True, skipped="done by another node")
+            body = storage.read_optional(marker_uri(settings.status_prefix, uri, "failed"))
+            previous = int(json.loads(body).get("attempts", 1)) if body else 0
+            if previous >= settings.attempts:
+                return Outcome(uri, False, "failed for good", previous, skipped="failed for good")
+            outcome = run_document(storage, settings, uri, previous, held)
+        return outcome
     finally:
-        if not held.lost.is_set():
+        # A lease that ran out while the marker was being written still ends with the marker: the
+        # claim is released then too (If-Match, so one taken over meanwhile stays its taker's). A
+        # claim lost without a marker stays, so its taker records the lost attempt.
+        if not held.lost.is_set() or (outcome is not None and outcome.skipped != "claim lost"):
             claims.release(held)
 
 

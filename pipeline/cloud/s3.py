@@ -196,7 +196,7 @@ class Storage:
         """One HEAD for an object."""
         if not is_s3(uri):
             return os.path.exists(uri)
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split(uri)
         try:
@@ -205,6 +205,8 @@ class Storage:
         except ClientError as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
+            raise describe_error(exc, "HEAD", uri) from exc
+        except BotoCoreError as exc:  # no answer after botocore's retries: S3 is unavailable
             raise describe_error(exc, "HEAD", uri) from exc
 
     def read_bytes(self, uri: str) -> bytes:
@@ -263,7 +265,7 @@ class Storage:
                     return path.read_bytes() == data
             atomic.fsync_dir(path.parent)
             return True
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split(uri)
         faults.point("s3.put.before", uri)
@@ -273,6 +275,8 @@ class Storage:
             if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 raise describe_error(exc, "PUT", uri) from exc
             return self.read_optional(uri) == data
+        except BotoCoreError as exc:
+            raise describe_error(exc, "PUT", uri) from exc
         faults.point("s3.put.after", uri)
         return True
 
