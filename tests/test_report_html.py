@@ -226,7 +226,7 @@ def test_empty_base_dir_says_so_in_every_plot(make_site) -> None:
     page = Page()
     page.feed((built.layout.manifests / report_html.REPORT_NAME).read_text())
     assert {name: f["images"] for name, f in page.figures.items()} == {
-        name: [] for name, _ in report_html.PLOTS}
+        name: [] for name, _, _ in report_html.PLOTS}
     assert all(f["text"].strip() for f in page.figures.values())
 
 
@@ -254,3 +254,33 @@ def test_slurm_records_draw_walltime_and_queue_wait(make_site) -> None:
     assert "Chunk run time against its requested walltime" in titles
     assert "Pages OCRed per hour (daily mean), by chunk end" in titles
     assert "Queue wait per SLURM job" in titles
+
+
+def test_a_report_draws_again_only_the_figures_whose_data_changed(make_site, monkeypatch) -> None:
+    """Drawing is most of a report's time: a rewrite with nothing new draws nothing, new job records
+    redraw the three plots made of them, and a reused figure is the one a fresh drawing gives."""
+    from pipeline.ops.status import Thresholds
+
+    lay = make_site().layout
+    drawn: list[str] = []
+    draw = report_html._png
+    monkeypatch.setattr(report_html, "_png", lambda figure: drawn.append(figure.axes[0].get_title()) or draw(figure))
+
+    def refresh(record_snapshot: bool = False) -> list[str]:
+        drawn.clear()
+        report_html.refresh(lay, thresholds=Thresholds(), slurm=None, record_snapshot=record_snapshot)
+        return sorted(drawn)
+
+    assert refresh(record_snapshot=True) == ["Backlog (waiting and in open batches), at each ProcessAll",
+                                             "Disk used per stage, at each ProcessAll"]
+    assert refresh() == []
+    events.append(lay.metrics, [
+        records.submission_record("0001", 0, 40, "7", 600, 1, "2026-11-10T08:00:00+00:00"),
+        records.end_record("0001", 0, 40, "7", "COMPLETED", "0:0", 300, "2026-11-10T08:05:00+00:00",
+                           "2026-11-10T08:10:00+00:00")])
+    assert refresh() == ["Chunk run time against its requested walltime", "Pages OCRed per hour, by chunk end",
+                         "Queue wait per SLURM job"]
+    fresh, _ = report_html.render(lay, report_html.status_view.collect(lay, thresholds=Thresholds(), slurm=None))
+    plots = re.compile(r'<div class="plots">.*</div>', re.S)
+    [drawn_now] = plots.findall(fresh)
+    assert plots.findall(report_html.report_path(lay).read_text()) == [drawn_now]

@@ -11,16 +11,22 @@ Where each plot's numbers come from:
   ProcessAll run (``refresh(record_snapshot=True)``);
 - the Status table and the quarantine reasons: Status itself (pipeline.ops.status.collect).
 
+A figure is drawn only when the data it shows changed since the last report
+(_manifests/report_figures.json keeps the last figures under a digest of their data).
+
 A plot without data says so in words instead of an empty axis.
 """
 from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
+import hashlib
 import html
 import io
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
 
 REPORT_NAME = "report.html"
 HISTORY_NAME = "status_history.ndjson"
+FIGURES_NAME = "report_figures.json"  # the last report's figures, for the next one to reuse
 SNAPSHOT_EVENT = "status_snapshot"
 _DAY_BINS_AFTER_DAYS = 3  # pages/hour in hourly bars up to this span, in daily means beyond it
 
@@ -46,6 +53,10 @@ def report_path(layout: Layout) -> Path:
 
 def history_path(layout: Layout) -> Path:
     return layout.manifests / HISTORY_NAME
+
+
+def figures_path(layout: Layout) -> Path:
+    return layout.manifests / FIGURES_NAME
 
 
 # --- the numbers -----------------------------------------------------------------------------------
@@ -128,8 +139,7 @@ def _time_axis(axes: Axes) -> None:
     axes.grid(alpha=0.3)
 
 
-def _plot_finalized(layout: Layout, **_: Any) -> Figure | str:
-    rows = finalized_over_time(layout)
+def _plot_finalized(rows: list[tuple[_dt.datetime, int, int]]) -> Figure | str:
     if not rows:
         return "No batch finalized yet."
     figure = _figure()
@@ -157,7 +167,7 @@ def _cumulative(values: list[int]) -> list[int]:
     return out
 
 
-def _plot_pages_per_hour(runs: list[Attempt], **_: Any) -> Figure | str:
+def _plot_pages_per_hour(runs: list[Attempt]) -> Figure | str:
     ended = [(end, r.pages) for r in runs if r.completed and (end := _end(r))]
     if not ended:
         return "No chunk completed yet (metrics.ndjson has no completed job)."
@@ -179,7 +189,7 @@ def _plot_pages_per_hour(runs: list[Attempt], **_: Any) -> Figure | str:
     return figure
 
 
-def _plot_run_time(runs: list[Attempt], **_: Any) -> Figure | str:
+def _plot_run_time(runs: list[Attempt]) -> Figure | str:
     measured = [r for r in runs if r.elapsed is not None and r.state]
     if not measured:
         return "No chunk run measured yet (metrics.ndjson has no ended job)."
@@ -210,7 +220,7 @@ def _plot_run_time(runs: list[Attempt], **_: Any) -> Figure | str:
     return figure
 
 
-def _plot_queue_wait(runs: list[Attempt], **_: Any) -> Figure | str:
+def _plot_queue_wait(runs: list[Attempt]) -> Figure | str:
     waits = [(_time(r.submitted_at), (_time(r.start) - _time(r.submitted_at)).total_seconds() / 60)
              for r in runs if r.submitted_at and r.start]
     if not waits:
@@ -226,7 +236,7 @@ def _plot_queue_wait(runs: list[Attempt], **_: Any) -> Figure | str:
     return figure
 
 
-def _plot_backlog(history: list[dict[str, Any]], **_: Any) -> Figure | str:
+def _plot_backlog(history: list[dict[str, Any]]) -> Figure | str:
     from matplotlib.ticker import MaxNLocator
 
     if not history:
@@ -247,7 +257,7 @@ def _plot_backlog(history: list[dict[str, Any]], **_: Any) -> Figure | str:
     return figure
 
 
-def _plot_disk(history: list[dict[str, Any]], **_: Any) -> Figure | str:
+def _plot_disk(history: list[dict[str, Any]]) -> Figure | str:
     if not history:
         return "No status snapshot yet: each ProcessAll run records one."
     figure = _figure()
@@ -267,10 +277,9 @@ def _plot_disk(history: list[dict[str, Any]], **_: Any) -> Figure | str:
     return figure
 
 
-def _plot_quarantine(status: dict[str, Any], **_: Any) -> Figure | str:
+def _plot_quarantine(reasons: dict[str, int]) -> Figure | str:
     from matplotlib.ticker import MaxNLocator
 
-    reasons = status["stages"].get(QUARANTINE, {}).get("reasons", {})
     if not reasons:
         return "Nothing quarantined."
     figure = _figure()
@@ -283,10 +292,26 @@ def _plot_quarantine(status: dict[str, Any], **_: Any) -> Figure | str:
     return figure
 
 
-PLOTS: tuple[tuple[str, Callable[..., Any]], ...] = (
-    ("finalized", _plot_finalized), ("pages-per-hour", _plot_pages_per_hour), ("run-time", _plot_run_time),
-    ("queue-wait", _plot_queue_wait), ("backlog", _plot_backlog), ("disk", _plot_disk),
-    ("quarantine", _plot_quarantine),
+@dataclass(frozen=True)
+class Sources:
+    """What the plots draw from, each read once per report."""
+
+    layout: Layout
+    status: dict[str, Any]
+    runs: list[Attempt]
+    history: list[dict[str, Any]]
+
+
+# (name, the data it shows, how it is drawn): a figure whose data did not change since the last
+# report is not drawn again (drawing is most of a report's time, and most runs change few plots).
+PLOTS: tuple[tuple[str, Callable[[Sources], Any], Callable[[Any], Figure | str]], ...] = (
+    ("finalized", lambda s: finalized_over_time(s.layout), _plot_finalized),
+    ("pages-per-hour", lambda s: s.runs, _plot_pages_per_hour),
+    ("run-time", lambda s: s.runs, _plot_run_time),
+    ("queue-wait", lambda s: s.runs, _plot_queue_wait),
+    ("backlog", lambda s: s.history, _plot_backlog),
+    ("disk", lambda s: s.history, _plot_disk),
+    ("quarantine", lambda s: s.status["stages"].get(QUARANTINE, {}).get("reasons", {}), _plot_quarantine),
 )
 
 
@@ -374,28 +399,46 @@ def _cell_span(value: int, name: str) -> str:
     return f'<span data-backlog="{name}" data-value="{value}">{value:,}</span>'
 
 
-def render(layout: Layout, status: dict[str, Any]) -> str:
+def _figure_html(name: str, drawn: Figure | str) -> str:
+    if isinstance(drawn, str):
+        return f'<figure class="empty" id="plot-{name}"><p>{_e(drawn)}</p></figure>'
+    title = drawn.axes[0].get_title()
+    return f'<figure id="plot-{name}"><img alt="{_e(title)}" src="data:image/png;base64,{_png(drawn)}"></figure>'
+
+
+@functools.cache
+def _drawing_version() -> str:
+    """Changes with this module (how the plots are drawn) and with matplotlib: figures drawn by
+    another version are drawn again."""
+    from importlib.metadata import version  # not matplotlib itself: a report reusing every figure never imports it
+
+    return hashlib.sha256(Path(__file__).read_bytes() + version("matplotlib").encode()).hexdigest()
+
+
+def render(layout: Layout, status: dict[str, Any],
+           drawn_before: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """The whole page for ``status`` (a result of pipeline.ops.status.collect) and the records of
-    ``layout``'s base_dir."""
-    sources = {"layout": layout, "status": status, "runs": attempts(events.read(layout.metrics)),
-               "history": read_history(layout)}
-    figures = []
-    for name, plot in PLOTS:
-        drawn = plot(**sources)
-        if isinstance(drawn, str):
-            figures.append(f'<figure class="empty" id="plot-{name}"><p>{_e(drawn)}</p></figure>')
+    ``layout``'s base_dir, and its figures by name ({"key", "html"}, the key a digest of the data
+    drawn). A figure of ``drawn_before`` (the last report's) whose data is unchanged is reused."""
+    sources = Sources(layout, status, attempts(events.read(layout.metrics)), read_history(layout))
+    figures: dict[str, Any] = {}
+    for name, shown, draw in PLOTS:
+        data = shown(sources)
+        key = hashlib.sha256(f"{_drawing_version()} {name} {data!r}".encode()).hexdigest()
+        kept = (drawn_before or {}).get(name)
+        if isinstance(kept, dict) and kept.get("key") == key and isinstance(kept.get("html"), str):
+            figures[name] = kept
         else:
-            title = drawn.axes[0].get_title()
-            figures.append(f'<figure id="plot-{name}"><img alt="{_e(title)}" '
-                           f'src="data:image/png;base64,{_png(drawn)}"></figure>')
-    return (
+            figures[name] = {"key": key, "html": _figure_html(name, draw(data))}
+    page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>OCR pipeline report: {_e(status['base_dir'])}</title><style>{_STYLE}</style></head><body>\n"
         f"<h1>OCR pipeline report</h1><p>base_dir <code>{_e(status['base_dir'])}</code> at "
         f"<span id=\"status-time\">{_e(status['time'])}</span></p>\n"
         f"<h2>Status</h2>\n{status_html(status)}\n<h2>Over time</h2>\n"
-        f"<div class=\"plots\">{''.join(figures)}</div>\n</body></html>\n"
+        f"<div class=\"plots\">{''.join(f['html'] for f in figures.values())}</div>\n</body></html>\n"
     )
+    return page, figures
 
 
 def refresh(layout: Layout, *, thresholds: status_view.Thresholds, slurm: SlurmClient | None,
@@ -406,7 +449,10 @@ def refresh(layout: Layout, *, thresholds: status_view.Thresholds, slurm: SlurmC
     if record_snapshot:
         events.append(history_path(layout), [snapshot(status)])
     progress("drawing the plots")
-    path = report_path(layout)
-    atomic.write_bytes(path, render(layout, status).encode("utf-8"))
+    path, kept = report_path(layout), figures_path(layout)
+    drawn_before = _record(kept)
+    page, figures = render(layout, status, drawn_before if isinstance(drawn_before, dict) else None)
+    atomic.write_bytes(path, page.encode("utf-8"))
+    atomic.write_json(kept, figures)
     return path
 
