@@ -150,8 +150,9 @@ def already_here(layout: Layout, identifier: str) -> bool:
     (quarantined documents: it tidies their leftovers)."""
     fanout = fanout_of(identifier, layout.fanout_width)
     base = os.fspath(layout.base)
-    return (os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json"))
-            or os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json")))
+    # Finalized first: most of a long-running collection's source is.
+    return (os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json"))
+            or os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json")))
 
 
 def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) -> str:
@@ -267,17 +268,17 @@ def download_all(
                 continue
             if disk_full or summary.paused:
                 break
+            if already_here(layout, item.identifier):  # a rerun over a large source: no thread per document
+                summary.skipped += 1
+                if summary.skipped % SKIPPED_PROGRESS_EVERY == 0:
+                    progress(summary)
+                continue
             if waiting_now + summary.fetched + len(pending) >= max_waiting:
                 summary.paused = f"{max_waiting} documents are waiting for OCR ([backpressure] max_waiting_documents)"
                 break
             if free_gb(layout.base) < min_free_gb:
                 summary.paused = low_space
                 break
-            if already_here(layout, item.identifier):  # a rerun over a large source: no thread per document
-                summary.skipped += 1
-                if summary.skipped % SKIPPED_PROGRESS_EVERY == 0:
-                    progress(summary)
-                continue
             pending.append((item, pool.submit(download_unless_full, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
