@@ -150,9 +150,10 @@ def already_here(layout: Layout, identifier: str) -> bool:
     (quarantined documents: it tidies their leftovers)."""
     fanout = fanout_of(identifier, layout.fanout_width)
     base = os.fspath(layout.base)
-    # Finalized first: most of a long-running collection's source is.
-    return (os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json"))
-            or os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json")))
+    # 01 before 05, the way documents move (Finalize writes 05 before it deletes from 01): a document
+    # finalized between the two stats is still seen.
+    return (os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json"))
+            or os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json")))
 
 
 def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) -> str:
