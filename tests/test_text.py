@@ -50,3 +50,26 @@ def test_text_engine_isolates_each_document(tmp_path: Path) -> None:
     assert "Traceback" in failed["cycle.pdf"]["log"]
     assert failed["slow.pdf"]["error"] == "TimeLimit"
     assert failed["caf\udce9.pdf"]["error"] == "InvalidRecord"
+
+
+def test_one_worker_reading_many_documents_in_turn_gets_each_ones_own_characters(tmp_path: Path) -> None:
+    texts = ["Café — €5 Straße", "Ærøskøbing ½ ¼ “quoted”", "plain ascii line"]
+    pdfs = []
+    for n, text in enumerate(texts * 3):
+        pdfs.append(tmp_path / f"doc{n}.pdf")
+        pdfs[-1].write_bytes(samples.text_pdf([text]))
+    records = read_records(get_engine("text", EngineSettings(workers=1)).run(pdfs, tmp_path / "workspace"))
+    assert [normalise(page_texts(records[f"doc{n}"])[0]) for n in range(len(pdfs))] == \
+        [normalise(t) for t in texts * 3]
+
+
+def test_the_shared_encoding_table_is_handed_out_as_a_copy_a_font_may_amend() -> None:
+    import pypdf._text_extraction._text_extractor as extractor
+
+    from pipeline.engines import text
+
+    text._share_named_encodings()
+    first = extractor.encoding_dict_from_named_encoding("cp1252")
+    assert first[0x80] == "€"
+    first[0x80] = "amended by one font's /Differences"
+    assert extractor.encoding_dict_from_named_encoding("cp1252")[0x80] == "€"
