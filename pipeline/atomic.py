@@ -75,11 +75,13 @@ def makedirs(folder: Path, *, sync: bool = True) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path, *, sync_dir: bool = True) -> Iterator[BinaryIO]:
-    """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder."""
-    makedirs(path.parent)
-    prefix = f".{path.name[:50]}."
-    remove_leftovers(path.parent, prefix)
+def _replacing(path: Path, *, sync_dir: bool = True, prepared: bool = False) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder.
+    ``prepared``: the folder exists and holds no leftover of this target (see ``prepare``)."""
+    prefix = temp_prefix(path)
+    if not prepared:
+        makedirs(path.parent)
+        remove_leftovers(path.parent, prefix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -104,6 +106,12 @@ def remove_leftovers(folder: Path, prefix: str, suffix: str = ".tmp") -> None:
     with live writers of other files. A live writer of the same target loses its temp file and
     fails loudly at its rename; two writers of one file at once are a fault of their own.
     """
+    remove_leftovers_of(folder, {suffix: {prefix}})
+
+
+def remove_leftovers_of(folder: Path, prefixes: dict[str, set[str]]) -> None:
+    """remove_leftovers for many targets of one folder, with one listing: ``prefixes`` maps a temp
+    file suffix to the name prefixes of the targets whose temp files end with it."""
     try:
         entries = os.scandir(folder)
     except FileNotFoundError:  # no folder, no leftovers
@@ -111,15 +119,39 @@ def remove_leftovers(folder: Path, prefix: str, suffix: str = ".tmp") -> None:
     with entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(prefix) and name.endswith(suffix) and len(name) == len(prefix) + 8 + len(suffix):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+            for suffix, starts in prefixes.items():
+                if name.endswith(suffix) and name[:-8 - len(suffix)] in starts:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    break
 
 
-def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
+def prepare(targets: Iterable[Path]) -> list[Path]:
+    """Make the folders of many files about to be written (``write_bytes(..., prepared=True)``) and
+    remove their leftover temp files, with one listing per folder instead of one per file: a stage
+    writing thousands of files into fan-out folders that keep growing (04_ocr_completed) would
+    otherwise list a whole folder for each. Returns the folders that gained an entry (not synced)."""
+    by_folder: dict[Path, set[str]] = {}
+    for target in targets:
+        by_folder.setdefault(Path(target).parent, set()).add(temp_prefix(Path(target)))
+    changed: list[Path] = []
+    for folder, prefixes in by_folder.items():
+        changed += makedirs(folder, sync=False)
+        remove_leftovers_of(folder, {".tmp": prefixes})
+    return changed
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of the names of ``path``'s temp files (mkstemp adds 8 characters and the suffix)."""
+    return f".{path.name[:50]}."
+
+
+def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True, prepared: bool = False) -> bool:
     """Atomically replace ``path`` with ``data``; return False (touching nothing) when it already holds them.
 
     Leaving identical files alone keeps a rerun of finished work from changing any byte or mtime.
+    ``prepared``: its folder exists and holds no leftover temp file of ``path`` (``prepare`` made it
+    so for many files at once, or the caller created the folder just now).
     """
     path = Path(path)
     try:
@@ -127,7 +159,7 @@ def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
             return False
     except FileNotFoundError:
         pass
-    with reporting_disk_full(path), _replacing(path, sync_dir=sync_dir) as handle:
+    with reporting_disk_full(path), _replacing(path, sync_dir=sync_dir, prepared=prepared) as handle:
         handle.write(data)
     return True
 

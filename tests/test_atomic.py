@@ -201,3 +201,24 @@ def test_a_writer_killed_around_its_rename_leaves_one_whole_version(tmp_path, po
     assert len(leftovers) == (point == "atomic.rename.before")  # the whole new version, never renamed
     atomic.write_bytes(target, b"C")  # the next write of the target clears what the killed one left
     assert [p.name for p in target.parent.iterdir()] == ["big.bin"]
+
+
+def test_prepare_makes_the_folders_and_removes_only_the_leftovers_of_the_files_to_be_written(tmp_path: Path) -> None:
+    folder = tmp_path / "04" / "ab"
+    folder.mkdir(parents=True)
+    ours = folder / ".doc1.ocr.jsonl.k2j4h5g6.tmp"  # a writer of doc1 killed before its rename
+    theirs = folder / ".doc2.ocr.jsonl.a1b2c3d4.tmp"  # a live writer of another file
+    kept = [theirs, folder / "doc1.ocr.jsonl.k2j4h5g6.tmp", folder / ".doc1.ocr.jsonl.tmp", folder / "doc3.ocr.jsonl"]
+    for path in [ours, *kept]:
+        path.write_bytes(b"x")
+    long_name = "x" * 80 + ".ocr.jsonl"  # temp names keep the first 50 characters
+    long_leftover = folder / f".{long_name[:50]}.zzzzzzzz.tmp"
+    long_leftover.write_bytes(b"x")
+
+    made = atomic.prepare([folder / "doc1.ocr.jsonl", folder / long_name, tmp_path / "04" / "cd" / "doc4.ocr.jsonl"])
+
+    assert not ours.exists() and not long_leftover.exists()
+    assert all(path.exists() for path in kept)
+    assert (tmp_path / "04" / "cd").is_dir() and made == [tmp_path / "04"]
+    assert atomic.write_bytes(folder / "doc1.ocr.jsonl", b"record\n", prepared=True)
+    assert (folder / "doc1.ocr.jsonl").read_bytes() == b"record\n"

@@ -74,11 +74,13 @@ def write_outputs(
     if _output_whole(doc, identifier):
         return "already", []
     record = json.loads(doc.completed_jsonl.read_bytes().splitlines()[-1])
-    atomic.remove_stale_temps(doc.processed_dir)  # a kill during an earlier attempt
     changed = atomic.makedirs(doc.processed_dir, sync=False)
-    atomic.write_bytes(doc.processed_ocr, atomic.dumps_json(record), sync_dir=False)
-    atomic.write_bytes(doc.processed_metadata,
-                       atomic.dumps_json(build_metadata(identifier, download, record, prov)), sync_dir=False)
+    new = doc.processed_dir.parent in changed  # made just now: nothing in it to compare with or tidy
+    if not new:
+        atomic.remove_stale_temps(doc.processed_dir)  # a kill during an earlier attempt
+    atomic.write_bytes(doc.processed_ocr, atomic.dumps_json(record), sync_dir=False, prepared=new)
+    atomic.write_bytes(doc.processed_metadata, atomic.dumps_json(build_metadata(identifier, download, record, prov)),
+                       sync_dir=False, prepared=new)
     return "finalized", [*changed, doc.processed_dir]
 
 

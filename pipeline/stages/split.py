@@ -80,6 +80,9 @@ def write_split(plan: SplitPlan, destination: Callable[[str], Path], workers: in
     ``workers`` files are written at once (their fsyncs overlap), and the folders that gained files
     are synced together before returning: every file is durable when this returns."""
 
+    targets = {identifier: destination(identifier) for identifier in plan.winners}
+    made = atomic.prepare(targets.values())
+
     def write(identifier: str) -> tuple[str, int, Path | None]:
         record, where = plan.winners[identifier]
         try:
@@ -87,8 +90,8 @@ def write_split(plan: SplitPlan, destination: Callable[[str], Path], workers: in
             data = olmocr_format.record_line(valid)
         except olmocr_format.InvalidRecord as exc:
             return f"{where}: {exc}", 0, None
-        target = destination(identifier)
-        return "", replaced, target if atomic.write_bytes(target, data, sync_dir=False) else None
+        target = targets[identifier]
+        return "", replaced, target if atomic.write_bytes(target, data, sync_dir=False, prepared=True) else None
 
     changed = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -100,7 +103,7 @@ def write_split(plan: SplitPlan, destination: Callable[[str], Path], workers: in
                 plan.replaced[identifier] = replaced
             if written:
                 changed.append(written)
-    atomic.fsync_dirs(path.parent for path in changed)
+    atomic.fsync_dirs([*made, *(path.parent for path in changed)])
     return len(changed)
 
 
