@@ -325,16 +325,39 @@ def test_a_source_folder_lists_its_pdf_files_in_path_order_following_file_links_
         ("linked", str(elsewhere / "real.pdf"))]
 
 
-def test_already_here_knows_downloaded_and_finalized_documents(tmp_path: Path) -> None:
+def test_present_knows_downloaded_and_finalized_documents_but_not_a_finalize_that_wrote_nothing(
+        tmp_path: Path) -> None:
     layout = Layout(tmp_path / "data", 2)
     source = tmp_path / "source"
     source.mkdir()
     (source / "doc.pdf").write_bytes(samples.text_pdf(["one"]))
-    assert not download.already_here(layout, "doc")
+    assert "doc" not in download.Present(layout)
     download.download_all(layout, download.iter_folder(source), workers=1, max_waiting=10, waiting_now=0,
                           min_free_gb=0)
-    assert download.already_here(layout, "doc")
     atomic.write_json(layout.processed_metadata("done"), {"identifier": "done"})
-    assert download.already_here(layout, "done")
     atomic.makedirs(layout.processed_dir("half"))  # a finalize killed before it wrote anything
-    assert not download.already_here(layout, "half") and not download.already_here(layout, "other")
+    present = download.Present(layout)
+    assert "doc" in present and "done" in present
+    assert "half" not in present and "other" not in present
+    flat = Layout(tmp_path / "flat", 0)  # fan-out off: the stage folders hold the documents themselves
+    atomic.write_json(flat.processed_metadata("done"), {"identifier": "done"})
+    atomic.write_json(flat.downloaded_meta("doc"), {"identifier": "doc"})
+    present_flat = download.Present(flat)
+    assert "doc" in present_flat and "done" in present_flat and "other" not in present_flat
+
+
+def test_a_pass_removes_the_temp_files_of_killed_attempts_of_its_documents_and_no_others(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "data", 2)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "doc.pdf").write_bytes(samples.text_pdf(["one"]))
+    folder = layout.downloaded_pdf("doc").parent
+    folder.mkdir(parents=True)
+    killed = [folder / ".doc.a1b2c3d4.part", folder / ".doc.meta.json.e5f6g7h8.tmp"]
+    others = [folder / ".docx.a1b2c3d4.part", folder / ".other.meta.json.e5f6g7h8.tmp"]
+    for path in killed + others:
+        path.write_bytes(b"partial")
+    summary = download.download_all(layout, download.iter_folder(source), workers=1, max_waiting=10,
+                                    waiting_now=0, min_free_gb=0)
+    assert summary.fetched == 1 and layout.downloaded_meta("doc").exists()
+    assert not any(path.exists() for path in killed) and all(path.exists() for path in others)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import atomic, events, faults, pdf
-from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, fanout_of, identifier_of
+from pipeline import atomic, events, faults, listing, pdf
+from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, identifier_of
 from pipeline.stages import batches
 from pipeline.stages.quarantine import quarantine
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 SKIPPED_PROGRESS_EVERY = 1000  # documents already here between progress reports
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a source of millions of documents builds one per document
 class SourceItem:
     identifier: str
     uri: str  # what the metadata records (credentials and query strings removed)
@@ -107,14 +107,14 @@ def iter_folder(folder: Path) -> Iterator[SourceItem | InvalidIdentifier]:
     found = sorted(_pdf_files(root), key=lambda item: item[0].replace(os.sep, "\0"))
     for path, link in found:
         try:
-            yield SourceItem(identifier_of(os.path.basename(path)), os.path.realpath(path) if link else path,
+            yield SourceItem(identifier_of(path.rpartition(os.sep)[2]), os.path.realpath(path) if link else path,
                              _copy_from(path))
         except InvalidIdentifier as exc:
             yield exc
 
 
-def iter_url_list(listing: Path, timeout: float) -> Iterator[SourceItem | InvalidIdentifier]:
-    for line in Path(listing).read_text(encoding="utf-8").splitlines():
+def iter_url_list(url_list: Path, timeout: float) -> Iterator[SourceItem | InvalidIdentifier]:
+    for line in Path(url_list).read_text(encoding="utf-8").splitlines():
         url = line.strip()
         if not url or url.startswith("#"):
             continue
@@ -144,24 +144,43 @@ def iter_source(source: str, timeout: float = 60.0) -> Iterator[SourceItem | Inv
         raise FileNotFoundError(f"download source {source!r} is neither a folder, a URL list nor s3://")
 
 
-def already_here(layout: Layout, identifier: str) -> bool:
-    """True when the document is downloaded or finalized: two stats on paths built as plain strings
-    (a rerun asks this for every document of the source). False leaves the answer to download_one
-    (quarantined documents: it tidies their leftovers)."""
-    fanout = fanout_of(identifier, layout.fanout_width)
-    base = os.fspath(layout.base)
-    # 01 before 05, the way documents move (Finalize writes 05 before it deletes from 01): a document
-    # finalized between the two stats is still seen.
-    return (os.path.exists(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json"))
-            or os.path.exists(os.path.join(base, PROCESSED, fanout, identifier, f"{identifier}.metadata.json")))
+class Present:
+    """The documents a download pass finds already here, downloaded (a .meta.json in 01) or finalized
+    (a whole 05 folder), from one listing per fan-out folder: a rerun over a large source asks this
+    of every document, and the listings cost far less than two stats each. Not in it: the answer is
+    download_one's (quarantined documents: it tidies their leftovers)."""
+
+    def __init__(self, layout: Layout) -> None:
+        base = os.fspath(layout.base)
+        # 01 before 05, the way documents move (Finalize writes 05 before it deletes from 01): a
+        # document finalized between the two listings is still seen.
+        self.downloaded = {name[:-len(".meta.json")] for folder in _fanouts(os.path.join(base, DOWNLOADED),
+                                                                            layout.fanout_width)
+                           for name in listing.entries(folder).files if name.endswith(".meta.json")}
+        self.finalized = {name: os.path.join(folder, name)
+                          for folder in _fanouts(os.path.join(base, PROCESSED), layout.fanout_width)
+                          for name in listing.entries(folder).folders}
+
+    def __contains__(self, identifier: object) -> bool:
+        if identifier in self.downloaded:
+            return True
+        folder = self.finalized.get(identifier) if isinstance(identifier, str) else None
+        # a 05 folder counts once its metadata is there: Finalize writes that last
+        return folder is not None and os.path.exists(os.path.join(folder, f"{identifier}.metadata.json"))
 
 
-def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) -> str:
+def _fanouts(stage: str, width: int) -> list[str]:
+    """The <ab> folders of a stage (the stage itself when fan-out is off)."""
+    return [os.path.join(stage, name) for name in listing.entries(stage).folders] if width else [stage]
+
+
+def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True, prepared: bool = False) -> str:
     """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'.
 
     The PDF is durable in 01 before its .meta.json is written. Without ``sync_meta`` the folder
     entry of the .meta.json is left for the caller to sync (one sync for many documents): until
-    then a power cut can only make the document look not yet downloaded, so it is fetched again."""
+    then a power cut can only make the document look not yet downloaded, so it is fetched again.
+    ``prepared``: ``prepare_folders`` made its folder and removed its leftovers."""
     dest = layout.downloaded_pdf(item.identifier)
     prefix = f".{item.identifier}."
     if layout.is_known(item.identifier):
@@ -169,8 +188,9 @@ def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) ->
             # quarantined by a run killed before it removed its temp file
             atomic.remove_leftovers(dest.parent, prefix, ".part")
         return "skipped"
-    atomic.makedirs(dest.parent)
-    atomic.remove_leftovers(dest.parent, prefix, ".part")  # a killed earlier attempt of this document
+    if not prepared:
+        atomic.makedirs(dest.parent)
+        atomic.remove_leftovers(dest.parent, prefix, ".part")  # a killed earlier attempt of this document
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -195,11 +215,29 @@ def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True) ->
         faults.point("download.rename.before", dest)
         os.replace(tmp, dest)
         atomic.fsync_dir(dest.parent)
-        atomic.write_json(layout.downloaded_meta(item.identifier), meta, sync_dir=sync_meta)
+        atomic.write_bytes(layout.downloaded_meta(item.identifier), atomic.dumps_json(meta), sync_dir=sync_meta,
+                           prepared=prepared)
     finally:
         if tmp.exists():
             tmp.unlink()
     return "fetched"
+
+
+def prepare_folders(layout: Layout, identifiers: Iterable[str]) -> list[Path]:
+    """download_one's preparation for many documents at once: their 01 folders made and the temp files
+    of killed earlier attempts removed, one listing per folder (a folder of thousands of waiting
+    documents is not listed again for each). Returns the folders that gained an entry (not synced)."""
+    by_folder: dict[Path, dict[str, set[str]]] = {}
+    for identifier in identifiers:
+        meta = layout.downloaded_meta(identifier)
+        prefixes = by_folder.setdefault(meta.parent, {".part": set(), ".tmp": set()})
+        prefixes[".part"].add(f".{identifier}.")
+        prefixes[".tmp"].add(atomic.temp_prefix(meta))
+    changed: list[Path] = []
+    for folder, prefixes in by_folder.items():
+        changed += atomic.makedirs(folder, sync=False)
+        atomic.remove_leftovers_of(folder, prefixes)
+    return changed
 
 
 def free_gb(path: Path) -> float:
@@ -207,11 +245,12 @@ def free_gb(path: Path) -> float:
 
 
 def download_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -> str:
-    """download_one, or 'paused' when the free space is below the threshold as this download starts:
-    the pool runs several downloads at once, and those queued behind them must not fill the disk."""
+    """download_one of a prepared document (``prepare_folders``), or 'paused' when the free space is
+    below the threshold as this download starts: the pool runs several downloads at once, and those
+    queued behind them must not fill the disk."""
     if free_gb(layout.base) < min_free_gb:
         return "paused"
-    return download_one(layout, item, sync_meta=False)
+    return download_one(layout, item, sync_meta=False, prepared=True)
 
 
 def download_all(
@@ -231,6 +270,11 @@ def download_all(
     unsynced: set[Path] = set()  # folders of .meta.json files written, synced together at the end
     disk_full: list[atomic.DiskFull] = []
     low_space = f"less than {min_free_gb} GB free on {layout.base} ([backpressure] min_free_gb)"
+    present = Present(layout)
+    items = list(items)
+    named = [i.identifier for i in items if not isinstance(i, InvalidIdentifier)]
+    here = {identifier for identifier in named if identifier in present}
+    unsynced.update(prepare_folders(layout, (identifier for identifier in named if identifier not in here)))
 
     def settle(item: SourceItem, future: Future[str]) -> None:
         try:
@@ -269,7 +313,7 @@ def download_all(
                 continue
             if disk_full or summary.paused:
                 break
-            if already_here(layout, item.identifier):  # a rerun over a large source: no thread per document
+            if item.identifier in here:  # a rerun over a large source: no thread per document
                 summary.skipped += 1
                 if summary.skipped % SKIPPED_PROGRESS_EVERY == 0:
                     progress(summary)
