@@ -325,7 +325,7 @@ def test_a_source_folder_lists_its_pdf_files_in_path_order_following_file_links_
         ("linked", str(elsewhere / "real.pdf"))]
 
 
-def test_present_knows_downloaded_and_finalized_documents_but_not_a_finalize_that_wrote_nothing(
+def test_present_knows_downloaded_and_finalized_documents_and_one_a_finalize_is_working_on(
         tmp_path: Path) -> None:
     layout = Layout(tmp_path / "data", 2)
     source = tmp_path / "source"
@@ -335,10 +335,12 @@ def test_present_knows_downloaded_and_finalized_documents_but_not_a_finalize_tha
     download.download_all(layout, download.iter_folder(source), workers=1, max_waiting=10, waiting_now=0,
                           min_free_gb=0)
     atomic.write_json(layout.processed_metadata("done"), {"identifier": "done"})
-    atomic.makedirs(layout.processed_dir("half"))  # a finalize killed before it wrote anything
+    # A finalize killed before it wrote anything: the document is still in its batch (an adopted one
+    # has no .meta.json in 01), so fetching it again would process it twice.
+    atomic.makedirs(layout.processed_dir("half"))
     present = download.Present(layout)
-    assert "doc" in present and "done" in present
-    assert "half" not in present and "other" not in present
+    assert "doc" in present and "done" in present and "half" in present
+    assert "other" not in present and "doc.meta.json" not in present
     flat = Layout(tmp_path / "flat", 0)  # fan-out off: the stage folders hold the documents themselves
     atomic.write_json(flat.processed_metadata("done"), {"identifier": "done"})
     atomic.write_json(flat.downloaded_meta("doc"), {"identifier": "doc"})
