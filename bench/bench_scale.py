@@ -2,7 +2,7 @@
 
     python bench/bench_scale.py [--documents 100000] [--dir PATH] [--baseline-sample 5000] [--keep]
 
-The documents are one-page text PDFs from pipeline.samples (a few hundred distinct ones, reused under
+The documents are two-page text PDFs from pipeline.samples (a few hundred distinct ones, reused under
 N names), in a source folder of a fresh base_dir under --dir. `luigi --module pipeline ProcessAll
 --local-scheduler` runs them from download to 05_processed (every batch open at once, the local
 executor's automatic parallel_chunks), then ProcessAll runs again with a new run id and finds nothing to do.
@@ -12,7 +12,8 @@ tasks one after another), Luigi tasks scheduled (from its execution summary), th
 time, the peak RSS of any process the runs started, event-log bytes per document, the time of
 `python -m pipeline status`, and the pipeline's documents/second against a bare baseline doing the
 same per-document file I/O in this run (read the PDF, write two JSON files with fsync, delete it;
-timed on --baseline-sample documents, its rate holds for any N). Targets at 100,000 documents:
+timed on --baseline-sample documents, its rate holds for any N), with the run's CPU time (user +
+system, every process) per document and the cores it kept busy on average. Targets at 100,000 documents:
 no-op rerun under 10 s, Status under 2 s, at most one Luigi task per 200 documents, ratio at least 0.3.
 """
 from __future__ import annotations
@@ -136,6 +137,12 @@ def automatic_parallel() -> int:
     return parallel_chunks(0, "text", 0, 2048)
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished process this one started (and theirs, waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -162,7 +169,9 @@ def main() -> int:
 
         print("ProcessAll ...", file=sys.stderr, flush=True)
         started = time.time()
+        cpu_before = children_cpu_seconds()
         full_seconds, output = luigi_run(root, config, "ProcessAll", "--run-id", "full")
+        full_cpu = children_cpu_seconds() - cpu_before
         tasks = tasks_scheduled(output)
         stages = stage_times(base, started)
         finalized = sum(1 for _ in (base / "05_processed").glob("*/*/*.ocr.json"))
@@ -192,7 +201,9 @@ def main() -> int:
     per_task = args.documents / tasks
     print(f"documents:                  {args.documents:,} (batches of {args.batch_size:,}, "
           f"{os.cpu_count()} cores, automatic parallel_chunks = {automatic_parallel()})")
-    print(f"ProcessAll:                 {full_seconds:.1f} s, {rate:.1f} documents/s")
+    print(f"ProcessAll:                 {full_seconds:.1f} s, {rate:.1f} documents/s; CPU (user + system, "
+          f"every process) {1000 * full_cpu / args.documents:.2f} ms per document, "
+          f"{full_cpu / full_seconds:.2f} cores busy on average")
     for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"    {stage:<22} {seconds:8.1f} s  ({100 * seconds / full_seconds:4.1f}%)")
     print(f"    (start-up, scheduling) {max(0.0, full_seconds - sum(stages.values())):8.1f} s")
@@ -206,7 +217,8 @@ def main() -> int:
     print(f"python -m pipeline status:  {status_seconds:.2f} s, exit {status.returncode} (target < 2 s: "
           f"{verdict(status_seconds < TARGETS['status_seconds'])})")
     sample = min(args.baseline_sample, args.documents)
-    print(f"bare per-document I/O:      {bare:.1f} documents/s (sample of {sample:,})")
+    print(f"bare per-document I/O:      {bare:.1f} documents/s (sample of {sample:,}), "
+          f"{1000 / bare:.2f} ms per document")
     print(f"ratio pipeline / bare:      {ratio:.3f} (target >= 0.3: {verdict(ratio >= TARGETS['ratio'])})")
     if args.documents < 100_000:
         print("(the targets are for 100,000 documents; this run is smaller)")
