@@ -78,7 +78,7 @@ def makedirs(folder: Path, *, sync: bool = True) -> list[Path]:
 def _replacing(path: Path, *, sync_dir: bool = True, prepared: bool = False) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, sync the folder.
     ``prepared``: the folder exists and holds no leftover of this target (see ``prepare``)."""
-    prefix = temp_prefix(path)
+    _, prefix, _ = temp_names(path)
     if not prepared:
         makedirs(path.parent)
         remove_leftovers(path.parent, prefix)
@@ -126,24 +126,28 @@ def remove_leftovers_of(folder: Path, prefixes: dict[str, set[str]]) -> None:
                     break
 
 
-def prepare(targets: Iterable[Path]) -> list[Path]:
+TempNames = tuple[Path, str, str]  # folder, name prefix, suffix: how one target's temp files are named
+
+
+def temp_names(path: Path) -> TempNames:
+    """How ``write_bytes`` names ``path``'s temp files (mkstemp puts 8 characters between)."""
+    return path.parent, f".{path.name[:50]}.", ".tmp"
+
+
+def prepare(temps: Iterable[TempNames]) -> list[Path]:
     """Make the folders of many files about to be written (``write_bytes(..., prepared=True)``) and
-    remove their leftover temp files, with one listing per folder instead of one per file: a stage
-    writing thousands of files into fan-out folders that keep growing (04_ocr_completed) would
-    otherwise list a whole folder for each. Returns the folders that gained an entry (not synced)."""
-    by_folder: dict[Path, set[str]] = {}
-    for target in targets:
-        by_folder.setdefault(Path(target).parent, set()).add(temp_prefix(Path(target)))
+    remove their leftover temp files (``temps``: see ``temp_names``), with one listing per folder
+    instead of one per file: a stage writing thousands of files into fan-out folders that keep
+    growing (04_ocr_completed) would otherwise list a whole folder for each. Returns the folders
+    that gained an entry (not synced)."""
+    by_folder: dict[Path, dict[str, set[str]]] = {}
+    for folder, prefix, suffix in temps:
+        by_folder.setdefault(folder, {}).setdefault(suffix, set()).add(prefix)
     changed: list[Path] = []
     for folder, prefixes in by_folder.items():
         changed += makedirs(folder, sync=False)
-        remove_leftovers_of(folder, {".tmp": prefixes})
+        remove_leftovers_of(folder, prefixes)
     return changed
-
-
-def temp_prefix(path: Path) -> str:
-    """The start of the names of ``path``'s temp files (mkstemp adds 8 characters and the suffix)."""
-    return f".{path.name[:50]}."
 
 
 def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True, prepared: bool = False) -> bool:

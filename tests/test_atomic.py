@@ -215,7 +215,8 @@ def test_prepare_makes_the_folders_and_removes_only_the_leftovers_of_the_files_t
     long_leftover = folder / f".{long_name[:50]}.zzzzzzzz.tmp"
     long_leftover.write_bytes(b"x")
 
-    made = atomic.prepare([folder / "doc1.ocr.jsonl", folder / long_name, tmp_path / "04" / "cd" / "doc4.ocr.jsonl"])
+    targets = [folder / "doc1.ocr.jsonl", folder / long_name, tmp_path / "04" / "cd" / "doc4.ocr.jsonl"]
+    made = atomic.prepare(atomic.temp_names(target) for target in targets)
 
     assert not ours.exists() and not long_leftover.exists()
     assert all(path.exists() for path in kept)

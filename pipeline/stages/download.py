@@ -223,19 +223,14 @@ def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True, pr
 
 def prepare_folders(layout: Layout, identifiers: Iterable[str]) -> list[Path]:
     """download_one's preparation for many documents at once: their 01 folders made and the temp files
-    of killed earlier attempts removed, one listing per folder (a folder of thousands of waiting
-    documents is not listed again for each). Returns the folders that gained an entry (not synced)."""
-    by_folder: dict[Path, dict[str, set[str]]] = {}
+    of killed earlier attempts (the PDF's .part, the .meta.json's) removed, one listing per folder (a
+    folder of thousands of waiting documents is not listed again for each). Returns the folders that
+    gained an entry (not synced)."""
+    temps: list[atomic.TempNames] = []
     for identifier in identifiers:
         meta = layout.downloaded_meta(identifier)
-        prefixes = by_folder.setdefault(meta.parent, {".part": set(), ".tmp": set()})
-        prefixes[".part"].add(f".{identifier}.")
-        prefixes[".tmp"].add(atomic.temp_prefix(meta))
-    changed: list[Path] = []
-    for folder, prefixes in by_folder.items():
-        changed += atomic.makedirs(folder, sync=False)
-        atomic.remove_leftovers_of(folder, prefixes)
-    return changed
+        temps += [(meta.parent, f".{identifier}.", ".part"), atomic.temp_names(meta)]
+    return atomic.prepare(temps)
 
 
 def free_gb(path: Path) -> float:

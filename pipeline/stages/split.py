@@ -81,7 +81,7 @@ def write_split(plan: SplitPlan, destination: Callable[[str], Path], workers: in
     are synced together before returning: every file is durable when this returns."""
 
     targets = {identifier: destination(identifier) for identifier in plan.winners}
-    made = atomic.prepare(targets.values())
+    made = atomic.prepare(atomic.temp_names(target) for target in targets.values())
 
     def write(identifier: str) -> tuple[str, int, Path | None]:
         record, where = plan.winners[identifier]
