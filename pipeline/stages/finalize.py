@@ -75,12 +75,11 @@ def write_outputs(
         return "already", []
     record = json.loads(doc.completed_jsonl.read_bytes().splitlines()[-1])
     changed = atomic.makedirs(doc.processed_dir, sync=False)
-    new = doc.processed_dir.parent in changed  # made just now: nothing in it to compare with or tidy
-    if not new:
-        atomic.remove_stale_temps(doc.processed_dir)  # a kill during an earlier attempt
-    atomic.write_bytes(doc.processed_ocr, atomic.dumps_json(record), sync_dir=False, prepared=new)
+    if doc.processed_dir.parent not in changed:  # the document's own folder was there: a kill during
+        atomic.remove_stale_temps(doc.processed_dir)  # an earlier attempt may have left temp files
+    atomic.write_bytes(doc.processed_ocr, atomic.dumps_json(record), sync_dir=False, prepared=True)
     atomic.write_bytes(doc.processed_metadata, atomic.dumps_json(build_metadata(identifier, download, record, prov)),
-                       sync_dir=False, prepared=new)
+                       sync_dir=False, prepared=True)
     return "finalized", [*changed, doc.processed_dir]
 
 
