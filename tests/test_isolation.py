@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 
 from pipeline.isolation import DocumentFailed, Limits, Workers
@@ -14,7 +15,10 @@ MiB = 1 << 20
 
 # Test-only work functions: the workers import them from this module by name.
 def behave(item: str) -> str:
-    """'sleep' hangs, 'hog' allocates 1 GiB, 'segv' crashes the worker, 'raise' fails; others echo."""
+    """'sleep' hangs, 'hog' allocates 1 GiB, 'segv' crashes the worker, 'raise' fails, 'modules' names
+    the heavy modules the worker has; others echo."""
+    if item == "modules":
+        return ",".join(name for name in ("luigi", "tasks", "matplotlib") if name in sys.modules)
     if item == "sleep":
         time.sleep(3600)
     if item == "hog":
@@ -67,6 +71,13 @@ def test_an_exception_names_its_class_message_and_log() -> None:
     assert entry["message"] == "bad glyph \\udc63 in stream"
     assert "Ignoring wrong pointing object" in entry["log"] and "Traceback" in entry["log"]
     json.dumps(entry, ensure_ascii=False).encode("utf-8")  # fit for a done marker as it is
+
+
+def test_workers_start_without_luigi_or_the_tasks() -> None:
+    # Every chunk job starts a worker server; importing Luigi and the tasks in it would double the
+    # CPU time of the chunk's start (this test's own process has them imported).
+    assert "luigi" in sys.modules
+    assert results(Limits(), ["modules"]) == {"modules": ""}
 
 
 def test_workers_are_reused_and_results_keep_their_order() -> None:
