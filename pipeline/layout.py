@@ -1,6 +1,7 @@
 """Stage folders, fan-out folders (<ab>) and identifier rules of the base_dir layout (DESIGN.md)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -17,6 +18,9 @@ PROCESSED = "05_processed"
 QUARANTINE = "_quarantine"
 MANIFESTS = "_manifests"  # the folder of the event log, metrics and run records (its name on disk stays)
 
+# A stage asks for a document's paths several times while it works on it (six Paths, a hash and the
+# identifier checks each time otherwise); a batch's worth is remembered.
+DOCUMENTS_REMEMBERED = 4096
 _BATCH_DIR = re.compile(r"^batch_(\d+)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -83,6 +87,21 @@ class DocumentPaths:
     processed_metadata: Path
 
 
+@functools.lru_cache(maxsize=DOCUMENTS_REMEMBERED)
+def _document_paths(base: Path, width: int, identifier: str) -> DocumentPaths:
+    fanout = fanout_of(validate_identifier(identifier), width)
+    root = str(base)
+    processed = os.path.join(root, PROCESSED, fanout, identifier)
+    return DocumentPaths(
+        downloaded_pdf=Path(os.path.join(root, DOWNLOADED, fanout, f"{identifier}.pdf")),
+        downloaded_meta=Path(os.path.join(root, DOWNLOADED, fanout, f"{identifier}.meta.json")),
+        completed_jsonl=Path(os.path.join(root, OCR_COMPLETED, fanout, f"{identifier}.ocr.jsonl")),
+        processed_dir=Path(processed),
+        processed_ocr=Path(os.path.join(processed, f"{identifier}.ocr.json")),
+        processed_metadata=Path(os.path.join(processed, f"{identifier}.metadata.json")),
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where everything lives under one base_dir."""
@@ -95,17 +114,7 @@ class Layout:
 
     def document(self, identifier: str) -> DocumentPaths:
         """Every stage path of one document, from one fan-out computation (hot loops use it directly)."""
-        fanout = fanout_of(validate_identifier(identifier), self.fanout_width)
-        base = str(self.base)
-        processed = os.path.join(base, PROCESSED, fanout, identifier)
-        return DocumentPaths(
-            downloaded_pdf=Path(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.pdf")),
-            downloaded_meta=Path(os.path.join(base, DOWNLOADED, fanout, f"{identifier}.meta.json")),
-            completed_jsonl=Path(os.path.join(base, OCR_COMPLETED, fanout, f"{identifier}.ocr.jsonl")),
-            processed_dir=Path(processed),
-            processed_ocr=Path(os.path.join(processed, f"{identifier}.ocr.json")),
-            processed_metadata=Path(os.path.join(processed, f"{identifier}.metadata.json")),
-        )
+        return _document_paths(self.base, self.fanout_width, identifier)
 
     # 01 -----------------------------------------------------------------
     def downloaded_pdf(self, identifier: str) -> Path:
