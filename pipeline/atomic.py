@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +59,17 @@ def makedirs(folder: Path, *, sync: bool = True) -> list[Path]:
 
     With ``sync`` each of those is fsynced here; without, the caller syncs them (``fsync_dirs``).
     """
+    try:  # the common case, one call: the parent is there (a stage making a folder per document)
+        os.mkdir(folder)
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        pass
+    else:
+        changed = [Path(folder).parent]
+        if sync:
+            fsync_dirs(changed)
+        return changed
     missing = []
     current = Path(folder)
     while not current.exists():
@@ -166,6 +179,95 @@ def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True, prepared: boo
     with reporting_disk_full(path), _replacing(path, sync_dir=sync_dir, prepared=prepared) as handle:
         handle.write(data)
     return True
+
+
+@dataclass
+class PendingWrites:
+    """Temp files written and being flushed by ``begin_writes``; ``finish`` renames them into place."""
+
+    renames: list[tuple[str, Path]]  # temp file, target
+    flushes: list[Future[None]]
+
+    def finish(self) -> list[Path]:
+        """Wait for the flushes, then rename each temp file over its target; returns the targets
+        written (their folders are the caller's to sync: ``fsync_dirs``). On a failure no temp file
+        is left and the targets not yet renamed keep what they held."""
+        done = 0
+        try:
+            for (_, target), flush in zip(self.renames, self.flushes, strict=True):
+                with reporting_disk_full(target):
+                    flush.result()
+            for tmp, target in self.renames:
+                faults.point("atomic.rename.before", target)
+                os.replace(tmp, target)
+                done += 1
+                faults.point("atomic.rename.after", target)
+        except BaseException:
+            wait(self.flushes)
+            for tmp, _ in self.renames[done:]:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+        return [target for _, target in self.renames]
+
+
+def _flush(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def begin_writes(files: Iterable[tuple[Path, bytes]], flushers: Executor) -> PendingWrites:
+    """Start the crash-safe writes of many files into prepared folders (``prepare``): each file's bytes
+    go to a temp file beside it here, one after another, and its fsync to ``flushers``, threads that
+    do nothing else: every fsync lets go of the GIL for its whole wait, and the flushes waiting
+    together share the journal's commits. Per file the rule is write_bytes's (temp file, fsync,
+    rename); files already holding their bytes are left alone. The caller may work meanwhile, then
+    calls ``finish``. Keep a group to a few hundred files: each holds a file descriptor until flushed."""
+    pending = PendingWrites([], [])
+    try:
+        for target, data in files:
+            try:
+                if os.stat(target).st_size == len(data) and Path(target).read_bytes() == data:
+                    continue
+            except FileNotFoundError:
+                pass
+            _, prefix, suffix = temp_names(target)
+            with reporting_disk_full(target):
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=suffix)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(tmp)
+                    raise
+            pending.renames.append((tmp, target))
+            pending.flushes.append(flushers.submit(_flush, fd))
+    except BaseException:
+        wait(pending.flushes)
+        for tmp, _ in pending.renames:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    return pending
+
+
+def write_many(files: Iterable[tuple[Path, bytes]], flushers: Executor, group: int = 256) -> list[Path]:
+    """``begin_writes`` and ``finish`` for any number of files, ``group`` at a time; returns the
+    targets written (folders not synced)."""
+    written: list[Path] = []
+    batch: list[tuple[Path, bytes]] = []
+    for item in files:
+        batch.append(item)
+        if len(batch) == group:
+            written += begin_writes(batch, flushers).finish()
+            batch = []
+    if batch:
+        written += begin_writes(batch, flushers).finish()
+    return written
 
 
 def dumps_json(value: Any) -> bytes:

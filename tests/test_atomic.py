@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,68 @@ def test_prepare_makes_the_folders_and_removes_only_the_leftovers_of_the_files_t
     assert (tmp_path / "04" / "cd").is_dir() and made == [tmp_path / "04"]
     assert atomic.write_bytes(folder / "doc1.ocr.jsonl", b"record\n", prepared=True)
     assert (folder / "doc1.ocr.jsonl").read_bytes() == b"record\n"
+
+
+def test_many_writes_leave_identical_files_alone_and_only_the_targets(tmp_path: Path) -> None:
+    folder = tmp_path / "05" / "ab"
+    folder.mkdir(parents=True)
+    same = folder / "same.json"
+    same.write_bytes(b"kept\n")
+    os.utime(same, (1_000_000, 1_000_000))
+    files = [(folder / f"doc{n}.json", f"record {n}\n".encode()) for n in range(300)] + [(same, b"kept\n")]
+
+    with ThreadPoolExecutor(4) as flushers:
+        written = atomic.write_many(files, flushers, group=64)
+
+    assert sorted(written) == sorted(path for path, _ in files[:300])
+    assert all(path.read_bytes() == data for path, data in files)
+    assert same.stat().st_mtime == 1_000_000  # a rerun of finished work changes no byte or mtime
+    assert sorted(p.name for p in folder.iterdir()) == sorted(path.name for path, _ in files)
+
+
+def test_many_writes_that_fail_leave_no_temp_file_and_rename_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "05" / "ab"
+    folder.mkdir(parents=True)
+    old = folder / "doc0.json"
+    old.write_bytes(b"old\n")
+    files = [(old, b"new\n"), (folder / "doc1.json", b"one\n"), (tmp_path / "missing" / "doc2.json", b"two\n")]
+
+    with ThreadPoolExecutor(2) as flushers, pytest.raises(FileNotFoundError):
+        atomic.begin_writes(files, flushers)  # the third target's folder is not there
+
+    assert old.read_bytes() == b"old\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["doc0.json"]
+
+
+def test_many_writes_killed_before_a_rename_leave_old_or_new_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "05"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"doc{n}.json").write_bytes(b"old\n")
+    faults_dir = tmp_path / "faults"
+    faults_dir.mkdir()
+    script = textwrap.dedent(f"""
+        from concurrent.futures import ThreadPoolExecutor
+        from pathlib import Path
+        from pipeline import atomic
+        folder = Path({str(folder)!r})
+        with ThreadPoolExecutor(2) as flushers:
+            atomic.write_many([(folder / f"doc{{n}}.json", b"new\\n") for n in range(3)], flushers)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), faults.FAULT_DIR: str(faults_dir),
+           faults.PAUSE_AT: "atomic.rename.before */doc1.json:1"}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        wait_for(lambda: (faults_dir / faults.PAUSED).exists() or child.poll() is not None, "the second rename")
+        assert (faults_dir / faults.PAUSED).exists(), f"the writer ended ({child.returncode}) before the rename"
+    finally:
+        child.kill()
+        child.wait()
+    assert [(folder / f"doc{n}.json").read_bytes() for n in range(3)] == [b"new\n", b"old\n", b"old\n"]
+    assert len([p for p in folder.iterdir() if p.name.endswith(".tmp")]) == 2  # flushed, never renamed
+
+    atomic.prepare(atomic.temp_names(folder / f"doc{n}.json") for n in range(3))  # the rerun clears them
+    with ThreadPoolExecutor(2) as flushers:
+        atomic.write_many([(folder / f"doc{n}.json", b"new\n") for n in range(3)], flushers)
+    assert sorted(p.name for p in folder.iterdir()) == ["doc0.json", "doc1.json", "doc2.json"]
+    assert all((folder / f"doc{n}.json").read_bytes() == b"new\n" for n in range(3))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,31 +65,32 @@ def _output_whole(doc: DocumentPaths, identifier: str) -> bool:
     return meta.get("identifier") == identifier
 
 
-def write_outputs(
-    doc: DocumentPaths, identifier: str, download: dict[str, Any], prov: Provenance
-) -> tuple[str, list[Path]]:
-    """Write the document's two 05 files (each fsynced, then renamed into place) unless they are
-    already complete. Returns 'finalized' or 'already', and the folders whose entries changed: they
-    must be synced (``atomic.fsync_dirs``) before ``release_inputs``."""
+def output_files(doc: DocumentPaths, identifier: str, download: dict[str, Any],
+                 prov: Provenance) -> tuple[list[tuple[Path, bytes]], list[Path]]:
+    """The document's two 05 files and their bytes, none when they are already complete, and the
+    folders that gained an entry. Its folder is made here (one that was already there is tidied of
+    temp files a killed attempt left); the caller writes the files (``atomic.begin_writes``) and
+    syncs those folders and the files' own."""
     if _output_whole(doc, identifier):
-        return "already", []
+        return [], []
     record = json.loads(doc.completed_jsonl.read_bytes().splitlines()[-1])
     changed = atomic.makedirs(doc.processed_dir, sync=False)
-    if doc.processed_dir.parent not in changed:  # the document's own folder was there: a kill during
-        atomic.remove_stale_temps(doc.processed_dir)  # an earlier attempt may have left temp files
-    atomic.write_bytes(doc.processed_ocr, atomic.dumps_json(record), sync_dir=False, prepared=True)
-    atomic.write_bytes(doc.processed_metadata, atomic.dumps_json(build_metadata(identifier, download, record, prov)),
-                       sync_dir=False, prepared=True)
-    return "finalized", [*changed, doc.processed_dir]
+    if not changed:
+        atomic.remove_stale_temps(doc.processed_dir)
+    files = [(doc.processed_ocr, atomic.dumps_json(record)),
+             (doc.processed_metadata, atomic.dumps_json(build_metadata(identifier, download, record, prov)))]
+    return files, changed
 
 
-def release_inputs(layout: Layout, paths: BatchPaths, doc: DocumentPaths, identifier: str) -> list[Path]:
-    """Read the 05 files back, then delete the document's PDFs; returns what was deleted (folders
-    not yet synced). Raises VerificationError, deleting nothing, when the output is not whole."""
+def release_inputs(layout: Layout, paths: BatchPaths, doc: DocumentPaths, identifier: str,
+                   legacy: bool) -> list[Path]:
+    """Read the 05 files back, then delete the document's PDFs (``legacy``: a 02_ocr_pending may
+    hold one too); returns what was deleted (folders not yet synced). Raises VerificationError,
+    deleting nothing, when the output is not whole."""
     if not _output_whole(doc, identifier):
         raise VerificationError(f"{doc.processed_dir}: output did not read back whole; PDF kept")
-    return atomic.remove_files([*legacy_links(layout, paths, identifier), paths.pdf(identifier),
-                                doc.downloaded_pdf, doc.downloaded_meta], sync=False)
+    links = legacy_links(layout, paths, identifier) if legacy else []
+    return atomic.remove_files([*links, paths.pdf(identifier), doc.downloaded_pdf, doc.downloaded_meta], sync=False)
 
 
 def legacy_links(layout: Layout, paths: BatchPaths, identifier: str) -> list[Path]:
@@ -128,43 +129,49 @@ def finalize_many(
     workers: int,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, str]:
-    """Finalize each document that has a 04 record, ``workers`` at a time; returns id -> outcome.
+    """Finalize each document that has a 04 record; returns id -> outcome ('finalized' or 'already').
 
-    Per group of documents: write every output, sync the folders they changed, then read each back
-    and delete its PDFs. A group's deletions run while the next group is written, so the disk's
-    flushes and the unlinks overlap. The deletions are synced before returning (the caller then
-    records the batch as done).
+    Per group of documents: write every output (``workers`` threads flush them), sync the folders
+    they changed, then read each back and delete its PDFs. A group's deletions run while the next
+    group's outputs are flushed. The deletions are synced before returning (the caller then records
+    the batch as done). The work on each file runs in this thread, one after another: threads
+    taking turns at the GIL for every file call cost more than the calls themselves.
     """
     docs = {i: layout.document(i) for i in documents}
     ready = sorted(i for i, doc in docs.items() if doc.completed_jsonl.exists() or _output_whole(doc, i))
+    legacy = (layout.base / PENDING_LEGACY).is_dir()
     outcomes: dict[str, str] = {}
     removed_from: set[Path] = set()
 
-    def write(identifier: str) -> tuple[str, list[Path]]:
-        info = download_info(docs[identifier], identifier, documents[identifier])
-        return write_outputs(docs[identifier], identifier, info, provenance(identifier))
-
-    def settle(group: list[str], written: list[tuple[str, list[Path]]], releases: list[Future]) -> None:
-        for future in releases:
-            removed_from.update(p.parent for p in future.result())
-        outcomes.update((i, outcome) for i, (outcome, _) in zip(group, written, strict=True))
-        events.append(layout.events, [
-            events.event("finalized", identifier=i, batch=paths.number)
-            for i, (outcome, _) in zip(group, written, strict=True) if outcome == "finalized"
-        ])
+    def release(group: list[str], written: dict[str, str]) -> None:
+        for identifier in group:
+            removed_from.update(p.parent for p in release_inputs(layout, paths, docs[identifier], identifier, legacy))
+        outcomes.update(written)
+        events.append(layout.events, [events.event("finalized", identifier=i, batch=paths.number)
+                                      for i, outcome in written.items() if outcome == "finalized"])
         progress(len(outcomes), len(ready))
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        previous: tuple[list[str], list, list[Future]] | None = None
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as flushers:
+        previous: tuple[list[str], dict[str, str]] | None = None
         for start in range(0, len(ready), GROUP):
             group = ready[start:start + GROUP]
-            written = [future.result() for future in [pool.submit(write, i) for i in group]]
-            atomic.fsync_dirs(folder for _, changed in written for folder in changed)
+            files: list[tuple[Path, bytes]] = []
+            folders: set[Path] = set()
+            written: dict[str, str] = {}
+            for identifier in group:
+                doc = docs[identifier]
+                outputs, changed = output_files(doc, identifier, download_info(doc, identifier, documents[identifier]),
+                                                provenance(identifier))
+                written[identifier] = "finalized" if outputs else "already"
+                files += outputs
+                folders.update(changed)
+            pending = atomic.begin_writes(files, flushers)
             if previous:
-                settle(*previous)
-            previous = (group, written, [pool.submit(release_inputs, layout, paths, docs[i], i) for i in group])
+                release(*previous)
+            atomic.fsync_dirs(folders | {path.parent for path in pending.finish()})
+            previous = (group, written)
         if previous:
-            settle(*previous)
+            release(*previous)
     atomic.fsync_dirs(removed_from)
     return outcomes
 
