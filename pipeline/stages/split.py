@@ -77,34 +77,26 @@ def write_split(plan: SplitPlan, destination: Callable[[str], Path], workers: in
     """Write each winner, made valid, to ``destination(identifier)``; files already holding it are left
     untouched. Fills ``plan.replaced`` and ``plan.invalid``; call it before ``report``.
 
-    ``workers`` files are written at once (their fsyncs overlap), and the folders that gained files
+    ``workers`` threads flush the files (``atomic.write_many``), and the folders that gained files
     are synced together before returning: every file is durable when this returns."""
-
     targets = {identifier: destination(identifier) for identifier in plan.winners}
     made = atomic.prepare(atomic.temp_names(target) for target in targets.values())
-
-    def write(identifier: str) -> tuple[str, int, Path | None]:
+    files = []
+    for identifier in sorted(plan.winners):
         record, where = plan.winners[identifier]
         try:
             valid, replaced = olmocr_format.make_valid(record)
             data = olmocr_format.record_line(valid)
         except olmocr_format.InvalidRecord as exc:
-            return f"{where}: {exc}", 0, None
-        target = targets[identifier]
-        return "", replaced, target if atomic.write_bytes(target, data, sync_dir=False, prepared=True) else None
-
-    changed = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for identifier, (invalid, replaced, written) in zip(
-                sorted(plan.winners), pool.map(write, sorted(plan.winners)), strict=True):
-            if invalid:
-                plan.invalid[identifier] = invalid
-            elif replaced:
-                plan.replaced[identifier] = replaced
-            if written:
-                changed.append(written)
-    atomic.fsync_dirs([*made, *(path.parent for path in changed)])
-    return len(changed)
+            plan.invalid[identifier] = f"{where}: {exc}"
+            continue
+        if replaced:
+            plan.replaced[identifier] = replaced
+        files.append((targets[identifier], data))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as flushers:
+        written = atomic.write_many(files, flushers)
+    atomic.fsync_dirs([*made, *(path.parent for path in written)])
+    return len(written)
 
 
 def split_documents(layout: Layout, paths: BatchPaths, identifiers: set[str],
