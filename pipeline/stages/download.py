@@ -16,10 +16,10 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline import atomic, events, faults, listing, pdf
 from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, identifier_of
@@ -82,7 +82,7 @@ def _http_get(url: str, timeout: float) -> Callable[[Path], None]:
                 shutil.copyfileobj(response, out, 1 << 20)
         except Exception as exc:  # some messages quote the URL (http.client.InvalidURL): no secret in them
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise  # the local disk, not the server: reported as such by download_one
+                raise  # the local disk, not the server: reported as such by fetch_checked
             message = str(exc)
             for secret in (parts.query, parts.password, urllib.parse.unquote(parts.password or "")):
                 message = message.replace(secret, "***") if secret else message
@@ -149,7 +149,7 @@ class Present:
     """The documents a download pass finds already here, downloaded (a .meta.json in 01) or finalized
     (a folder in 05), from one listing per fan-out folder: a rerun over a large source asks this of
     every document, and the listings cost far less than stats. Not in it: the answer is
-    download_one's (quarantined documents: it tidies their leftovers)."""
+    fetch_checked's (quarantined documents: it tidies their leftovers)."""
 
     def __init__(self, layout: Layout) -> None:
         base = os.fspath(layout.base)
@@ -172,15 +172,27 @@ def _fanouts(stage: str, width: int) -> list[str]:
     return [os.path.join(stage, name) for name in listing.entries(stage).folders] if width else [stage]
 
 
-def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True, prepared: bool = False) -> str:
-    """Fetch one document; returns 'fetched', 'skipped' or 'quarantined'.
+@dataclass(slots=True)
+class Fetched:
+    """A document fetched and checked, its bytes durable in ``part`` beside their place in 01."""
 
-    The PDF is durable in 01 before its .meta.json is written. Without ``sync_meta`` the folder
-    entry of the .meta.json is left for the caller to sync (one sync for many documents): until
-    then a power cut can only make the document look not yet downloaded, so it is fetched again.
-    ``prepared``: ``prepare_folders`` made its folder and removed its leftovers."""
+    item: SourceItem
+    part: Path
+    meta: dict[str, Any]
+
+
+def part_prefix(identifier: str) -> str:
+    """How the temp files of a document's PDF in 01 begin (they end with .part)."""
+    return f".{identifier}."
+
+
+def fetch_checked(layout: Layout, item: SourceItem, *, prepared: bool = False) -> Fetched | str:
+    """Fetch one document into a temp file beside its place in 01 (fsynced) and check it; returns
+    what ``commit`` needs, or 'skipped' (already downloaded, finalized or quarantined) or
+    'quarantined' (not a sound PDF). ``prepared``: ``prepare_folders`` made its folder and removed
+    its leftovers."""
     dest = layout.downloaded_pdf(item.identifier)
-    prefix = f".{item.identifier}."
+    prefix = part_prefix(item.identifier)
     if layout.is_known(item.identifier):
         if layout.quarantine_reason(item.identifier).exists():
             # quarantined by a run killed before it removed its temp file
@@ -197,7 +209,7 @@ def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True, pr
             item.fetch(tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
-        meta = {
+        meta: dict[str, Any] = {
             "identifier": item.identifier,
             "source": item.uri,
             "size": tmp.stat().st_size,
@@ -210,26 +222,53 @@ def download_one(layout: Layout, item: SourceItem, *, sync_meta: bool = True, pr
             quarantine(layout, item.identifier, [tmp], exc.reason, str(exc), stage="download", download=meta)
             return "quarantined"
         meta.update(pages=count.pages, page_count_method=count.method, encrypted=count.encrypted)
-        faults.point("download.rename.before", dest)
-        os.replace(tmp, dest)
-        atomic.fsync_dir(dest.parent)
-        atomic.write_bytes(layout.downloaded_meta(item.identifier), atomic.dumps_json(meta), sync_dir=sync_meta,
-                           prepared=prepared)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Fetched(item, tmp, meta)
+
+
+def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> list[Path]:
+    """Move fetched documents into 01: every PDF renamed into place and their folders synced once
+    (each PDF durable before any .meta.json), then the .meta.json files written, which mark the
+    downloads complete. Returns the folders of those (not synced: until then a power cut can only
+    make a document look not yet downloaded, so it is fetched again)."""
+    renamed = 0
+    try:
+        for done in fetched:
+            dest = layout.downloaded_pdf(done.item.identifier)
+            faults.point("download.rename.before", dest)
+            os.replace(done.part, dest)
+            renamed += 1
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for done in fetched[renamed:]:
+            done.part.unlink(missing_ok=True)
+    atomic.fsync_dirs({layout.downloaded_pdf(done.item.identifier).parent for done in fetched})
+    written = atomic.write_many([(layout.downloaded_meta(done.item.identifier), atomic.dumps_json(done.meta))
+                                 for done in fetched], flushers)
+    return [path.parent for path in written]
+
+
+def download_one(layout: Layout, item: SourceItem) -> str:
+    """Fetch one document into 01 (``fetch_checked``, then ``commit``); returns 'fetched', 'skipped'
+    or 'quarantined'."""
+    outcome = fetch_checked(layout, item)
+    if isinstance(outcome, str):
+        return outcome
+    with ThreadPoolExecutor(max_workers=1) as flushers:
+        atomic.fsync_dirs(commit(layout, [outcome], flushers))
     return "fetched"
 
 
 def prepare_folders(layout: Layout, identifiers: Iterable[str]) -> list[Path]:
-    """download_one's preparation for many documents at once: their 01 folders made and the temp files
+    """fetch_checked's preparation for many documents at once: their 01 folders made and the temp files
     of killed earlier attempts (the PDF's .part, the .meta.json's) removed, one listing per folder (a
     folder of thousands of waiting documents is not listed again for each). Returns the folders that
     gained an entry (not synced)."""
     temps: list[atomic.TempNames] = []
     for identifier in identifiers:
         meta = layout.downloaded_meta(identifier)
-        temps += [(meta.parent, f".{identifier}.", ".part"), atomic.temp_names(meta)]
+        temps += [(meta.parent, part_prefix(identifier), ".part"), atomic.temp_names(meta)]
     return atomic.prepare(temps)
 
 
@@ -237,13 +276,16 @@ def free_gb(path: Path) -> float:
     return shutil.disk_usage(path).free / 1e9
 
 
-def download_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -> str:
-    """download_one of a prepared document (``prepare_folders``), or 'paused' when the free space is
+def fetch_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -> Fetched | str:
+    """fetch_checked of a prepared document (``prepare_folders``), or 'paused' when the free space is
     below the threshold as this download starts: the pool runs several downloads at once, and those
     queued behind them must not fill the disk."""
     if free_gb(layout.base) < min_free_gb:
         return "paused"
-    return download_one(layout, item, sync_meta=False, prepared=True)
+    return fetch_checked(layout, item, prepared=True)
+
+
+COMMIT_GROUP = 64  # fetched documents moved into 01 with one folder sync
 
 
 def download_all(
@@ -269,10 +311,26 @@ def download_all(
     here = {identifier for identifier in named if identifier in present}
     unsynced.update(prepare_folders(layout, (identifier for identifier in named if identifier not in here)))
 
-    def settle(item: SourceItem, future: Future[str]) -> None:
+    fetched: list[Fetched] = []  # checked, not yet moved into 01
+
+    def move_fetched(flushers: Executor) -> None:
+        group = fetched[:]
+        fetched.clear()
+        try:
+            unsynced.update(commit(layout, group, flushers))
+        except atomic.DiskFull as exc:  # every other document would fail the same way: stop
+            disk_full.append(exc)
+            summary.fetched -= len(group)
+            records.extend(events.event("download_failed", identifier=done.item.identifier, source=done.item.uri,
+                                        message=str(exc)[:500]) for done in group)
+            return
+        records.extend(events.event("downloaded", identifier=done.item.identifier, source=done.item.uri)
+                       for done in group)
+
+    def settle(item: SourceItem, future: Future[Fetched | str], flushers: Executor) -> None:
         try:
             outcome = future.result()
-        except atomic.DiskFull as exc:  # every other document would fail the same way: stop
+        except atomic.DiskFull as exc:
             disk_full.append(exc)
             records.append(events.event("download_failed", identifier=item.identifier, source=item.uri,
                                          message=str(exc)[:500]))
@@ -284,10 +342,11 @@ def download_all(
             print(f"download: {item.uri}: failed ({exc}); it is fetched again on the next run", flush=True)
             progress(summary)
             return
-        if outcome == "fetched":
+        if isinstance(outcome, Fetched):
             summary.fetched += 1
-            unsynced.add(layout.downloaded_meta(item.identifier).parent)
-            records.append(events.event("downloaded", identifier=item.identifier, source=item.uri))
+            fetched.append(outcome)
+            if len(fetched) >= COMMIT_GROUP:
+                move_fetched(flushers)
         elif outcome == "quarantined":
             summary.quarantined += 1
         elif outcome == "paused":
@@ -296,8 +355,9 @@ def download_all(
             summary.skipped += 1
         progress(summary)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: list[tuple[SourceItem, Future[str]]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as flushers:
+        pending: list[tuple[SourceItem, Future[Fetched | str]]] = []
         for item in items:
             if isinstance(item, InvalidIdentifier):
                 summary.rejected += 1
@@ -317,12 +377,14 @@ def download_all(
             if free_gb(layout.base) < min_free_gb:
                 summary.paused = low_space
                 break
-            pending.append((item, pool.submit(download_unless_full, layout, item, min_free_gb)))
+            pending.append((item, pool.submit(fetch_unless_full, layout, item, min_free_gb)))
             if len(pending) >= workers * 4:
                 item0, future = pending.pop(0)
-                settle(item0, future)
+                settle(item0, future, flushers)
         for item, future in pending:
-            settle(item, future)
+            settle(item, future, flushers)
+        if fetched:
+            move_fetched(flushers)
     atomic.fsync_dirs(unsynced)
     if summary.paused:
         records.append(events.event("backpressure", message=summary.paused))
