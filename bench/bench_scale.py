@@ -8,15 +8,16 @@ N names), in a source folder of a fresh base_dir under --dir. `luigi --module pi
 executor's automatic parallel_chunks), then ProcessAll runs again with a new run id and finds nothing to do.
 
 Printed: wall time per stage (each task's output file time minus the one before it: one Luigi worker
-runs the tasks one after another; with --workers above 1 they overlap and the split is rough), Luigi tasks scheduled (from its execution summary), the no-op rerun's
-time, the peak RSS of any process the runs started, event-log bytes per document, the time of
-`python -m pipeline status`, and the pipeline's documents/second against a bare baseline doing the
-same per-document file I/O in this run (read the PDF, write two JSON files with fsync, delete it;
-timed on --baseline-sample documents, its rate holds for any N), and against the pipeline's own
-per-document file operations done alone (file_operations_baseline: what the layout's files and
-the safety rules cost on this disk), with the machine's CPU time during
-the run (/proc/stat: every process, so run it on a quiet machine) per document and the cores busy
-on average. Targets at 100,000 documents:
+runs the tasks one after another; with --workers above 1 they overlap and the split is rough), Luigi
+tasks scheduled (from its execution summary), the no-op rerun's time, the peak RSS of any process
+the runs started, event-log bytes per document, the time of `python -m pipeline status`, and the
+pipeline's documents/second against a bare baseline doing the same per-document file I/O in this run
+(read the PDF, write two JSON files with fsync, delete it; timed on --baseline-sample documents, its
+rate holds for any N), and against the pipeline's own per-document file operations done alone
+(file_operations_baseline: what the layout's files and the safety rules cost on this disk), with the
+machine's CPU time during the run (/proc/stat: every process, so run it on a quiet machine) per
+document and the cores busy on average.
+Targets at 100,000 documents:
 no-op rerun under 10 s, Status under 2 s, at most one Luigi task per 200 documents, ratio at least 0.3.
 """
 from __future__ import annotations

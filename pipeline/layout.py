@@ -170,14 +170,6 @@ class Layout:
     def metrics(self) -> Path:
         return self.manifests / "metrics.ndjson"
 
-    def waiting_pdfs(self) -> list[tuple[str, Path]]:
-        """PDFs in 01_downloaded (and a legacy 02_ocr_pending), as (identifier, path), sorted."""
-        found: list[tuple[str, Path]] = []
-        for stage in (DOWNLOADED, PENDING_LEGACY):
-            for entries in listing.walk(self.base / stage):
-                found.extend(entries.derived(pdfs_listed))
-        return sorted(found)
-
     def is_known(self, identifier: str) -> bool:
         """True when the document was already downloaded, finalized or quarantined.
 

@@ -23,6 +23,32 @@ def layout(tmp_path: Path) -> Layout:
     return Layout(tmp_path / "data", 2)
 
 
+def test_waiting_documents_are_complete_downloads_in_01_and_pdfs_of_an_old_02(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, 2)
+    pdf = samples.text_pdf(["page"])
+    files = {
+        layout.downloaded_pdf("b doc"): pdf,
+        layout.downloaded_meta("b doc"): b"{}",
+        layout.downloaded_pdf("a doc"): pdf,
+        layout.downloaded_meta("a doc"): b"{}",
+        layout.downloaded_pdf("c doc"): pdf,  # no .meta.json yet: still being downloaded
+        tmp_path / PENDING_LEGACY / "old.PDF": pdf,  # left by the older scripts
+        tmp_path / "01_downloaded" / "ab" / "notes.txt": b"not a PDF",
+        tmp_path / "01_downloaded" / "ab" / ".hidden.pdf": pdf,  # not a safe identifier
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    os.symlink(layout.downloaded_pdf("a doc"), tmp_path / "01_downloaded" / "ab" / "link.pdf")
+
+    expected = [("a doc", layout.downloaded_pdf("a doc")), ("b doc", layout.downloaded_pdf("b doc")),
+                ("old", tmp_path / PENDING_LEGACY / "old.PDF")]
+    assert batches.waiting_documents(layout) == expected
+    layout.downloaded_meta("c doc").write_bytes(b"{}")  # its download completes: its folder changed
+    assert batches.waiting_documents(layout) == sorted([*expected, ("c doc", layout.downloaded_pdf("c doc"))])
+    assert batches.waiting_documents(Layout(tmp_path / "nothing", 2)) == []
+
+
 def test_a_new_batch_takes_waiting_documents_up_to_its_size_as_hard_links(layout: Layout, tmp_path: Path) -> None:
     downloaded(layout, tmp_path / "incoming", {"a": 2, "b": 3, "c": 1})
     record = batches.create_batch(layout, "0001", max_documents=2, max_pages=100)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import samples
 from pipeline.layout import BatchPaths, Layout
 
 
@@ -48,27 +47,6 @@ def test_a_path_is_never_made_from_an_unsafe_identifier(tmp_path: Path) -> None:
             layout.quarantine_reason(bad)
         with pytest.raises(ValueError):
             BatchPaths(layout.batch_dir(1)).pdf(bad)
-
-
-def test_waiting_pdfs_are_real_pdf_files_in_01_and_an_old_02(tmp_path: Path) -> None:
-    layout = Layout(tmp_path, 2)
-    pdf = samples.text_pdf(["page"])
-    files = {
-        layout.downloaded_pdf("b doc"): pdf,
-        layout.downloaded_pdf("a doc"): pdf,
-        tmp_path / "02_ocr_pending" / "old.PDF": pdf,  # left by the older scripts
-        tmp_path / "01_downloaded" / "ab" / "notes.txt": b"not a PDF",
-        tmp_path / "01_downloaded" / "ab" / ".hidden.pdf": pdf,  # not a safe identifier
-    }
-    for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    os.symlink(layout.downloaded_pdf("a doc"), tmp_path / "01_downloaded" / "ab" / "link.pdf")
-
-    assert layout.waiting_pdfs() == [("a doc", layout.downloaded_pdf("a doc")),
-                                      ("b doc", layout.downloaded_pdf("b doc")),
-                                      ("old", tmp_path / "02_ocr_pending" / "old.PDF")]
-    assert Layout(tmp_path / "nothing", 2).waiting_pdfs() == []
 
 
 def test_a_document_is_known_once_downloaded_finalized_or_quarantined(tmp_path: Path) -> None:

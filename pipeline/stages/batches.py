@@ -1,6 +1,7 @@
 """Batches: new ones made from waiting PDFs, old ones (made by the older scripts) adopted as they are."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import atomic, events, lease, listing, olmocr_format, pdf
-from pipeline.layout import DOWNLOADED, BatchPaths, Layout, fanout_of
+from pipeline.layout import DOWNLOADED, PENDING_LEGACY, BatchPaths, Layout, fanout_of, pdfs_listed
 from pipeline.stages.quarantine import quarantine
 
 if TYPE_CHECKING:
@@ -85,24 +86,36 @@ def claimed_identifiers(layout: Layout) -> set[str]:
 
 
 def waiting_documents(layout: Layout) -> list[tuple[str, Path]]:
-    """Downloaded PDFs (with their .meta.json, or from a legacy 02_ocr_pending) not yet in a batch."""
+    """Downloaded PDFs (with their .meta.json, or from a legacy 02_ocr_pending) not yet in a batch,
+    as (identifier, path), sorted. Each folder's part is worked out once per listing of it: every
+    CreateBatch asks, and at 100,000 waiting documents doing it afresh cost most of a second each."""
     claimed = claimed_identifiers(layout)
-    downloaded = str(layout.base / DOWNLOADED)
-    files: dict[str, frozenset[str]] = {}  # one look at each folder per call
-    waiting = []
-    for identifier, path in layout.waiting_pdfs():
-        if identifier in claimed:
-            continue
-        folder = os.path.dirname(path)
-        in_01 = (os.path.basename(path) == f"{identifier}.pdf"
-                 and folder == os.path.join(downloaded, fanout_of(identifier, layout.fanout_width)).rstrip(os.sep))
-        if in_01:
-            if folder not in files:
-                files[folder] = listing.entries(folder).files
-            if f"{identifier}.meta.json" not in files[folder]:
-                continue  # still being downloaded
-        waiting.append((identifier, path))
-    return waiting
+    downloaded = os.path.join(str(layout.base), DOWNLOADED)
+    complete = _complete_downloads(downloaded, layout.fanout_width)
+    found: list[tuple[str, Path]] = []
+    for entries in listing.walk(downloaded):
+        found += entries.derived(complete)
+    for entries in listing.walk(layout.base / PENDING_LEGACY):
+        found += entries.derived(pdfs_listed)
+    return sorted(item for item in found if item[0] not in claimed)
+
+
+@functools.lru_cache(maxsize=64)  # base_dirs of one process: one, or a few in tests
+def _complete_downloads(downloaded: str, width: int) -> Callable[[listing.Entries], list[tuple[str, Path]]]:
+    """For the 01 of one base_dir: the PDFs of a listed folder that are waiting. One in its place
+    (01/<ab>/<id>.pdf) waits once its .meta.json is there (before, it is still being downloaded);
+    one elsewhere in 01 waits as it is. The same function each time, so listings keep its result."""
+
+    def complete(entries: listing.Entries) -> list[tuple[str, Path]]:
+        found = []
+        for identifier, path in pdfs_listed(entries):
+            in_place = (path.name == f"{identifier}.pdf" and entries.folder ==
+                        os.path.join(downloaded, fanout_of(identifier, width)).rstrip(os.sep))
+            if not in_place or f"{identifier}.meta.json" in entries.files:
+                found.append((identifier, path))
+        return found
+
+    return complete
 
 
 def describe(layout: Layout, identifier: str, path: Path, origin: str) -> dict:
