@@ -163,6 +163,14 @@ def prepare(temps: Iterable[TempNames]) -> list[Path]:
     return changed
 
 
+def holds(path: Path, data: bytes) -> bool:
+    """``path`` exists and holds exactly ``data`` (the size is compared first: no read for most)."""
+    try:
+        return os.stat(path).st_size == len(data) and Path(path).read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
 def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True, prepared: bool = False) -> bool:
     """Atomically replace ``path`` with ``data``; return False (touching nothing) when it already holds them.
 
@@ -171,11 +179,8 @@ def write_bytes(path: Path, data: bytes, *, sync_dir: bool = True, prepared: boo
     so for many files at once, or the caller created the folder just now).
     """
     path = Path(path)
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
+    if holds(path, data):
+        return False
     with reporting_disk_full(path), _replacing(path, sync_dir=sync_dir, prepared=prepared) as handle:
         handle.write(data)
     return True
@@ -228,11 +233,8 @@ def begin_writes(files: Iterable[tuple[Path, bytes]], flushers: Executor) -> Pen
     pending = PendingWrites([], [])
     try:
         for target, data in files:
-            try:
-                if os.stat(target).st_size == len(data) and Path(target).read_bytes() == data:
-                    continue
-            except FileNotFoundError:
-                pass
+            if holds(target, data):
+                continue
             _, prefix, suffix = temp_names(target)
             with reporting_disk_full(target):
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=suffix)
@@ -258,15 +260,10 @@ def begin_writes(files: Iterable[tuple[Path, bytes]], flushers: Executor) -> Pen
 def write_many(files: Iterable[tuple[Path, bytes]], flushers: Executor, group: int = 256) -> list[Path]:
     """``begin_writes`` and ``finish`` for any number of files, ``group`` at a time; returns the
     targets written (folders not synced)."""
+    files = list(files)
     written: list[Path] = []
-    batch: list[tuple[Path, bytes]] = []
-    for item in files:
-        batch.append(item)
-        if len(batch) == group:
-            written += begin_writes(batch, flushers).finish()
-            batch = []
-    if batch:
-        written += begin_writes(batch, flushers).finish()
+    for start in range(0, len(files), group):
+        written += begin_writes(files[start:start + group], flushers).finish()
     return written
 
 
