@@ -242,8 +242,9 @@ def test_an_s3_prefix_downloads_through_the_download_stage(s3_endpoint_in_config
 
     s3_client.put_object(Bucket=bucket, Key="raw/doc.pdf", Body=samples.text_pdf(["a", "b"]))
     layout = Layout(tmp_path / "data")
-    (item,) = download.iter_source(f"s3://{bucket}/raw")
-    assert download.download_one(layout, item) == "fetched"
+    summary = download.download_all(layout, download.iter_source(f"s3://{bucket}/raw"), workers=1,
+                                    max_waiting=10, waiting_now=0, min_free_gb=0)
+    assert (summary.fetched, summary.failed) == (1, 0)
     meta = json.loads(layout.downloaded_meta("doc").read_text())
     assert (meta["source"], meta["pages"]) == (f"s3://{bucket}/raw/doc.pdf", 2)
     assert layout.downloaded_pdf("doc").read_bytes() == samples.text_pdf(["a", "b"])

@@ -186,11 +186,11 @@ def part_prefix(identifier: str) -> str:
     return f".{identifier}."
 
 
-def fetch_checked(layout: Layout, item: SourceItem, *, prepared: bool = False) -> Fetched | str:
+def fetch_checked(layout: Layout, item: SourceItem) -> Fetched | str:
     """Fetch one document into a temp file beside its place in 01 (fsynced) and check it; returns
     what ``commit`` needs, or 'skipped' (already downloaded, finalized or quarantined) or
-    'quarantined' (not a sound PDF). ``prepared``: ``prepare_folders`` made its folder and removed
-    its leftovers."""
+    'quarantined' (not a sound PDF). ``prepare_folders`` has made its folder and removed the
+    leftovers of its earlier attempts."""
     dest = layout.downloaded_pdf(item.identifier)
     prefix = part_prefix(item.identifier)
     if layout.is_known(item.identifier):
@@ -198,9 +198,6 @@ def fetch_checked(layout: Layout, item: SourceItem, *, prepared: bool = False) -
             # quarantined by a run killed before it removed its temp file
             atomic.remove_leftovers(dest.parent, prefix, ".part")
         return "skipped"
-    if not prepared:
-        atomic.makedirs(dest.parent)
-        atomic.remove_leftovers(dest.parent, prefix, ".part")  # a killed earlier attempt of this document
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=".part")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -249,17 +246,6 @@ def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> list[P
     return [path.parent for path in written]
 
 
-def download_one(layout: Layout, item: SourceItem) -> str:
-    """Fetch one document into 01 (``fetch_checked``, then ``commit``); returns 'fetched', 'skipped'
-    or 'quarantined'."""
-    outcome = fetch_checked(layout, item)
-    if isinstance(outcome, str):
-        return outcome
-    with ThreadPoolExecutor(max_workers=1) as flushers:
-        atomic.fsync_dirs(commit(layout, [outcome], flushers))
-    return "fetched"
-
-
 def prepare_folders(layout: Layout, identifiers: Iterable[str]) -> list[Path]:
     """fetch_checked's preparation for many documents at once: their 01 folders made and the temp files
     of killed earlier attempts (the PDF's .part, the .meta.json's) removed, one listing per folder (a
@@ -282,7 +268,7 @@ def fetch_unless_full(layout: Layout, item: SourceItem, min_free_gb: float) -> F
     queued behind them must not fill the disk."""
     if free_gb(layout.base) < min_free_gb:
         return "paused"
-    return fetch_checked(layout, item, prepared=True)
+    return fetch_checked(layout, item)
 
 
 COMMIT_GROUP = 64  # fetched documents moved into 01 with one folder sync
