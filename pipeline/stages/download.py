@@ -230,19 +230,24 @@ def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> list[P
     (each PDF durable before any .meta.json), then the .meta.json files written, which mark the
     downloads complete. Returns the folders of those (not synced: until then a power cut can only
     make a document look not yet downloaded, so it is fetched again)."""
-    renamed = 0
+    moved: list[Fetched] = []
+    handled = 0
     try:
         for done in fetched:
             dest = layout.downloaded_pdf(done.item.identifier)
             faults.point("download.rename.before", dest)
-            os.replace(done.part, dest)
-            renamed += 1
+            try:
+                os.replace(done.part, dest)
+                moved.append(done)
+            except FileNotFoundError:  # another host's pass on this base_dir tidied it away: that
+                pass  # pass fetches the document, or the next one here does
+            handled += 1
     finally:
-        for done in fetched[renamed:]:
+        for done in fetched[handled:]:
             done.part.unlink(missing_ok=True)
-    atomic.fsync_dirs({layout.downloaded_pdf(done.item.identifier).parent for done in fetched})
+    atomic.fsync_dirs({layout.downloaded_pdf(done.item.identifier).parent for done in moved})
     written = atomic.write_many([(layout.downloaded_meta(done.item.identifier), atomic.dumps_json(done.meta))
-                                 for done in fetched], flushers)
+                                 for done in moved], flushers)
     return [path.parent for path in written]
 
 
