@@ -225,11 +225,12 @@ def fetch_checked(layout: Layout, item: SourceItem) -> Fetched | str:
     return Fetched(item, tmp, meta)
 
 
-def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> list[Path]:
+def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> tuple[list[Fetched], list[Path]]:
     """Move fetched documents into 01: every PDF renamed into place and their folders synced once
     (each PDF durable before any .meta.json), then the .meta.json files written, which mark the
-    downloads complete. Returns the folders of those (not synced: until then a power cut can only
-    make a document look not yet downloaded, so it is fetched again)."""
+    downloads complete. Returns the documents moved and the folders of their .meta.json (not
+    synced: until then a power cut can only make a document look not yet downloaded, so it is
+    fetched again)."""
     moved: list[Fetched] = []
     handled = 0
     try:
@@ -248,7 +249,7 @@ def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> list[P
     atomic.fsync_dirs({layout.downloaded_pdf(done.item.identifier).parent for done in moved})
     written = atomic.write_many([(layout.downloaded_meta(done.item.identifier), atomic.dumps_json(done.meta))
                                  for done in moved], flushers)
-    return [path.parent for path in written]
+    return moved, [path.parent for path in written]
 
 
 def prepare_folders(layout: Layout, identifiers: Iterable[str]) -> list[Path]:
@@ -308,15 +309,17 @@ def download_all(
         group = fetched[:]
         fetched.clear()
         try:
-            unsynced.update(commit(layout, group, flushers))
+            moved, folders = commit(layout, group, flushers)
         except atomic.DiskFull as exc:  # every other document would fail the same way: stop
             disk_full.append(exc)
             summary.fetched -= len(group)
             records.extend(events.event("download_failed", identifier=done.item.identifier, source=done.item.uri,
                                         message=str(exc)[:500]) for done in group)
             return
+        unsynced.update(folders)
+        summary.fetched -= len(group) - len(moved)  # the others are left to the pass that removed their temp file
         records.extend(events.event("downloaded", identifier=done.item.identifier, source=done.item.uri)
-                       for done in group)
+                       for done in moved)
 
     def settle(item: SourceItem, future: Future[Fetched | str], flushers: Executor) -> None:
         try:
