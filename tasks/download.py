@@ -48,4 +48,5 @@ class Download(InCollection, ProgressMixin, luigi.Task):
         download.download_pass(
             layout(), self.effective_source, Path(self.output().path), timeout=DownloadConfig().timeout,
             workers=PipelineConfig().workers, max_waiting=pressure.max_waiting_documents,
-            min_free_gb=pressure.min_free_gb, progress=self.report, status=self.set_status_message)
+            min_free_gb=pressure.min_free_gb, progress=self.report, status=self.set_status_message,
+            lease_seconds=PipelineConfig().lease_seconds)

@@ -8,13 +8,14 @@ import io
 import json
 import os
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
 
-from pipeline import atomic, samples
+from pipeline import atomic, lease, samples
 from pipeline.layout import Layout
 from pipeline.stages import download
 
@@ -300,6 +301,34 @@ def test_a_download_pass_counts_waiting_documents_and_writes_its_summary_without
     again = download.download_pass(layout, str(listing), tmp_path / "again.json", timeout=10, workers=1,
                                    max_waiting=3, min_free_gb=0, progress=Recorder(), status=status.append)
     assert again.fetched == 0 and again.paused
+
+
+def test_a_download_pass_waits_while_another_process_downloads_into_the_same_base_dir(tmp_path, server):
+    """Hosts sharing a base_dir without luigid: a second pass neither fetches the same documents again nor
+    tidies away the first one's temp files; it waits, says so, then finds them present."""
+    layout = Layout(tmp_path / "data", 2)
+    for n in range(3):
+        server.files[f"/doc{n}.pdf"] = doc(f"doc{n}", 1)
+    urls = write_url_list(tmp_path / "urls.txt", [server.url(f"doc{n}.pdf") for n in range(3)])
+    (layout.manifests).mkdir(parents=True)
+    other = lease.try_acquire(layout.manifests / download.DOWNLOAD_LEASE, 60)  # the other host's pass
+    assert other is not None
+    status: list[str] = []
+    done: list[download.DownloadSummary] = []
+    waiting = threading.Thread(target=lambda: done.append(download.download_pass(
+        layout, str(urls), tmp_path / "pass.json", timeout=10, workers=2, max_waiting=100, min_free_gb=0,
+        progress=Recorder(), status=status.append, lease_seconds=60)))
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not status and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status and status[0].startswith(f"waiting: another process downloads into {layout.base}")
+    time.sleep(0.5)
+    assert server.requests == [] and not (tmp_path / "pass.json").exists()
+    other.release()
+    waiting.join(30)
+    assert not waiting.is_alive() and done[0].fetched == 3
+    assert not (layout.manifests / download.DOWNLOAD_LEASE).exists()
 
 
 def test_a_download_pass_without_source_says_which_setting_to_fill_in(tmp_path):

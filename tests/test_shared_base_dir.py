@@ -69,6 +69,8 @@ def test_two_hosts_on_one_base_dir_run_each_stage_of_each_batch_once(tmp_path: P
     finalized = Counter(e["identifier"] for e in events if e["event"] == "finalized")
     assert created == split == finalized_batches == Counter(batches)
     assert finalized == Counter(f"doc{n}" for n in range(DOCUMENTS))
+    downloaded = Counter(e["identifier"] for e in events if e["event"] == "downloaded")
+    assert downloaded == finalized  # one download pass at a time: none fetched twice
 
     plans = {b: json.loads((layout.batch_dir(b) / "chunks.json").read_text())["chunks"] for b in batches}
     planned = Counter((b, c["index"]) for b, chunks in plans.items() for c in chunks)

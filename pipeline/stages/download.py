@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import atomic, events, faults, listing, pdf
+from pipeline import atomic, events, faults, lease, listing, pdf
 from pipeline.layout import DOWNLOADED, PROCESSED, InvalidIdentifier, Layout, identifier_of
 from pipeline.stages import batches
 from pipeline.stages.quarantine import quarantine
@@ -225,31 +225,25 @@ def fetch_checked(layout: Layout, item: SourceItem) -> Fetched | str:
     return Fetched(item, tmp, meta)
 
 
-def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> tuple[list[Fetched], list[Path]]:
+def commit(layout: Layout, fetched: list[Fetched], flushers: Executor) -> list[Path]:
     """Move fetched documents into 01: every PDF renamed into place and their folders synced once
     (each PDF durable before any .meta.json), then the .meta.json files written, which mark the
-    downloads complete. Returns the documents moved and the folders of their .meta.json (not
-    synced: until then a power cut can only make a document look not yet downloaded, so it is
-    fetched again)."""
-    moved: list[Fetched] = []
-    handled = 0
+    downloads complete. Returns the folders of those (not synced: until then a power cut can only
+    make a document look not yet downloaded, so it is fetched again)."""
+    renamed = 0
     try:
         for done in fetched:
             dest = layout.downloaded_pdf(done.item.identifier)
             faults.point("download.rename.before", dest)
-            try:
-                os.replace(done.part, dest)
-                moved.append(done)
-            except FileNotFoundError:  # another host's pass on this base_dir tidied it away: that
-                pass  # pass fetches the document, or the next one here does
-            handled += 1
+            os.replace(done.part, dest)
+            renamed += 1
     finally:
-        for done in fetched[handled:]:
+        for done in fetched[renamed:]:
             done.part.unlink(missing_ok=True)
-    atomic.fsync_dirs({layout.downloaded_pdf(done.item.identifier).parent for done in moved})
+    atomic.fsync_dirs({layout.downloaded_pdf(done.item.identifier).parent for done in fetched})
     written = atomic.write_many([(layout.downloaded_meta(done.item.identifier), atomic.dumps_json(done.meta))
-                                 for done in moved], flushers)
-    return moved, [path.parent for path in written]
+                                 for done in fetched], flushers)
+    return [path.parent for path in written]
 
 
 def prepare_folders(layout: Layout, identifiers: Iterable[str]) -> list[Path]:
@@ -309,17 +303,15 @@ def download_all(
         group = fetched[:]
         fetched.clear()
         try:
-            moved, folders = commit(layout, group, flushers)
+            unsynced.update(commit(layout, group, flushers))
         except atomic.DiskFull as exc:  # every other document would fail the same way: stop
             disk_full.append(exc)
             summary.fetched -= len(group)
             records.extend(events.event("download_failed", identifier=done.item.identifier, source=done.item.uri,
                                         message=str(exc)[:500]) for done in group)
             return
-        unsynced.update(folders)
-        summary.fetched -= len(group) - len(moved)  # the others are left to the pass that removed their temp file
         records.extend(events.event("downloaded", identifier=done.item.identifier, source=done.item.uri)
-                       for done in moved)
+                       for done in group)
 
     def settle(item: SourceItem, future: Future[Fetched | str], flushers: Executor) -> None:
         try:
@@ -411,11 +403,43 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+DOWNLOAD_LEASE = "download.lease"  # in _manifests: one download pass at a time per base_dir
+
+
+@contextlib.contextmanager
+def download_lock(layout: Layout, lease_seconds: float, status: Callable[[str], None]) -> Iterator[None]:
+    """One download pass at a time into a base_dir, across hosts sharing it without luigid: two passes
+    at once would fetch the same new documents twice, and each pass's preparation removes the temp
+    files of the documents it is about to fetch, which may be the other's live downloads. A lease
+    file (pipeline/lease.py, as for the batches' stages); the pass that waits then finds what the
+    other fetched already present."""
+    path = layout.manifests / DOWNLOAD_LEASE
+    atomic.makedirs(path.parent)
+
+    def waiting(holder: lease.Holder | None) -> None:
+        by = f" ({holder.describe()})" if holder else ""
+        message = f"waiting: another process downloads into {layout.base}{by}"
+        print(f"download: {message}", flush=True)
+        status(message)
+
+    with lease.hold(path, lease_seconds, waiting=waiting) as held, lease.stop_when_lost(held, "Download"):
+        yield
+
+
 def download_pass(layout: Layout, source: str, record: Path, *, timeout: float, workers: int, max_waiting: int,
-                  min_free_gb: float, progress: Progress, status: Callable[[str], None]) -> DownloadSummary:
-    """Download: one pass over ``source`` (see download_all); its summary is written to ``record``."""
+                  min_free_gb: float, progress: Progress, status: Callable[[str], None],
+                  lease_seconds: float = lease.DEFAULT_SECONDS) -> DownloadSummary:
+    """Download: one pass over ``source`` (see download_all) under the base_dir's download lease; its
+    summary is written to ``record``."""
     if not source:
         raise ValueError("no download source: set [download] source in luigi.cfg or pass --source")
+    with download_lock(layout, lease_seconds, status):
+        return _download_pass(layout, source, record, timeout=timeout, workers=workers, max_waiting=max_waiting,
+                              min_free_gb=min_free_gb, progress=progress, status=status)
+
+
+def _download_pass(layout: Layout, source: str, record: Path, *, timeout: float, workers: int, max_waiting: int,
+                   min_free_gb: float, progress: Progress, status: Callable[[str], None]) -> DownloadSummary:
     waiting = len(batches.waiting_documents(layout))
     status(f"listing {redact(source)}")
     with _collector_paused():
