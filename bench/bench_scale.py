@@ -37,12 +37,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DISTINCT = 200  # distinct PDFs; the others are copies of them under other names
 BATCH_SIZE = 2000  # luigi.cfg's default [pipeline] batch_size
+T = TypeVar("T")
 TARGETS = {"noop_seconds": 10.0, "status_seconds": 2.0, "documents_per_task": 200.0, "ratio": 0.3}
 
 
@@ -184,22 +186,20 @@ def file_operations_baseline(source: Path, work: Path, sample: int) -> float:
     return len(names) / (time.perf_counter() - started)
 
 
-def engine_alone(source: Path, sample: int) -> int:
-    """The text engine's own reading of ``sample`` documents (pypdf, the engine DESIGN.md names), in
-    this process: no isolation, no files written. Returns the documents read."""
+def engine_alone(source: Path, sample: int) -> None:
+    """The text engine's own reading of the first ``sample`` documents (pypdf, the engine DESIGN.md
+    names), in this process: no isolation, no files written."""
     from pipeline.engines.text import record_line
 
-    names = sorted(os.listdir(source))[:sample]
-    for name in names:
+    for name in sorted(os.listdir(source))[:sample]:
         record_line(source / name)
-    return len(names)
 
 
-def cpu_per_document(work: Callable[[], int]) -> float:
-    """The machine's CPU seconds per document that ``work()`` (returning its documents) costs."""
+def with_cpu(work: Callable[[], T], documents: int) -> tuple[T, float]:
+    """``work()``'s result and the machine's CPU seconds per document it cost (``documents`` of them)."""
     before = machine_busy_seconds()
-    documents = work()
-    return (machine_busy_seconds() - before) / documents
+    result = work()
+    return result, (machine_busy_seconds() - before) / documents
 
 
 def automatic_parallel() -> int:
@@ -272,15 +272,10 @@ def main() -> int:
         print("bare baseline ...", file=sys.stderr, flush=True)
         sample = min(args.baseline_sample, args.documents)
         bare = bare_baseline(root / "incoming", root / "baseline", sample)
-        floor = 0.0
-
-        def file_operations() -> int:
-            nonlocal floor
-            floor = file_operations_baseline(root / "incoming", root / "file_operations", sample)
-            return sample
-
-        floor_cpu = cpu_per_document(file_operations)
-        engine_cpu = cpu_per_document(lambda: engine_alone(root / "incoming", min(sample, 2000)))
+        floor, floor_cpu = with_cpu(
+            lambda: file_operations_baseline(root / "incoming", root / "file_operations", sample), sample)
+        engine_sample = min(sample, 2000)
+        _, engine_cpu = with_cpu(lambda: engine_alone(root / "incoming", engine_sample), engine_sample)
         rss = peak_rss_mib()
     finally:
         if not args.keep:
