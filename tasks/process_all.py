@@ -45,7 +45,7 @@ class ProcessAll(InCollection, ProgressMixin, luigi.Task):
             yield Download(run_id=self.effective_run, collection=self.collection)
         open_batches = batches.open_batches(lay)
         while numbers := batches.batches_to_open(lay, len(open_batches), BackpressureConfig().max_open_batches,
-                                                 PipelineConfig().batch_size):
+                                                 PipelineConfig().batch_size, PipelineConfig().lease_seconds):
             self.set_status_message(f"creating batches {', '.join(numbers)}")
             # all at once: run() restarts per yield
             yield [CreateBatch(batch=number, collection=self.collection) for number in numbers]

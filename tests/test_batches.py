@@ -150,6 +150,23 @@ def test_a_damaged_waiting_document_never_leaves_an_empty_batch(layout: Layout, 
     assert made[0]["quarantined"] and layout.batch_numbers() == ["0001"]
 
 
+def test_batches_are_planned_between_two_creations_never_across_one(layout: Layout, tmp_path: Path) -> None:
+    """Another host makes batch 0001 while this one plans: the plan waits for it and counts what is
+    left, rather than counting six waiting documents and numbering after 0001 (an empty 0004)."""
+    downloaded(layout, tmp_path / "incoming", {f"d{n}": 1 for n in range(6)})
+    plans: list[list[str]] = []
+    with batches.batch_lock(layout):  # the other creator is at work
+        planner = threading.Thread(target=lambda: plans.append(batches.batches_to_open(layout, 0, 10, 2)))
+        planner.start()
+        time.sleep(0.5)
+        assert planner.is_alive() and not plans  # no count while a batch is being made
+        paths = BatchPaths(layout.batch_dir(1))  # what the other creator makes: d0 and d1
+        atomic.makedirs(paths.dir)
+        atomic.write_json(paths.batch_record, {"batch": "0001", "documents": {"d0": {}, "d1": {}}})
+    planner.join(timeout=30)
+    assert plans == [["0002", "0003"]]
+
+
 def test_a_second_process_waits_for_the_stage_lock_and_other_stages_do_not(layout: Layout) -> None:
     paths = BatchPaths(layout.batch_dir(1))
     waiting, entered = threading.Event(), threading.Event()

@@ -197,17 +197,22 @@ def open_batches(layout: Layout) -> list[str]:
     return [b for b in layout.batch_numbers() if not BatchPaths(layout.batch_dir(b)).finalized.exists()]
 
 
-def batches_to_open(layout: Layout, open_now: int, max_open: int, batch_size: int) -> list[str]:
+def batches_to_open(layout: Layout, open_now: int, max_open: int, batch_size: int,
+                    lease_seconds: float = lease.DEFAULT_SECONDS) -> list[str]:
     """The numbers of the batches to make now, while fewer than ``max_open`` are open: one per full
     ``batch_size`` of waiting documents, or one for fewer. The rest (a remainder, or what the page
     limit left) is found by the next call: a batch planned for a remainder could come out empty once
     damaged documents among the waiting ones are quarantined. One look at 01 for all of them, so
-    ProcessAll can ask for them at once."""
+    ProcessAll can ask for them at once.
+
+    Counted under the batch creators' lease: a count taken before another host's batch claimed its
+    documents, with a first number taken after, would plan one batch too many, made empty."""
     if open_now >= max_open:
         return []
-    waiting = len(waiting_documents(layout))
+    with batch_lock(layout, lease_seconds):
+        waiting = len(waiting_documents(layout))
+        first = int(next_batch_number(layout))
     count = min(max_open - open_now, max(1, waiting // max(1, batch_size))) if waiting else 0
-    first = int(next_batch_number(layout))
     return [f"{first + n:04d}" for n in range(count)]
 
 
