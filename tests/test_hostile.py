@@ -127,7 +127,9 @@ def test_process_all_survives_hostile_collection(make_site, tmp_path: Path) -> N
     """
     files = hostile.generate(tmp_path / "incoming", 300, seed=11)
     # A tight per-document limit: the documents built to make extraction hang cost 20 s, not 120.
-    site = make_site(source=tmp_path / "incoming", engine="text", ocr__document_timeout=20)
+    # Chunks of 200 pages: each chunk job holds many hostile documents, whose failures stay their own.
+    site = make_site(source=tmp_path / "incoming", engine="text", ocr__document_timeout=20,
+                     ocr__pages_per_chunk=200)
     result = site.luigi("ProcessAll", "--run-id", "hostile", check=False, timeout=1800)
     layout: Layout = site.layout
     finalized, quarantined, missing = [], Counter(), []
