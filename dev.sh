@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the project on a Debian/Ubuntu machine with Python 3.
 #   ./dev.sh demo          the whole pipeline on a generated collection, on this machine
-#   ./dev.sh test [ARGS]   lint (ruff), type check (mypy), then the test suite (starts the local SLURM
-#                          cluster first); ARGS go to pytest
+#   ./dev.sh test [ARGS]   lint (ruff), type check (mypy), then the test suite in two processes
+#                          (starts the local SLURM cluster first); ARGS go to pytest
 #   ./dev.sh bench [--quick]  the benchmarks, each printing a ratio against its baseline
 #   ./dev.sh setup         only install what the project needs
 set -euo pipefail
@@ -42,7 +42,9 @@ case "${1:-}" in
         "$VENV/bin/mypy"
         slurm/dev-cluster.sh start
         export PATH="$PWD/$VENV/bin:$PATH"
-        exec "$VENV/bin/python" -m pytest "$@" ;;
+        # Two pytest-xdist workers (TEST_WORKERS; -n 0 among ARGS runs one process): most tests wait
+        # on subprocesses, SLURM or leases, so two halve the time even on two cores.
+        exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup "$@" ;;
     bench)
         shift; setup
         if [ "${1:-}" = "--quick" ]; then

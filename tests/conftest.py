@@ -146,3 +146,11 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
         for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist's ``-n N --dist loadgroup``, the tests of the one dev SLURM cluster run on
+    one worker, one after another: some restart its daemons or drain its node under the others."""
+    for item in items:
+        if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
