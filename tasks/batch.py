@@ -22,7 +22,8 @@ class CreateBatch(BatchTask):
         config = PipelineConfig()
         self.set_status_message(f"creating batch {self.batch}")
         record = batches.create_batch(self.layout, self.batch, max_documents=config.batch_size,
-                                      max_pages=config.batch_pages, lease_seconds=config.lease_seconds)
+                                      max_pages=config.batch_pages, lease_seconds=config.lease_seconds,
+                                      status=lambda message: self.progress(0, message, force=True))
         self.report(1, 1, f"batch {self.batch}: {len(record['documents'])} documents, {record['pages']} pages"
                           f"{' (adopted)' if record['adopted'] else ''}")
 

@@ -44,8 +44,9 @@ class ProcessAll(InCollection, ProgressMixin, luigi.Task):
         if DownloadConfig().source:
             yield Download(run_id=self.effective_run, collection=self.collection)
         open_batches = batches.open_batches(lay)
-        while numbers := batches.batches_to_open(lay, len(open_batches), BackpressureConfig().max_open_batches,
-                                                 PipelineConfig().batch_size, PipelineConfig().lease_seconds):
+        while numbers := batches.batches_to_open(
+                lay, len(open_batches), BackpressureConfig().max_open_batches, PipelineConfig().batch_size,
+                PipelineConfig().lease_seconds, status=lambda message: self.progress(0, message, force=True)):
             self.set_status_message(f"creating batches {', '.join(numbers)}")
             # all at once: run() restarts per yield
             yield [CreateBatch(batch=number, collection=self.collection) for number in numbers]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -155,11 +156,15 @@ def test_batches_are_planned_between_two_creations_never_across_one(layout: Layo
     left, rather than counting six waiting documents and numbering after 0001 (an empty 0004)."""
     downloaded(layout, tmp_path / "incoming", {f"d{n}": 1 for n in range(6)})
     plans: list[list[str]] = []
+    said: list[str] = []
     with batches.batch_lock(layout):  # the other creator is at work
-        planner = threading.Thread(target=lambda: plans.append(batches.batches_to_open(layout, 0, 10, 2)))
+        planner = threading.Thread(target=lambda: plans.append(
+            batches.batches_to_open(layout, 0, 10, 2, status=said.append)))
         planner.start()
         time.sleep(0.5)
         assert planner.is_alive() and not plans  # no count while a batch is being made
+        assert len(said) == 1 and said[0].startswith(
+            f"waiting: another process makes a batch in {layout.base} (host {socket.gethostname()} pid {os.getpid()} ")
         paths = BatchPaths(layout.batch_dir(1))  # what the other creator makes: d0 and d1
         atomic.makedirs(paths.dir)
         atomic.write_json(paths.batch_record, {"batch": "0001", "documents": {"d0": {}, "d1": {}}})

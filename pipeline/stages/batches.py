@@ -21,11 +21,19 @@ CREATE_LEASE = ".create.lease"
 
 
 @contextmanager
-def batch_lock(layout: Layout, lease_seconds: float = lease.DEFAULT_SECONDS) -> Iterator[None]:
-    """One batch creator at a time per base_dir, so two batches never take the same document."""
+def batch_lock(layout: Layout, lease_seconds: float = lease.DEFAULT_SECONDS,
+               status: Callable[[str], None] | None = None) -> Iterator[None]:
+    """One batch creator at a time per base_dir, so two batches never take the same document;
+    ``status(message)`` says so before waiting for another."""
     path = layout.processing / CREATE_LEASE
     atomic.makedirs(path.parent)
-    with lease.hold(path, lease_seconds) as held, lease.stop_when_lost(held, "CreateBatch"):
+
+    def waiting(holder: lease.Holder | None) -> None:
+        if status is not None:
+            status(f"waiting: another process makes a batch in {layout.base}"
+                   f"{f' ({holder.describe()})' if holder else ''}")
+
+    with lease.hold(path, lease_seconds, waiting=waiting) as held, lease.stop_when_lost(held, "CreateBatch"):
         yield
 
 
@@ -134,10 +142,10 @@ def _sources(layout: Layout, identifier: str, *paths: Path) -> list[Path]:
 
 
 def create_batch(layout: Layout, batch: str, *, max_documents: int, max_pages: int,
-                 lease_seconds: float = lease.DEFAULT_SECONDS) -> dict:
+                 lease_seconds: float = lease.DEFAULT_SECONDS, status: Callable[[str], None] | None = None) -> dict:
     """Make batch ``batch`` from waiting documents, or adopt its folder when it already has PDFs."""
     paths = BatchPaths(layout.batch_dir(batch))
-    with batch_lock(layout, lease_seconds):
+    with batch_lock(layout, lease_seconds, status):
         if paths.batch_record.exists():
             return atomic.read_json(paths.batch_record)
         adopted = bool(paths.pdfs()) or paths.results.is_dir()
@@ -198,7 +206,8 @@ def open_batches(layout: Layout) -> list[str]:
 
 
 def batches_to_open(layout: Layout, open_now: int, max_open: int, batch_size: int,
-                    lease_seconds: float = lease.DEFAULT_SECONDS) -> list[str]:
+                    lease_seconds: float = lease.DEFAULT_SECONDS,
+                    status: Callable[[str], None] | None = None) -> list[str]:
     """The numbers of the batches to make now, while fewer than ``max_open`` are open: one per full
     ``batch_size`` of waiting documents, or one for fewer. The rest (a remainder, or what the page
     limit left) is found by the next call: a batch planned for a remainder could come out empty once
@@ -209,7 +218,7 @@ def batches_to_open(layout: Layout, open_now: int, max_open: int, batch_size: in
     documents, with a first number taken after, would plan one batch too many, made empty."""
     if open_now >= max_open:
         return []
-    with batch_lock(layout, lease_seconds):
+    with batch_lock(layout, lease_seconds, status):
         waiting = len(waiting_documents(layout))
         first = int(next_batch_number(layout))
     count = min(max_open - open_now, max(1, waiting // max(1, batch_size))) if waiting else 0
