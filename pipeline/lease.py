@@ -66,6 +66,11 @@ class Holder:
         return f"host {self.host} pid {self.pid} (since {time.strftime('%H:%M:%S', time.localtime(self.started))})"
 
 
+def held_by(holder: Holder | None) -> str:
+    """The end of a waiting message: ' (host H pid P (since T))', or '' when the holder is unknown."""
+    return f" ({holder.describe()})" if holder else ""
+
+
 def _process_started(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:

@@ -30,8 +30,7 @@ def batch_lock(layout: Layout, lease_seconds: float = lease.DEFAULT_SECONDS,
 
     def waiting(holder: lease.Holder | None) -> None:
         if status is not None:
-            status(f"waiting: another process makes a batch in {layout.base}"
-                   f"{f' ({holder.describe()})' if holder else ''}")
+            status(f"waiting: another process makes a batch in {layout.base}{lease.held_by(holder)}")
 
     with lease.hold(path, lease_seconds, waiting=waiting) as held, lease.stop_when_lost(held, "CreateBatch"):
         yield
@@ -65,9 +64,7 @@ def run_once(paths: BatchPaths, stage: str, complete: Callable[[], bool], run: C
     what = f"{stage} of batch {paths.number}"
 
     def waiting() -> None:
-        holder = lease.read(stage_lease(paths, stage))
-        by = f" ({holder.describe()})" if holder else ""
-        progress(0, 1, f"waiting: another process runs {what}{by}")
+        progress(0, 1, f"waiting: another process runs {what}{lease.held_by(lease.read(stage_lease(paths, stage)))}")
 
     with stage_lock(paths, stage, waiting, lease_seconds) as held, lease.stop_when_lost(held, what):
         if complete():

@@ -417,8 +417,7 @@ def download_lock(layout: Layout, lease_seconds: float, status: Callable[[str], 
     atomic.makedirs(path.parent)
 
     def waiting(holder: lease.Holder | None) -> None:
-        by = f" ({holder.describe()})" if holder else ""
-        message = f"waiting: another process downloads into {layout.base}{by}"
+        message = f"waiting: another process downloads into {layout.base}{lease.held_by(holder)}"
         print(f"download: {message}", flush=True)
         status(message)
 
