@@ -154,3 +154,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+def open_descriptors() -> int:
+    """File descriptors open in this process (a long pass must not leak them)."""
+    return len(os.listdir("/proc/self/fd"))

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import atomic, faults
 
-from .conftest import ROOT
+from .conftest import ROOT, open_descriptors
 
 
 def test_write_bytes_creates_folders_and_leaves_only_the_target(tmp_path):
@@ -234,9 +234,11 @@ def test_many_writes_leave_identical_files_alone_and_only_the_targets(tmp_path: 
     os.utime(same, (1_000_000, 1_000_000))
     files = [(folder / f"doc{n}.json", f"record {n}\n".encode()) for n in range(300)] + [(same, b"kept\n")]
 
+    descriptors = open_descriptors()
     with ThreadPoolExecutor(4) as flushers:
         written = atomic.write_many(files, flushers, group=64)
 
+    assert open_descriptors() == descriptors
     assert sorted(written) == sorted(path for path, _ in files[:300])
     assert all(path.read_bytes() == data for path, data in files)
     assert same.stat().st_mtime == 1_000_000  # a rerun of finished work changes no byte or mtime
@@ -250,9 +252,11 @@ def test_many_writes_that_fail_leave_no_temp_file_and_rename_nothing(tmp_path: P
     old.write_bytes(b"old\n")
     files = [(old, b"new\n"), (folder / "doc1.json", b"one\n"), (tmp_path / "missing" / "doc2.json", b"two\n")]
 
+    descriptors = open_descriptors()
     with ThreadPoolExecutor(2) as flushers, pytest.raises(FileNotFoundError):
         atomic.begin_writes(files, flushers)  # the third target's folder is not there
 
+    assert open_descriptors() == descriptors
     assert old.read_bytes() == b"old\n"
     assert sorted(p.name for p in folder.iterdir()) == ["doc0.json"]
 

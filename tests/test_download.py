@@ -19,6 +19,7 @@ from pipeline import atomic, lease, samples
 from pipeline.layout import Layout
 from pipeline.stages import download
 
+from .conftest import open_descriptors
 from .stage_inputs import Recorder
 
 
@@ -392,3 +393,26 @@ def test_a_pass_removes_the_temp_files_of_killed_attempts_of_its_documents_and_n
                                     waiting_now=0, min_free_gb=0)
     assert summary.fetched == 1 and layout.downloaded_meta("doc").exists()
     assert not any(path.exists() for path in killed) and all(path.exists() for path in others)
+
+
+def test_a_pass_over_groups_of_documents_moves_each_whole_into_01(tmp_path: Path) -> None:
+    """Documents are moved into 01 in groups: every one arrives whole with its .meta.json, across
+    groups, leaving no temp file or open descriptor."""
+    layout = Layout(tmp_path / "data", 2)
+    source = tmp_path / "source"
+    source.mkdir()
+    originals = {f"doc{n:03d}": samples.text_pdf([f"document {n}"]) for n in range(download.COMMIT_GROUP * 2 + 7)}
+    for identifier, data in originals.items():
+        (source / f"{identifier}.pdf").write_bytes(data)
+
+    descriptors = open_descriptors()
+    summary = download.download_all(layout, download.iter_folder(source), workers=4, max_waiting=10_000,
+                                    waiting_now=0, min_free_gb=0)
+
+    assert open_descriptors() == descriptors
+    assert summary.fetched == len(originals)
+    for identifier, data in originals.items():
+        assert layout.downloaded_pdf(identifier).read_bytes() == data
+        meta = json.loads(layout.downloaded_meta(identifier).read_text())
+        assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["pages"] == 1
+    assert list((layout.base / "01_downloaded").rglob(".*")) == []  # no temp file left
