@@ -158,7 +158,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def one_cluster_test_at_a_time(request: pytest.FixtureRequest) -> None:
+def dev_cluster_tests_grouped(request: pytest.FixtureRequest) -> None:
     """Fails a dev-cluster test that pytest-xdist left out of its group (xdist names a grouped test
     ``<id>@<group>``): it would run beside the others and see the daemons they stop."""
     node = request.node

@@ -181,7 +181,7 @@ def test_a_writer_killed_inside_its_write_leaves_the_old_target_whole(tmp_path):
     ("atomic.rename.before", 1, None),  # the first version is written, not yet renamed
     ("atomic.rename.before", 2, VERSIONS[0]),  # the second: the first stays
     ("atomic.rename.after", 2, VERSIONS[1]),  # renamed, its folder not yet synced
-])
+], ids=["first-before-rename", "second-before-rename", "second-after-rename"])  # not the megabyte versions
 def test_a_writer_killed_around_its_rename_leaves_one_whole_version(tmp_path, point, n, expected):
     """Killed at a named instant of the write (pipeline/faults.py): the target is one whole version."""
     target = tmp_path / "out" / "big.bin"
