@@ -148,13 +148,16 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
+CLUSTER_GROUP = "slurm"  # the xdist group of the dev-cluster tests
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist's ``-n N --dist loadgroup``, the tests of the one dev SLURM cluster run on
     one worker, one after another: some restart its daemons or drain its node under the others."""
     for item in items:
         if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+            item.add_marker(pytest.mark.xdist_group(CLUSTER_GROUP))
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +166,7 @@ def dev_cluster_tests_grouped(request: pytest.FixtureRequest) -> None:
     ``<id>@<group>``): it would run beside the others and see the daemons they stop."""
     node = request.node
     if getattr(request.config.option, "loadgroup", False) and node.get_closest_marker("xdist_group") \
-            and not node.nodeid.endswith("@slurm"):
+            and not node.nodeid.endswith(f"@{CLUSTER_GROUP}"):
         pytest.fail(f"pytest-xdist did not group {node.nodeid} with the other dev-cluster tests (pytest "
                     f"{pytest.__version__}): install the test extras of setup.cfg, or run with -n 0")
 
