@@ -276,3 +276,41 @@ def test_process_all_on_slurm_one_submitter_at_a_time_then_metrics(cluster: None
     assert (summary["waiting"]["pages"], summary["waiting"]["projected_seconds"]) == (0, 0)
     assert "chunks done:              4 (4 job attempts: 4 COMPLETED)" in result.stdout
     assert "projected time to finish: 0:00:00" in result.stdout
+
+
+@pytest.mark.slurm
+def test_process_all_with_two_workers_keeps_two_batches_on_the_cluster(cluster: None, make_site, tmp_path: Path,
+                                                                       release: Path) -> None:
+    site = slurm_site(make_site, tmp_path, release, ["p1", "p2", "q1", "q2"], pipeline__batch_size=2,
+                      resources__slurm_submit=2)
+    process = site.popen("ProcessAll", "--run-id", "r1", "--workers", "2")
+    jobs: list[str] = []
+    try:
+        # Every document is held until released: the second batch's array can only reach the queue
+        # while the first batch's chunks still wait, with its worker watching them.
+        def both_submitted() -> list[dict[str, Any]] | None:
+            found = logged(site, "slurm_submitted")
+            return found if len(found) == 2 else None
+
+        submitted = wait_until(both_submitted, "two batches' arrays submitted", process, timeout=120)
+        jobs = [e["job_id"] for e in submitted]
+        assert sorted(e["batch"] for e in submitted) == ["0001", "0002"]
+        assert all(s.outcome == "waiting" for s in slurm.query(jobs).values())
+        (release / "all").touch()
+        assert process.wait(timeout=180) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            slurm.cancel(jobs)
+
+    # Each batch submitted once, each chunk done once, every document finalized once.
+    assert sorted(e["batch"] for e in logged(site, "slurm_submitted")) == ["0001", "0002"]
+    assert sorted((e["batch"], e["chunk"]) for e in logged(site, "chunk_done")) == [
+        ("0001", 0), ("0001", 1), ("0002", 0), ("0002", 1)]
+    for batch in ("0001", "0002"):
+        assert BatchPaths(site.layout.batch_dir(batch)).finalized.exists()
+    for name in ("p1", "p2", "q1", "q2"):
+        assert "Text of " + name in json.loads(site.layout.processed_ocr(name).read_text())["text"]
+    run = json.loads((site.layout.manifests / "runs" / "process_all_r1.json").read_text())
+    assert (sorted(run["batches"]), run["documents_finalized"]) == (["0001", "0002"], 4)
